@@ -1,0 +1,1 @@
+"""DropletVideo engine: loading, model, conditioning, sampling, video IO. Never imports ComfyUI."""

@@ -1,0 +1,145 @@
+"""One config object per component; fields match the released config.json files.
+
+Unknown fields are refused (they would silently change nothing), missing fields that
+decide tensor shapes are refused (the reference would silently build a wrong model).
+Keys that start with "_" (`_class_name`, `_diffusers_version`) are bookkeeping and ignored.
+"""
+
+import json
+from dataclasses import dataclass, fields
+from pathlib import Path
+from typing import Optional, Tuple
+
+
+@dataclass(frozen=True)
+class TransformerConfig:
+    """DropletVideoTransformer3DModel's constructor arguments (reference defaults)."""
+
+    num_attention_heads: int = 30
+    attention_head_dim: int = 64
+    in_channels: int = 16
+    out_channels: Optional[int] = 16
+    flip_sin_to_cos: bool = True
+    freq_shift: int = 0
+    time_embed_dim: int = 512
+    text_embed_dim: int = 4096
+    num_layers: int = 30
+    dropout: float = 0.0
+    attention_bias: bool = True
+    sample_width: int = 90
+    sample_height: int = 60
+    sample_frames: int = 49
+    patch_size: int = 2
+    temporal_compression_ratio: int = 4
+    max_text_seq_length: int = 226
+    activation_fn: str = "gelu-approximate"
+    timestep_activation_fn: str = "silu"
+    norm_elementwise_affine: bool = True
+    norm_eps: float = 1e-5
+    spatial_interpolation_scale: float = 1.875
+    temporal_interpolation_scale: float = 1.0
+    use_rotary_positional_embeddings: bool = False
+    add_noise_in_inpaint_model: bool = False
+
+    REQUIRED = ("num_attention_heads", "attention_head_dim", "in_channels", "num_layers")
+    # Fields newer diffusers versions write for CogVideoX; accepted only at these neutral values.
+    NEUTRAL = {"patch_size_t": None, "ofs_embed_dim": None, "use_learned_positional_embeddings": False,
+               "patch_bias": True}
+
+    @property
+    def inner_dim(self) -> int:
+        return self.num_attention_heads * self.attention_head_dim
+
+    @property
+    def latent_frames(self) -> int:
+        """Latent frames covered by the positional table (reference: (sample_frames-1)//4+1)."""
+        return (self.sample_frames - 1) // self.temporal_compression_ratio + 1
+
+    @property
+    def max_video_frames(self) -> int:
+        return (self.latent_frames - 1) * self.temporal_compression_ratio + 1
+
+
+@dataclass(frozen=True)
+class VaeConfig:
+    """The CogVideoX causal 3D VAE's config (diffusers' AutoencoderKLCogVideoX fields)."""
+
+    in_channels: int = 3
+    out_channels: int = 3
+    down_block_types: Tuple[str, ...] = ("CogVideoXDownBlock3D",) * 4
+    up_block_types: Tuple[str, ...] = ("CogVideoXUpBlock3D",) * 4
+    block_out_channels: Tuple[int, ...] = (128, 256, 256, 512)
+    latent_channels: int = 16
+    layers_per_block: int = 3
+    act_fn: str = "silu"
+    norm_eps: float = 1e-6
+    norm_num_groups: int = 32
+    temporal_compression_ratio: float = 4
+    sample_height: int = 480
+    sample_width: int = 720
+    scaling_factor: float = 1.15258426
+    shift_factor: Optional[float] = None
+    latents_mean: Optional[Tuple[float, ...]] = None
+    latents_std: Optional[Tuple[float, ...]] = None
+    force_upcast: float = True
+    use_quant_conv: bool = False
+    use_post_quant_conv: bool = False
+    invert_scale_latents: bool = False
+
+    REQUIRED = ("block_out_channels", "latent_channels")
+    NEUTRAL = {}
+
+    @property
+    def spatial_scale(self) -> int:
+        return 2 ** (len(self.block_out_channels) - 1)
+
+    def diffusers_kwargs(self) -> dict:
+        """The reference names its blocks DropletVideo*; diffusers knows them as CogVideoX*."""
+        kwargs = {f.name: getattr(self, f.name) for f in fields(self)}
+        kwargs["down_block_types"] = tuple(_cogvideox_block_name(n) for n in self.down_block_types)
+        kwargs["up_block_types"] = tuple(_cogvideox_block_name(n) for n in self.up_block_types)
+        return kwargs
+
+
+def _cogvideox_block_name(name: str) -> str:
+    return name.replace("DropletVideo", "CogVideoX")
+
+
+def config_from_dict(cls, values: dict, source: str):
+    """Builds `cls` from a config dict; `source` names the file in error messages."""
+    known = {f.name for f in fields(cls)}
+    for key, value in values.items():
+        if key.startswith("_") or key in known:
+            continue
+        if key in cls.NEUTRAL and value == cls.NEUTRAL[key]:
+            continue
+        raise ValueError(
+            f"{source}: unknown config field {key!r} = {value!r}. This is not a DropletVideo "
+            f"{cls.__name__[:-6].lower()} config (or a variant we do not support); check the file.")
+    missing = [name for name in cls.REQUIRED if name not in values]
+    if missing:
+        raise ValueError(f"{source}: config field {missing[0]!r} is missing; it decides the model's "
+                         f"shape, so it must be written in the file (compare with the released config.json).")
+    kwargs = {k: (tuple(v) if isinstance(v, list) else v) for k, v in values.items() if k in known}
+    return cls(**kwargs)
+
+
+def read_json(path: Path) -> dict:
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} does not exist: the released folder layout has it (see README, 'Models').")
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as error:
+        raise ValueError(f"{path} is not valid JSON ({error}); re-download it.") from error
+
+
+def load_config(cls, path: Path):
+    return config_from_dict(cls, read_json(path), str(path))
+
+
+def config_to_dict(config, class_name: str) -> dict:
+    values = {f.name: getattr(config, f.name) for f in fields(config)}
+    values = {k: (list(v) if isinstance(v, tuple) else v) for k, v in values.items()}
+    return {"_class_name": class_name, **values}
+

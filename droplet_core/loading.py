@@ -1,0 +1,135 @@
+"""Loading components from the released folder layout or from single files.
+
+Models are built on the meta device and filled with `assign=True`, so a 5B transformer needs
+one copy of its weights in RAM, already in the target dtype.
+"""
+
+import json
+import logging
+import re
+from pathlib import Path
+from typing import Optional, Union
+
+import torch
+from diffusers import AutoencoderKLCogVideoX
+
+from .configs import TransformerConfig, VaeConfig, config_from_dict, read_json
+from .transformer import DropletVideoTransformer3DModel
+from .weights import load_tensors, metadata, refuse_pickle, tensor_shapes, weight_files
+
+logger = logging.getLogger(__name__)
+
+# Prefixes that single-file exports put in front of the diffusers keys.
+KEY_PREFIXES = ("model.diffusion_model.", "diffusion_model.", "transformer.", "vae.")
+PATCH_WEIGHT = "patch_embed.proj.weight"
+# The reference encodes 4 frames at a time (first chunk takes the remainder); diffusers uses 8.
+REFERENCE_ENCODE_FRAMES = 4
+
+PathLike = Union[str, Path]
+
+
+def _component_files(path: Path):
+    """(config dict or None, config source, weight files) for a folder or a single file."""
+    path = Path(path)
+    if path.is_dir():
+        config_file = path / "config.json"
+        config = read_json(config_file) if config_file.is_file() else None
+        return config, str(config_file), weight_files(path)
+    refuse_pickle(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} does not exist.")
+    sibling = path.with_name("config.json")
+    if sibling.is_file():
+        return read_json(sibling), str(sibling), [path]
+    embedded = metadata(path).get("config")
+    if embedded:
+        return json.loads(embedded), f"{path} (metadata 'config')", [path]
+    return None, str(path), [path]
+
+
+def infer_transformer_config(shapes: dict, source: str) -> dict:
+    """A transformer config read off tensor shapes, for single files without a config."""
+    shapes = {_strip_prefix(k): v for k, v in shapes.items()}
+    if PATCH_WEIGHT not in shapes:
+        raise ValueError(f"{source}: no {PATCH_WEIGHT!r} tensor: this is not a DropletVideo/CogVideoX transformer.")
+    inner, in_channels, patch, _ = shapes[PATCH_WEIGHT]
+    head_dim = shapes["transformer_blocks.0.attn1.norm_q.weight"][0]
+    layers = 1 + max(int(m.group(1)) for k in shapes if (m := re.match(r"transformer_blocks\.(\d+)\.", k)))
+    logger.warning("%s has no config: inferred from tensor shapes; the positional grid (sample_*) and "
+                   "rotary flag take the reference defaults. Put a config.json beside it to be exact.", source)
+    return {"num_attention_heads": inner // head_dim, "attention_head_dim": head_dim, "in_channels": in_channels,
+            "out_channels": shapes["proj_out.weight"][0] // patch**2, "patch_size": patch,
+            "text_embed_dim": shapes["patch_embed.text_proj.weight"][1],
+            "time_embed_dim": shapes["time_embedding.linear_2.weight"][0], "num_layers": layers}
+
+
+def _strip_prefix(key: str) -> str:
+    for prefix in KEY_PREFIXES:
+        if key.startswith(prefix):
+            return key[len(prefix):]
+    return key
+
+
+def _fit_patch_weight(state: dict, model_shape: torch.Size) -> None:
+    """A checkpoint with fewer input channels (16-ch T2V) is zero-padded into the 33-ch model;
+    a wider one is truncated, as the reference does."""
+    weight = state.get(PATCH_WEIGHT)
+    if weight is None or weight.shape == model_shape:
+        return
+    fitted = weight.new_zeros(model_shape)
+    channels = min(weight.shape[1], model_shape[1])
+    fitted[:, :channels] = weight[:, :channels]
+    logger.info("patch embedding: %d input channels in the checkpoint, %d in the model (zero-padded)",
+                weight.shape[1], model_shape[1])
+    state[PATCH_WEIGHT] = fitted
+
+
+def _assign_strict(model: torch.nn.Module, state: dict, source: str) -> None:
+    expected = model.state_dict()
+    missing = [k for k in expected if k not in state]
+    unexpected = [k for k in state if k not in expected]
+    wrong = [k for k in expected if k in state and state[k].shape != expected[k].shape]
+    if missing or unexpected or wrong:
+        details = (f"missing {missing[:3]}" if missing else f"unexpected {unexpected[:3]}" if unexpected
+                   else f"shape of {wrong[0]}: file {tuple(state[wrong[0]].shape)}, config {tuple(expected[wrong[0]].shape)}")
+        raise ValueError(f"{source}: weights do not match the config ({details}; {len(missing)} missing, "
+                         f"{len(unexpected)} unexpected, {len(wrong)} wrong shapes). Check that config.json "
+                         f"belongs to these weights.")
+    model.load_state_dict(state, strict=True, assign=True)
+
+
+def load_transformer(path: PathLike, dtype: torch.dtype = torch.float32,
+                     config_overrides: Optional[dict] = None) -> DropletVideoTransformer3DModel:
+    """Transformer from a folder (config.json + safetensors) or a single .safetensors file."""
+    config_dict, source, files = _component_files(Path(path))
+    if config_dict is None:
+        shapes = {}
+        for file in files:
+            shapes.update(tensor_shapes(file))
+        config_dict = infer_transformer_config(shapes, source)
+    config = config_from_dict(TransformerConfig, {**config_dict, **(config_overrides or {})}, source)
+    with torch.device("meta"):
+        model = DropletVideoTransformer3DModel(config)
+    state = load_tensors(files, dtype, KEY_PREFIXES)
+    _fit_patch_weight(state, model.state_dict()[PATCH_WEIGHT].shape)
+    _assign_strict(model, state, source)
+    model.init_buffers(dtype=dtype)
+    return model.eval().requires_grad_(False)
+
+
+def load_vae(path: PathLike, dtype: torch.dtype = torch.float32) -> AutoencoderKLCogVideoX:
+    """The CogVideoX VAE (the reference's AutoencoderKLDropletVideo maps onto it key for key)."""
+    config_dict, source, files = _component_files(Path(path))
+    if config_dict is None:
+        raise ValueError(f"{source}: a VAE needs its config.json beside the weights (or a 'config' "
+                         f"metadata entry); copy vae/config.json from the released folder.")
+    config = config_from_dict(VaeConfig, config_dict, source)
+    with torch.device("meta"):
+        vae = AutoencoderKLCogVideoX(**config.diffusers_kwargs())
+    _assign_strict(vae, load_tensors(files, dtype, KEY_PREFIXES), source)
+    vae.num_sample_frames_batch_size = REFERENCE_ENCODE_FRAMES
+    return vae.eval().requires_grad_(False)
+
+
+def load_scheduler_config(folder: PathLike) -> dict:
+    return read_json(Path(folder) / "scheduler_config.json")

@@ -1,0 +1,175 @@
+"""The whole image-to-video path: prompt -> conditioning -> denoising -> frames.
+
+`DropletVideoPipeline.generate` is what the CLI and the tests call; the ComfyUI nodes call
+the same steps one by one (encode_prompts, encode_conditioning, initial_latents, denoise).
+"""
+
+import contextlib
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Optional
+
+import torch
+from PIL import Image
+
+from . import shapes
+from .conditioning import NOISE_AUG_STRENGTH, i2v_video_and_mask, inpaint_latents
+from .configs import read_json
+from .loading import load_scheduler_config, load_transformer, load_vae
+from .positional import fps_tensor
+from .sampling import StepCallback, denoise, make_scheduler, timesteps_for
+from .text import MAX_SEQUENCE_LENGTH, NEGATIVE_PROMPT, TextEncoder, load_text_encoder, with_suffix
+from .vae_ops import decode_to_frames, encode_sample
+
+logger = logging.getLogger(__name__)
+DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+@dataclass
+class Request:
+    """One generation; defaults are the reference CLI's (inference.py)."""
+
+    prompt: str
+    image: Optional[Image.Image] = None  # start frame; None = text-to-video
+    end_image: Optional[Image.Image] = None
+    negative_prompt: str = NEGATIVE_PROMPT
+    width: int = 672
+    height: int = 384
+    frames: int = 85
+    fps: float = 16
+    steps: int = 50
+    seed: int = 42
+    guidance_scale: float = 6.0
+    use_dynamic_cfg: bool = False
+    scheduler: str = "ddim"
+    max_sequence_length: int = MAX_SEQUENCE_LENGTH
+    append_prompt_suffix: bool = True
+    video: Optional[torch.Tensor] = None  # V2V input frames [F, H, W, 3] in 0..1
+    strength: float = 1.0
+    noise_aug_strength: float = NOISE_AUG_STRENGTH
+    tiled_vae: bool = False
+    trim_to_requested_frames: bool = False  # opt-in fix for quirk 3 (85 requested -> 88 decoded)
+
+
+@dataclass
+class Result:
+    frames: torch.Tensor  # [F, H, W, 3] float32 in 0..1
+    latents: torch.Tensor  # [1, F_lat, 16, h, w]
+    step_latents: list = field(default_factory=list)
+
+
+def initial_noise(shape, seed: int, device, dtype) -> torch.Tensor:
+    """Quirk 8: randn from a generator on the run device (a CUDA run differs from a CPU run)."""
+    generator = torch.Generator(device=device).manual_seed(seed)
+    return torch.randn(shape, generator=generator, device=device, dtype=dtype)
+
+
+def video_to_pixels(video: torch.Tensor, frames: int, width: int, height: int) -> torch.Tensor:
+    """[F, H, W, 3] 0..1 -> [1, 3, F', H, W] -1..1 with F' = the first `frames` frames."""
+    if video.ndim != 4 or video.shape[-1] != 3 or video.shape[0] == 0:
+        raise ValueError(f"input video must be [frames, height, width, 3] with at least 1 frame, got {tuple(video.shape)}.")
+    pixels = video[:frames].permute(0, 3, 1, 2).float()
+    if pixels.shape[-2:] != (height, width):
+        pixels = torch.nn.functional.interpolate(pixels, size=(height, width), mode="bilinear", antialias=True)
+    return (pixels * 2 - 1).permute(1, 0, 2, 3)[None]
+
+
+class DropletVideoPipeline:
+    def __init__(self, transformer, vae, text_encoder: TextEncoder, scheduler_config: dict,
+                 device="cpu", dtype=torch.float32, offload: bool = False):
+        self.transformer, self.vae, self.text_encoder = transformer, vae, text_encoder
+        self.scheduler_config = scheduler_config
+        self.device, self.dtype, self.offload = torch.device(device), dtype, offload
+        if not offload:
+            for module in (transformer, vae, text_encoder.model):
+                module.to(self.device)
+
+    @contextlib.contextmanager
+    def _on_device(self, module):
+        """Simple model offload: a component visits the GPU only while it is used."""
+        if self.offload:
+            module.to(self.device)
+        try:
+            yield module
+        finally:
+            if self.offload:
+                module.to("cpu")
+                if self.device.type == "cuda":
+                    torch.cuda.empty_cache()
+
+    def encode_prompts(self, request: Request):
+        with self._on_device(self.text_encoder.model):
+            positive = self.text_encoder.encode(with_suffix(request.prompt, request.append_prompt_suffix),
+                                                request.max_sequence_length)
+            negative = (self.text_encoder.encode(request.negative_prompt, request.max_sequence_length)
+                        if request.guidance_scale > 1.0 else None)
+        cast = lambda x: None if x is None else x.to(self.device, self.dtype)  # noqa: E731
+        return cast(positive), cast(negative)
+
+    def generate(self, request: Request, on_step: Optional[StepCallback] = None,
+                 keep_step_latents: bool = False) -> Result:
+        shapes.check_size(request.width, request.height)
+        frames = shapes.round_frames(request.frames)
+        if request.video is not None:
+            frames = min(frames, shapes.round_frames(request.video.shape[0]))
+        latent_shape = ((frames - 1) // 4 + 1, request.height // 8, request.width // 8)
+        fps = fps_tensor(request.fps)
+        positive, negative = self.encode_prompts(request)
+
+        scheduler = make_scheduler(self.scheduler_config, request.scheduler)
+        timesteps = timesteps_for(scheduler, request.steps, request.strength, self.device)
+        if len(timesteps) == 0:
+            raise ValueError(f"strength {request.strength} with {request.steps} steps leaves no step to run.")
+
+        with self._on_device(self.vae):
+            video, mask = i2v_video_and_mask(frames, request.width, request.height, request.image, request.end_image)
+            augment = self.transformer.config.add_noise_in_inpaint_model
+            inpaint = inpaint_latents(self.vae, video, mask, latent_shape, self.dtype,
+                                      request.noise_aug_strength if augment else None,
+                                      torch.Generator().manual_seed(request.seed), request.tiled_vae)
+            latents = self.initial_latents(request, scheduler, timesteps, latent_shape, frames)
+
+        step_latents = []
+
+        def step_hook(i, total, step_result):
+            if keep_step_latents:
+                step_latents.append(step_result.detach().float().cpu().clone())
+            if on_step is not None:
+                on_step(i, total, step_result)
+
+        with self._on_device(self.transformer):
+            latents = denoise(self.transformer, scheduler, latents, timesteps, positive, negative,
+                              inpaint.to(self.device), fps, request.guidance_scale, request.use_dynamic_cfg,
+                              torch.Generator(device=self.device).manual_seed(request.seed), step_hook)
+        with self._on_device(self.vae):
+            video = decode_to_frames(self.vae, latents, request.tiled_vae)[0]
+        if request.trim_to_requested_frames:
+            video = video[:, :frames]
+        return Result(video.permute(1, 2, 3, 0).cpu(), latents.cpu(), step_latents)
+
+    def initial_latents(self, request: Request, scheduler, timesteps, latent_shape, frames) -> torch.Tensor:
+        noise = initial_noise((1, latent_shape[0], 16, *latent_shape[1:]), request.seed, self.device, self.dtype)
+        if request.strength >= 1.0 or request.video is None:
+            if request.strength < 1.0:
+                raise ValueError("strength < 1 needs an input video (video-to-video); give one or set strength 1.")
+            return noise * scheduler.init_noise_sigma
+        pixels = video_to_pixels(request.video, frames, request.width, request.height)
+        sample = encode_sample(self.vae, pixels, torch.Generator(device=self.device).manual_seed(request.seed),
+                               request.tiled_vae)
+        video_latents = (sample * self.vae.config.scaling_factor).permute(0, 2, 1, 3, 4).to(self.device, self.dtype)
+        return scheduler.add_noise(video_latents, noise, timesteps[:1])
+
+
+def load_pipeline(ckpt, device="cpu", dtype: torch.dtype = torch.float32, offload: bool = False) -> DropletVideoPipeline:
+    """A pipeline from the released folder layout (DropletVideo-V1.0-weights/)."""
+    root = Path(ckpt)
+    if not root.is_dir():
+        raise FileNotFoundError(f"checkpoint folder {root} does not exist: point --ckpt at the released "
+                                f"DropletVideo-V1.0-weights folder, or use --ckpt tiny for the built-in test model.")
+    read_json(root / "model_index.json")
+    transformer = load_transformer(root / "transformer", dtype)
+    vae = load_vae(root / "vae", dtype)
+    text_encoder = load_text_encoder(root / "text_encoder", root / "tokenizer", dtype)
+    return DropletVideoPipeline(transformer, vae, text_encoder, load_scheduler_config(root / "scheduler"),
+                                device, dtype, offload)

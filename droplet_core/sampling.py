@@ -1,0 +1,98 @@
+"""Schedulers and the denoising loop (CFG as [negative, positive], FPS every step)."""
+
+import math
+from typing import Callable, Optional
+
+import torch
+from diffusers import (CogVideoXDDIMScheduler, CogVideoXDPMScheduler, DDIMScheduler, DPMSolverMultistepScheduler,
+                       EulerDiscreteScheduler, UniPCMultistepScheduler)
+
+from .transformer import run_block
+
+# "ddim" is what inference.py uses: diffusers' plain DDIMScheduler on the released config.
+SCHEDULERS = {
+    "ddim": (DDIMScheduler, {}),
+    "cogvideox_ddim": (CogVideoXDDIMScheduler, {}),
+    "cogvideox_dpm": (CogVideoXDPMScheduler, {}),
+    "dpmpp_2m": (DPMSolverMultistepScheduler, {"algorithm_type": "dpmsolver++", "solver_order": 2}),
+    "euler": (EulerDiscreteScheduler, {}),
+    "unipc": (UniPCMultistepScheduler, {}),
+}
+
+# on_step(step_index, total_steps, latents) -> None; raising from it aborts the run.
+StepCallback = Callable[[int, int, torch.Tensor], None]
+
+
+def make_scheduler(scheduler_config: dict, name: str = "ddim"):
+    """A scheduler built on the checkpoint's config (v-prediction, zero-SNR, trailing kept)."""
+    if name not in SCHEDULERS:
+        raise ValueError(f"unknown scheduler {name!r}: choose one of {', '.join(SCHEDULERS)}.")
+    cls, extra = SCHEDULERS[name]
+    config = {k: v for k, v in scheduler_config.items() if not k.startswith("_")}
+    return cls.from_config({**config, **extra})
+
+
+def timesteps_for(scheduler, steps: int, strength: float = 1.0, device=None):
+    """The schedule, cut as img2img does for strength < 1 (start at step N - int(N*strength))."""
+    if steps < 1:
+        raise ValueError(f"steps {steps} must be at least 1 (default 50).")
+    if not 0.0 <= strength <= 1.0:
+        raise ValueError(f"strength/denoise {strength} must be within 0..1 (1 = generate from pure noise).")
+    scheduler.set_timesteps(steps, device=device)
+    init = min(int(steps * strength), steps)
+    start = max(steps - init, 0)
+    return scheduler.timesteps[start * scheduler.order:]
+
+
+def dynamic_guidance(guidance: float, steps: int, timestep: float) -> float:
+    """The reference's dynamic CFG. It uses the timestep value (0..999), not the step index,
+    in ((N - t) / N) ** 5: reproduced as written."""
+    return 1 + guidance * ((1 - math.cos(math.pi * ((steps - timestep) / steps) ** 5.0)) / 2)
+
+
+@torch.no_grad()
+def denoise(transformer, scheduler, latents: torch.Tensor, timesteps: torch.Tensor, positive: torch.Tensor,
+            negative: Optional[torch.Tensor], inpaint: Optional[torch.Tensor], fps: torch.Tensor,
+            guidance_scale: float = 6.0, use_dynamic_cfg: bool = False, generator=None,
+            on_step: Optional[StepCallback] = None, block_runner=run_block) -> torch.Tensor:
+    """Runs the schedule from `latents` ([1, F, 16, h, w]) and returns the final latents.
+
+    `positive`/`negative` are text embeddings [1, T, D]; `inpaint` is [1, F, 17, h, w] or None.
+    Guidance > 1 batches [negative, positive] as the reference does; the prediction is fp32.
+    """
+    dtype = latents.dtype
+    use_cfg = guidance_scale > 1.0
+    if use_cfg and negative is None:
+        raise ValueError("guidance_scale > 1 needs a negative prompt embedding (use '' for an empty one).")
+    text = torch.cat([negative, positive]) if use_cfg else positive
+    inpaint = torch.cat([inpaint] * 2) if (use_cfg and inpaint is not None) else inpaint
+    device = latents.device
+    fps = fps.to(device)
+    rotary = transformer.rotary(latents.shape[1], latents.shape[3], latents.shape[4], device)
+    steps = len(timesteps)
+    extra = {"eta": 0.0, "generator": generator} if isinstance(scheduler, (DDIMScheduler, CogVideoXDDIMScheduler,
+                                                                             CogVideoXDPMScheduler)) else {}
+    old_pred_original = None
+    guidance = guidance_scale
+
+    for i, t in enumerate(timesteps):
+        model_input = torch.cat([latents] * 2) if use_cfg else latents
+        model_input = scheduler.scale_model_input(model_input, t)
+        prediction = transformer(model_input, text, t.expand(model_input.shape[0]), fps, inpaint_latents=inpaint,
+                                 image_rotary_emb=rotary, block_runner=block_runner).float()
+        if use_dynamic_cfg:
+            guidance = dynamic_guidance(guidance_scale, steps, t.item())
+        if use_cfg:
+            uncond, cond = prediction.chunk(2)
+            prediction = uncond + guidance * (cond - uncond)
+
+        if isinstance(scheduler, CogVideoXDPMScheduler):
+            latents, old_pred_original = scheduler.step(prediction, old_pred_original, t,
+                                                        timesteps[i - 1] if i > 0 else None, latents,
+                                                        **extra, return_dict=False)
+        else:
+            latents = scheduler.step(prediction, t, latents, **extra, return_dict=False)[0]
+        latents = latents.to(dtype)
+        if on_step is not None:
+            on_step(i, steps, latents)
+    return latents

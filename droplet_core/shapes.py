@@ -1,0 +1,45 @@
+"""Checks and roundings of video sizes, with errors that suggest valid values."""
+
+from typing import Tuple
+
+SIZE_MULTIPLE = 16
+TEMPORAL_COMPRESSION = 4
+SPATIAL_COMPRESSION = 8
+
+
+def check_size(width: int, height: int) -> None:
+    for name, value in (("width", width), ("height", height)):
+        if value < SIZE_MULTIPLE:
+            raise ValueError(f"{name} {value} is too small: use at least {SIZE_MULTIPLE} (default 672x384).")
+        if value % SIZE_MULTIPLE:
+            low = value // SIZE_MULTIPLE * SIZE_MULTIPLE
+            raise ValueError(f"{name} {value} is not a multiple of {SIZE_MULTIPLE}: use {low} or {low + SIZE_MULTIPLE}.")
+
+
+def round_frames(frames: int) -> int:
+    """(n-1)//4*4+1, as the reference rounds the requested length (1 stays 1)."""
+    if frames < 1:
+        raise ValueError(f"frames {frames} must be at least 1 (default 85; valid counts are 4k+1: 1, 5, 9, ... 85).")
+    return (frames - 1) // TEMPORAL_COMPRESSION * TEMPORAL_COMPRESSION + 1
+
+
+def latent_frames(frames: int) -> int:
+    return (round_frames(frames) - 1) // TEMPORAL_COMPRESSION + 1
+
+
+def decoded_frames(latent_count: int) -> int:
+    """Frames the CogVideoX VAE returns (quirk 3: an even latent count gives 4*L frames)."""
+    return 4 * latent_count if latent_count % 2 == 0 else 4 * (latent_count - 1) + 1
+
+
+def size_for_budget(image_width: int, image_height: int, base_resolution: int) -> Tuple[int, int]:
+    """(width, height), multiples of 16, keeping the image's aspect ratio at about base_resolution^2 pixels.
+
+    The reference's helper rounds to whole pixels only; we then round to the nearest multiple of 16.
+    """
+    if image_width < 1 or image_height < 1:
+        raise ValueError(f"image size {image_width}x{image_height} is empty.")
+    ratio = (base_resolution * base_resolution / (image_width * image_height)) ** 0.5
+    width = max(SIZE_MULTIPLE, round(image_width * ratio / SIZE_MULTIPLE) * SIZE_MULTIPLE)
+    height = max(SIZE_MULTIPLE, round(image_height * ratio / SIZE_MULTIPLE) * SIZE_MULTIPLE)
+    return width, height

@@ -1,0 +1,149 @@
+"""A tiny random-weight DropletVideo checkpoint in the exact released folder layout.
+
+Built deterministically (fixed seeds, CPU, fp32) from the committed sentencepiece model, so
+tests, goldens and the demo all see the same weights. The architecture is the real one at a
+small width: 33 input channels, the FPS embedding, a 2-shard T5 encoder, a 4-level causal VAE.
+"""
+
+import json
+import logging
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+import torch
+from safetensors.torch import save_file
+
+from .configs import TransformerConfig, VaeConfig, config_to_dict
+
+logger = logging.getLogger(__name__)
+
+VERSION = "tiny-v1"
+SPIECE = Path(__file__).parent / "assets" / "tiny_spiece.model"
+EXTRA_IDS = 100
+
+# 16x16 latents (128x128 pixels) x 4 latent frames (13 frames): 256 patches, enough for the
+# reference's 400 text tokens (quirk 1 needs at least 174).
+TRANSFORMER = TransformerConfig(
+    num_attention_heads=2, attention_head_dim=16, in_channels=33, out_channels=16, time_embed_dim=32,
+    text_embed_dim=32, num_layers=2, sample_width=16, sample_height=16, sample_frames=13)
+VAE = VaeConfig(
+    down_block_types=("DropletVideoDownBlock3D",) * 4, up_block_types=("DropletVideoUpBlock3D",) * 4,
+    block_out_channels=(8, 8, 16, 16), layers_per_block=1, norm_num_groups=4, sample_height=128,
+    sample_width=128)
+T5 = {"d_model": 32, "d_kv": 8, "d_ff": 64, "num_layers": 2, "num_heads": 4, "relative_attention_num_buckets": 8,
+      "relative_attention_max_distance": 16, "feed_forward_proj": "gated-gelu", "dropout_rate": 0.0,
+      "layer_norm_epsilon": 1e-6, "is_encoder_decoder": False, "use_cache": False, "pad_token_id": 0,
+      "eos_token_id": 1, "decoder_start_token_id": 0, "tie_word_embeddings": False}
+SCHEDULER = {
+    "_class_name": "CogVideoXDDIMScheduler", "beta_end": 0.012, "beta_schedule": "scaled_linear",
+    "beta_start": 0.00085, "clip_sample": False, "clip_sample_range": 1.0, "num_train_timesteps": 1000,
+    "prediction_type": "v_prediction", "rescale_betas_zero_snr": True, "sample_max_value": 1.0,
+    "set_alpha_to_one": True, "snr_shift_scale": 1.0, "steps_offset": 0, "timestep_spacing": "trailing",
+    "trained_betas": None}
+MODEL_INDEX = {
+    "_class_name": "DropletVideo_Pipeline_Inpaint", "_diffusers_version": "0.32.2",
+    "scheduler": ["diffusers", "CogVideoXDDIMScheduler"], "text_encoder": ["transformers", "T5EncoderModel"],
+    "tokenizer": ["transformers", "T5Tokenizer"], "transformer": ["diffusers", "DropletVideoTransformer3DModel"],
+    "vae": ["diffusers", "AutoencoderKLDropletVideo"]}
+
+
+def default_dir() -> Path:
+    if os.environ.get("DROPLET_TINY_DIR"):
+        return Path(os.environ["DROPLET_TINY_DIR"])
+    cache = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache"))
+    return cache / "droplet_video" / VERSION
+
+
+def ensure_tiny_checkpoint(path=None) -> Path:
+    """The tiny checkpoint's folder, built on first use (a second or two on CPU)."""
+    path = Path(path) if path else default_dir()
+    if (path / "model_index.json").is_file():
+        return path
+    path.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=".tiny-", dir=path.parent))
+    try:
+        _write_checkpoint(staging)
+        if not (path / "model_index.json").is_file():  # another process may have won the race
+            shutil.rmtree(path, ignore_errors=True)
+            staging.rename(path)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    logger.info("tiny checkpoint written to %s", path)
+    return path
+
+
+def _write_json(path: Path, data: dict) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(data, indent=2) + "\n")
+
+
+def _write_checkpoint(root: Path) -> None:
+    _write_json(root / "model_index.json", MODEL_INDEX)
+    _write_json(root / "configuration.json", {"framework": "pytorch", "task": "image-to-video"})
+    _write_json(root / "scheduler" / "scheduler_config.json", SCHEDULER)
+    _write_transformer(root / "transformer")
+    _write_vae(root / "vae")
+    _write_tokenizer(root / "tokenizer")
+    _write_text_encoder(root / "text_encoder")
+
+
+def _write_transformer(folder: Path) -> None:
+    from .transformer import DropletVideoTransformer3DModel
+
+    torch.manual_seed(1)
+    model = DropletVideoTransformer3DModel(TRANSFORMER)
+    _write_json(folder / "config.json", config_to_dict(TRANSFORMER, "DropletVideoTransformer3DModel"))
+    save_file({k: v.contiguous() for k, v in model.state_dict().items()},
+              str(folder / "diffusion_pytorch_model.safetensors"), metadata={"format": "pt"})
+
+
+def _write_vae(folder: Path) -> None:
+    from diffusers import AutoencoderKLCogVideoX
+
+    torch.manual_seed(2)
+    vae = AutoencoderKLCogVideoX(**VAE.diffusers_kwargs())
+    _write_json(folder / "config.json", config_to_dict(VAE, "AutoencoderKLDropletVideo"))
+    save_file({k: v.contiguous() for k, v in vae.state_dict().items()},
+              str(folder / "diffusion_pytorch_model.safetensors"), metadata={"format": "pt"})
+
+
+def _sentencepiece_size() -> int:
+    import sentencepiece
+
+    return sentencepiece.SentencePieceProcessor(model_file=str(SPIECE)).get_piece_size()
+
+
+def _write_tokenizer(folder: Path) -> None:
+    folder.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(SPIECE, folder / "spiece.model")
+    size = _sentencepiece_size()
+    extras = [f"<extra_id_{i}>" for i in range(EXTRA_IDS)]
+    special = {"eos_token": "</s>", "pad_token": "<pad>", "unk_token": "<unk>", "additional_special_tokens": extras}
+    _write_json(folder / "special_tokens_map.json", special)
+    _write_json(folder / "added_tokens.json", {tok: size + EXTRA_IDS - 1 - i for i, tok in enumerate(extras)})
+    _write_json(folder / "tokenizer_config.json", {
+        **special, "tokenizer_class": "T5Tokenizer", "extra_ids": EXTRA_IDS, "legacy": True,
+        "model_max_length": 226, "clean_up_tokenization_spaces": True, "sp_model_kwargs": {}})
+
+
+def _write_text_encoder(folder: Path) -> None:
+    from transformers import T5Config, T5EncoderModel
+
+    torch.manual_seed(3)
+    config = T5Config(vocab_size=_sentencepiece_size() + EXTRA_IDS, **T5)
+    model = T5EncoderModel(config).eval()
+    state = {k: v.contiguous() for k, v in model.state_dict().items() if k != "encoder.embed_tokens.weight"}
+    keys = sorted(state)
+    shards = {"model-00001-of-00002.safetensors": keys[: len(keys) // 2],
+              "model-00002-of-00002.safetensors": keys[len(keys) // 2:]}
+    folder.mkdir(parents=True, exist_ok=True)
+    for name, shard_keys in shards.items():
+        save_file({k: state[k] for k in shard_keys}, str(folder / name), metadata={"format": "pt"})
+    total = sum(v.numel() * v.element_size() for v in state.values())
+    weight_map = {k: name for name, shard_keys in shards.items() for k in shard_keys}
+    _write_json(folder / "model.safetensors.index.json", {"metadata": {"total_size": total}, "weight_map": weight_map})
+    config_dict = config.to_dict()
+    config_dict["architectures"] = ["T5EncoderModel"]
+    _write_json(folder / "config.json", config_dict)

@@ -1,0 +1,50 @@
+"""Encode and decode with the CogVideoX VAE, as the reference pipeline calls it.
+
+Pixels are [B, 3, F, H, W] in -1..1 going in; latents come back as [B, 16, F_lat, h, w]
+(unscaled); `decode_to_frames` takes [B, F_lat, 16, h, w] scaled latents.
+"""
+
+from typing import Optional
+
+import torch
+
+
+def _device_and_dtype(vae):
+    parameter = next(vae.parameters())
+    return parameter.device, parameter.dtype
+
+
+def set_tiling(vae, tiled: bool) -> None:
+    if tiled:
+        vae.enable_tiling()
+    else:
+        vae.disable_tiling()
+
+
+@torch.no_grad()
+def encode_mode(vae, pixels: torch.Tensor, tiled: bool = False) -> torch.Tensor:
+    """The distribution's mode, one video at a time (conditioning encodes)."""
+    device, dtype = _device_and_dtype(vae)
+    set_tiling(vae, tiled)
+    return torch.cat([vae.encode(x.to(device, dtype))[0].mode() for x in pixels.split(1)])
+
+
+@torch.no_grad()
+def encode_sample(vae, pixels: torch.Tensor, generator: Optional[torch.Generator],
+                  tiled: bool = False) -> torch.Tensor:
+    """A sample of the distribution (V2V latents). The reference draws it from the global RNG;
+    a generator seeded with the same seed on the same device gives the same numbers."""
+    device, dtype = _device_and_dtype(vae)
+    set_tiling(vae, tiled)
+    return torch.cat([vae.encode(x.to(device, dtype))[0].sample(generator=generator) for x in pixels.split(1)])
+
+
+@torch.no_grad()
+def decode_to_frames(vae, latents: torch.Tensor, tiled: bool = False) -> torch.Tensor:
+    """Scaled [B, F_lat, C, h, w] latents -> [B, 3, F, H, W] video in 0..1 (float32)."""
+    device, dtype = _device_and_dtype(vae)
+    set_tiling(vae, tiled)
+    latents = latents.permute(0, 2, 1, 3, 4)
+    latents = 1 / vae.config.scaling_factor * latents
+    frames = vae.decode(latents.to(device, dtype)).sample
+    return (frames / 2 + 0.5).clamp(0, 1).float()
