@@ -84,10 +84,9 @@ class VaeConfig:
     force_upcast: float = True
     use_quant_conv: bool = False
     use_post_quant_conv: bool = False
-    invert_scale_latents: bool = False
 
     REQUIRED = ("block_out_channels", "latent_channels")
-    NEUTRAL = {}
+    NEUTRAL = {"invert_scale_latents": False}  # written by newer diffusers
 
     @property
     def spatial_scale(self) -> int:

@@ -1,5 +1,6 @@
 """Schedulers and the denoising loop (CFG as [negative, positive], FPS every step)."""
 
+import inspect
 import math
 from typing import Callable, Optional
 
@@ -28,7 +29,8 @@ def make_scheduler(scheduler_config: dict, name: str = "ddim"):
     if name not in SCHEDULERS:
         raise ValueError(f"unknown scheduler {name!r}: choose one of {', '.join(SCHEDULERS)}.")
     cls, extra = SCHEDULERS[name]
-    config = {k: v for k, v in scheduler_config.items() if not k.startswith("_")}
+    accepted = inspect.signature(cls.__init__).parameters
+    config = {k: v for k, v in scheduler_config.items() if k in accepted}  # e.g. snr_shift_scale: DDIM has none
     return cls.from_config({**config, **extra})
 
 
