@@ -119,7 +119,7 @@ class DropletVideoPipeline:
 
         scheduler = make_scheduler(self.scheduler_config, request.scheduler)
         timesteps = timesteps_for(scheduler, request.steps, request.strength, self.device)
-        if len(timesteps) == 0:
+        if len(timesteps) == 0 and request.video is None:
             raise ValueError(f"strength {request.strength} with {request.steps} steps leaves no step to run.")
 
         with self._on_device(self.vae):
@@ -158,6 +158,8 @@ class DropletVideoPipeline:
         sample = encode_sample(self.vae, pixels, torch.Generator(device=self.device).manual_seed(request.seed),
                                request.tiled_vae)
         video_latents = (sample * self.vae.config.scaling_factor).permute(0, 2, 1, 3, 4).to(self.device, self.dtype)
+        if len(timesteps) == 0:  # strength 0: the input, unchanged
+            return video_latents
         return scheduler.add_noise(video_latents, noise, timesteps[:1])
 
 

@@ -1,0 +1,122 @@
+"""`python -m droplet_core`: the reference inference.py's options, plus output and device control."""
+
+import argparse
+import logging
+import resource
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+from .pipeline import DTYPES, Request, load_pipeline
+from .sampling import SCHEDULERS
+from .shapes import size_for_budget
+from .text import MAX_SEQUENCE_LENGTH, NEGATIVE_PROMPT
+from .tiny import ensure_tiny_checkpoint
+from .video_io import PLAYBACK_FPS, load_image, read_video, write_video
+
+DEFAULT_PROMPT = "A panda plays a guitar in a bamboo forest, the camera slowly moving to the left."
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m droplet_core", description="DropletVideo image-to-video.")
+    p.add_argument("--ckpt", required=True, help="released DropletVideo-V1.0-weights folder, or 'tiny' for the "
+                   "built-in random-weight test model")
+    p.add_argument("--ref_img", "--ref_img_dir", dest="ref_img", help="start image (omit for text-to-video)")
+    p.add_argument("--end_img", help="optional end image (start + end frame)")
+    p.add_argument("--fps", "--FPS", dest="fps", type=float, default=16, help="FPS condition: motion strength")
+    p.add_argument("--prompt", default=DEFAULT_PROMPT)
+    p.add_argument("--negative_prompt", default=NEGATIVE_PROMPT)
+    p.add_argument("--no_prompt_suffix", action="store_true", help="do not append the reference's quality suffix")
+    p.add_argument("--width", type=int, default=None, help="multiple of 16 (default 672; tiny: 128)")
+    p.add_argument("--height", type=int, default=None, help="multiple of 16 (default 384; tiny: 128)")
+    p.add_argument("--base_resolution", type=int, help="pick width/height from the image's aspect ratio and "
+                   "this pixel budget (e.g. 512 .. 896)")
+    p.add_argument("--video_length", type=int, default=None, help="frames, rounded to 4k+1 (default 85; tiny: 13)")
+    p.add_argument("--num_inference_steps", type=int, default=None, help="default 50 (tiny: 10)")
+    p.add_argument("--seed", type=int, default=42)
+    p.add_argument("--guidance_scale", type=float, default=6.0)
+    p.add_argument("--use_dynamic_cfg", action="store_true")
+    p.add_argument("--scheduler", choices=sorted(SCHEDULERS), default="ddim")
+    p.add_argument("--max_sequence_length", type=int, default=MAX_SEQUENCE_LENGTH)
+    p.add_argument("--input_video", help="video-to-video input (use with --strength < 1)")
+    p.add_argument("--strength", type=float, default=1.0, help="V2V denoise strength (1 = from noise)")
+    p.add_argument("--trim_frames", action="store_true", help="return exactly the rounded frame count "
+                   "(the reference returns 4 frames per latent for an even latent count: 85 -> 88)")
+    p.add_argument("--tiled_vae", action="store_true", help="tiled VAE encode/decode (less memory)")
+    p.add_argument("--out", default="samples/droplet.mp4", help=".mp4, .gif, .npz (key 'frames') or a folder")
+    p.add_argument("--playback_fps", type=float, default=PLAYBACK_FPS, help="file frame rate (reference: 8)")
+    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--dtype", choices=sorted(DTYPES), default=None, help="default bf16 on CUDA, fp32 on CPU")
+    p.add_argument("--offload", action="store_true", help="keep components on the CPU until used (CUDA)")
+    return p
+
+
+def _tiny_defaults(args) -> None:
+    """The tiny model's positional table covers 128x128 and 13 frames; keep its demo quick."""
+    args.width = args.width or 128
+    args.height = args.height or 128
+    args.video_length = args.video_length or 13
+    args.num_inference_steps = args.num_inference_steps or 10
+
+
+def request_from_args(args) -> Request:
+    image = load_image(args.ref_img) if args.ref_img else None
+    if args.base_resolution:
+        if image is None:
+            raise ValueError("--base_resolution needs --ref_img (it follows the image's aspect ratio).")
+        args.width, args.height = size_for_budget(*image.size, args.base_resolution)
+    video = read_video(args.input_video) if args.input_video else None
+    return Request(
+        prompt=args.prompt, image=image, end_image=load_image(args.end_img) if args.end_img else None,
+        negative_prompt=args.negative_prompt, width=args.width or 672, height=args.height or 384,
+        frames=args.video_length or 85, fps=args.fps, steps=args.num_inference_steps or 50, seed=args.seed,
+        guidance_scale=args.guidance_scale, use_dynamic_cfg=args.use_dynamic_cfg, scheduler=args.scheduler,
+        max_sequence_length=args.max_sequence_length, append_prompt_suffix=not args.no_prompt_suffix,
+        video=video, strength=args.strength, tiled_vae=args.tiled_vae, trim_to_requested_frames=args.trim_frames)
+
+
+def progress(i: int, total: int, _latents) -> None:
+    width = 30
+    done = (i + 1) * width // total
+    sys.stderr.write(f"\rdenoising [{'#' * done}{'.' * (width - done)}] {i + 1}/{total}")
+    if i + 1 == total:
+        sys.stderr.write("\n")
+    sys.stderr.flush()
+
+
+def main(argv=None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    if args.ckpt == "tiny":
+        args.ckpt = ensure_tiny_checkpoint()
+        _tiny_defaults(args)
+    dtype = DTYPES[args.dtype or ("bf16" if args.device.startswith("cuda") else "fp32")]
+    try:
+        started = time.perf_counter()
+        request = request_from_args(args)
+        pipe = load_pipeline(args.ckpt, args.device, dtype, offload=args.offload)
+        loaded = time.perf_counter()
+        result = pipe.generate(request, on_step=progress)
+        out = write_video(result.frames, args.out, args.playback_fps)
+    except (ValueError, FileNotFoundError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    total = time.perf_counter() - started
+    peak_rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    summary = (f"wrote {out} ({result.frames.shape[0]} frames {request.width}x{request.height}, FPS condition "
+               f"{args.fps:g}, playback {args.playback_fps:g} fps) in {total:.1f} s "
+               f"(load {loaded - started:.1f} s, generate {total - (loaded - started):.1f} s); peak RSS {peak_rss:.0f} MiB")
+    if args.device.startswith("cuda"):
+        summary += f", peak VRAM {torch.cuda.max_memory_allocated() / 2**30:.2f} GiB"
+    print(summary)
+    return 0
+
+
+def run() -> None:
+    sys.exit(main())
+
+
+if __name__ == "__main__":
+    run()

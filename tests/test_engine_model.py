@@ -1,0 +1,100 @@
+"""The transformer against diffusers' CogVideoX, and the reference quirks pinned one by one."""
+
+import pytest
+import torch
+from diffusers import CogVideoXTransformer3DModel
+
+from droplet_core.configs import TransformerConfig
+from droplet_core.loading import load_transformer
+from droplet_core.positional import REFERENCE_TEXT_ROWS, positional_rows, sincos_table_3d
+from droplet_core.shapes import decoded_frames
+from droplet_core.tiny import TRANSFORMER
+from engine_fixtures import tiny_ckpt  # noqa: F401
+
+
+def diffusers_twin(model, rotary: bool) -> CogVideoXTransformer3DModel:
+    """diffusers' CogVideoX with the same weights (all but fps_*): the independent implementation."""
+    c = model.config
+    twin = CogVideoXTransformer3DModel(
+        num_attention_heads=c.num_attention_heads, attention_head_dim=c.attention_head_dim,
+        in_channels=c.in_channels, out_channels=c.out_channels, time_embed_dim=c.time_embed_dim,
+        text_embed_dim=c.text_embed_dim, num_layers=c.num_layers, sample_width=c.sample_width,
+        sample_height=c.sample_height, sample_frames=c.sample_frames, max_text_seq_length=c.max_text_seq_length,
+        use_rotary_positional_embeddings=rotary, use_learned_positional_embeddings=False)
+    state = {k: v for k, v in model.state_dict().items() if not k.startswith("fps_")}
+    missing, unexpected = twin.load_state_dict(state, strict=False)
+    assert not unexpected and all(k.startswith("patch_embed.pos_embedding") for k in missing)
+    return twin.eval()
+
+
+@pytest.mark.parametrize("rotary", [False, True])
+def test_transformer_equals_diffusers_where_architectures_coincide(tiny_ckpt, rotary):
+    model = load_transformer(tiny_ckpt / "transformer", config_overrides={"use_rotary_positional_embeddings": rotary})
+    torch.nn.init.zeros_(model.fps_embedding.linear_2.weight)  # FPS MLP contributes zero
+    torch.nn.init.zeros_(model.fps_embedding.linear_2.bias)
+    twin = diffusers_twin(model, rotary)
+    c = model.config
+    generator = torch.Generator().manual_seed(0)
+    latents = torch.randn(2, c.latent_frames, 16, c.sample_height, c.sample_width, generator=generator)
+    inpaint = torch.randn(2, c.latent_frames, 17, c.sample_height, c.sample_width, generator=generator)
+    text = torch.randn(2, c.max_text_seq_length, c.text_embed_dim, generator=generator)
+    timestep = torch.tensor([999, 999])
+    rope = model.rotary(c.latent_frames, c.sample_height, c.sample_width)
+    with torch.no_grad():
+        ours = model(latents, text, timestep, torch.tensor([8]), inpaint, image_rotary_emb=rope)
+        theirs = twin(torch.cat([latents, inpaint], 2), text, timestep, image_rotary_emb=rope, return_dict=False)[0]
+    torch.testing.assert_close(ours, theirs, atol=1e-5, rtol=0)
+
+
+def test_fps_changes_the_prediction(tiny_ckpt):
+    model = load_transformer(tiny_ckpt / "transformer")
+    x = torch.randn(1, 2, 33 - 17, 8, 8)
+    text = torch.randn(1, 226, 32)
+    with torch.no_grad():
+        a = model(x, text, torch.tensor([500]), torch.tensor([8]), torch.zeros(1, 2, 17, 8, 8))
+        b = model(x, text, torch.tensor([500]), torch.tensor([32]), torch.zeros(1, 2, 17, 8, 8))
+    assert (a - b).abs().max() > 1e-3
+
+
+def test_quirk1_text_tokens_past_226_read_the_video_table():
+    table = sincos_table_3d(TRANSFORMER)
+    rows = positional_rows(table, TRANSFORMER, 400, 4, 8, 8)  # the config grid: 8x8 patches
+    assert rows.shape == (1, 400 + 4 * 8 * 8, TRANSFORMER.inner_dim)
+    assert torch.equal(rows[0, :REFERENCE_TEXT_ROWS], torch.zeros(REFERENCE_TEXT_ROWS, TRANSFORMER.inner_dim))
+    assert torch.equal(rows[0, REFERENCE_TEXT_ROWS:400], table[: 400 - REFERENCE_TEXT_ROWS])
+
+
+def test_quirk2_time_axis_is_not_interpolated():
+    table = sincos_table_3d(TRANSFORMER)
+    two_frames = positional_rows(table, TRANSFORMER, 226, 2, 8, 8)
+    assert torch.equal(two_frames[0, 226:], table[: 2 * 64])  # the config's first time slices
+    with pytest.raises(ValueError, match="exceed the positional table"):
+        positional_rows(table, TRANSFORMER, 226, TRANSFORMER.latent_frames + 1, 8, 8)
+
+
+def test_spatial_interpolation_keeps_the_grid_at_config_size():
+    table = sincos_table_3d(TRANSFORMER)
+    same = positional_rows(table, TRANSFORMER, 226, 4, 8, 8)
+    assert torch.equal(same[0, 226:], table)  # trilinear at the same size is the identity
+    wide = positional_rows(table, TRANSFORMER, 226, 4, 6, 10)
+    assert wide.shape[1] == 226 + 4 * 6 * 10
+    assert not torch.equal(wide[0, 226:226 + 60], table[:60])
+
+
+def test_sincos_table_matches_diffusers():
+    from diffusers.models.embeddings import get_3d_sincos_pos_embed
+
+    config = TransformerConfig(num_attention_heads=2, attention_head_dim=32, sample_width=12, sample_height=8,
+                               sample_frames=9)
+    theirs = get_3d_sincos_pos_embed(64, (6, 4), 3, 1.875, 1.0).flatten(0, 1)
+    torch.testing.assert_close(sincos_table_3d(config), theirs.float(), atol=1e-6, rtol=0)
+
+
+def test_quirk3_even_latent_count_decodes_to_four_frames_per_latent(tiny_ckpt):
+    from droplet_core.loading import load_vae
+    from droplet_core.vae_ops import decode_to_frames
+
+    vae = load_vae(tiny_ckpt / "vae")
+    for latent_count, expected in ((2, 8), (3, 9), (4, 16)):
+        video = decode_to_frames(vae, torch.randn(1, latent_count, 16, 4, 4))
+        assert video.shape[2] == expected == decoded_frames(latent_count)

@@ -1,0 +1,185 @@
+"""The sampler with a fake model, determinism, modes, the CLI, and ComfyUI-free imports."""
+
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from droplet_core.pipeline import Request, initial_noise, load_pipeline
+from droplet_core.sampling import SCHEDULERS, denoise, dynamic_guidance, make_scheduler, timesteps_for
+from droplet_core.tiny import SCHEDULER
+from engine_fixtures import end_image, start_image, tiny_ckpt  # noqa: F401
+
+ROOT = Path(__file__).resolve().parents[1]
+SMALL = dict(width=128, height=128, frames=5, steps=2)
+
+
+class FakeModel(torch.nn.Module):
+    """Predicts a known function of its inputs and records what it was given."""
+
+    def __init__(self):
+        super().__init__()
+        self.calls = []
+
+    def rotary(self, *args):
+        return None
+
+    def forward(self, x, text, timestep, fps, inpaint_latents=None, image_rotary_emb=None, block_runner=None):
+        self.calls.append((x.shape[0], text[:, 0, 0].tolist(), fps.tolist()))
+        return x * 0 + text[:, :1, :1, None, None]  # negative rows predict their text value
+
+
+def run_fake(guidance, steps=4, on_step=None):
+    model, scheduler = FakeModel(), make_scheduler(SCHEDULER)
+    timesteps = timesteps_for(scheduler, steps)
+    negative, positive = torch.full((1, 3, 4), -1.0), torch.full((1, 3, 4), 2.0)
+    latents = torch.zeros(1, 2, 16, 4, 4)
+    out = denoise(model, scheduler, latents, timesteps, positive, negative, None, torch.tensor([8]), guidance,
+                  on_step=on_step)
+    return model, out
+
+
+def test_sampler_batches_negative_then_positive_and_counts_steps():
+    seen = []
+    model, _ = run_fake(6.0, steps=4, on_step=lambda i, n, x: seen.append((i, n)))
+    assert seen == [(0, 4), (1, 4), (2, 4), (3, 4)]
+    assert [c[0] for c in model.calls] == [2] * 4
+    assert model.calls[0][1] == [-1.0, 2.0] and model.calls[0][2] == [8]
+
+
+def test_cfg_arithmetic_and_guidance_one_skips_the_negative():
+    model_one, out_one = run_fake(1.0, steps=1)
+    assert [c[0] for c in model_one.calls] == [1]
+    _, out_cfg = run_fake(3.0, steps=1)
+    # uncond -1, cond 2, g 3: -1 + 3 * 3 = 8 -> same scheduler step as a plain prediction of 8.
+    scheduler = make_scheduler(SCHEDULER)
+    t = timesteps_for(scheduler, 1)[0]
+    expected = scheduler.step(torch.full((1, 2, 16, 4, 4), 8.0), t, torch.zeros(1, 2, 16, 4, 4), eta=0.0).prev_sample
+    torch.testing.assert_close(out_cfg, expected)
+    assert not torch.equal(out_one, out_cfg)
+
+
+def test_on_step_can_abort():
+    class Interrupted(Exception):
+        pass
+
+    def stop_at_two(i, n, x):
+        if i == 1:
+            raise Interrupted
+
+    with pytest.raises(Interrupted):
+        run_fake(6.0, steps=5, on_step=stop_at_two)
+
+
+def test_dynamic_cfg_uses_the_timestep_value_as_the_reference():
+    assert dynamic_guidance(6.0, 50, 50) == 1.0
+    assert dynamic_guidance(6.0, 50, 999) != dynamic_guidance(6.0, 50, 979)
+
+
+def test_strength_cuts_the_schedule():
+    scheduler = make_scheduler(SCHEDULER)
+    assert len(timesteps_for(scheduler, 10, 1.0)) == 10
+    assert len(timesteps_for(scheduler, 10, 0.6)) == 6
+    assert len(timesteps_for(scheduler, 10, 0.0)) == 0
+    with pytest.raises(ValueError, match="within 0..1"):
+        timesteps_for(scheduler, 10, 1.5)
+
+
+def test_quirk8_initial_noise_is_the_seeded_generator():
+    expected = torch.randn((1, 2, 16, 4, 4), generator=torch.Generator("cpu").manual_seed(42))
+    assert torch.equal(initial_noise((1, 2, 16, 4, 4), 42, "cpu", torch.float32), expected)
+
+
+@pytest.fixture(scope="module")
+def pipe(tiny_ckpt):
+    return load_pipeline(tiny_ckpt)
+
+
+def test_same_seed_same_video_other_seed_or_fps_other_video(pipe, start_image):
+    base = dict(prompt="a panda", image=start_image, fps=8, seed=1, **SMALL)
+    first = pipe.generate(Request(**base)).frames
+    assert torch.equal(first, pipe.generate(Request(**base)).frames)
+    assert (first - pipe.generate(Request(**{**base, "seed": 2})).frames).abs().max() > 1e-3
+    assert (first - pipe.generate(Request(**{**base, "fps": 32})).frames).abs().max() > 1e-3
+    assert (first - pipe.generate(Request(**{**base, "prompt": "a car"})).frames).abs().max() > 1e-3
+
+
+def test_end_image_pulls_the_last_frame_towards_it(pipe, start_image, end_image):
+    from droplet_core.conditioning import resize_image
+
+    target = torch.from_numpy(np.array(resize_image(end_image, 128, 128))).float() / 255
+    base = dict(prompt="a panda", image=start_image, fps=8, seed=3, width=128, height=128, frames=9, steps=3)
+    without = pipe.generate(Request(**base)).frames[-1]
+    with_end = pipe.generate(Request(**base, end_image=end_image)).frames[-1]
+    assert (with_end - target).abs().mean() < (without - target).abs().mean()
+
+
+def test_v2v_strength_zero_returns_the_input(pipe):
+    from droplet_core.vae_ops import decode_to_frames, encode_sample
+
+    video = torch.rand(5, 128, 128, 3)
+    result = pipe.generate(Request(prompt="x", video=video, strength=0.0, seed=4, **{**SMALL, "steps": 4}))
+    pixels = (video.permute(3, 0, 1, 2)[None] * 2 - 1)
+    latents = encode_sample(pipe.vae, pixels, torch.Generator().manual_seed(4)) * pipe.vae.config.scaling_factor
+    expected = decode_to_frames(pipe.vae, latents.permute(0, 2, 1, 3, 4))[0].permute(1, 2, 3, 0)
+    torch.testing.assert_close(result.frames, expected)
+
+
+@pytest.mark.parametrize("name", sorted(SCHEDULERS))
+def test_every_scheduler_runs_deterministically(pipe, start_image, name):
+    request = Request(prompt="a panda", image=start_image, scheduler=name, seed=5, **SMALL)
+    first = pipe.generate(request).frames
+    assert torch.isfinite(first).all()
+    assert torch.equal(first, pipe.generate(request).frames)
+
+
+def test_trim_to_requested_frames(pipe, start_image):
+    request = Request(prompt="a", image=start_image, **SMALL)  # 5 frames -> 2 latents -> 8 decoded (quirk 3)
+    assert pipe.generate(request).frames.shape[0] == 8
+    request.trim_to_requested_frames = True
+    assert pipe.generate(request).frames.shape[0] == 5
+
+
+def test_cli_writes_the_same_frames_as_the_engine(tiny_ckpt, pipe, tmp_path, start_image):
+    out = tmp_path / "video.npz"
+    args = ["--ckpt", str(tiny_ckpt), "--ref_img", str(ROOT / "tests/goldens/start.png"), "--FPS", "8",
+            "--prompt", "a panda", "--width", "128", "--height", "128", "--video_length", "5",
+            "--num_inference_steps", "2", "--seed", "42", "--out", str(out)]
+    completed = subprocess.run([sys.executable, "-m", "droplet_core", *args], cwd=ROOT, capture_output=True, text=True)
+    assert completed.returncode == 0, completed.stderr
+    assert "wrote" in completed.stdout and "peak RSS" in completed.stdout
+    frames = np.load(out)["frames"]
+    assert frames.dtype == np.float32 and frames.shape == (8, 128, 128, 3)
+    expected = pipe.generate(Request(prompt="a panda", image=start_image, fps=8, seed=42, **SMALL)).frames
+    np.testing.assert_array_equal(frames, expected.numpy())
+
+
+def test_cli_reports_bad_input_clearly(tiny_ckpt):
+    completed = subprocess.run([sys.executable, "-m", "droplet_core", "--ckpt", str(tiny_ckpt), "--width", "500"],
+                               cwd=ROOT, capture_output=True, text=True)
+    assert completed.returncode == 2
+    assert "width 500 is not a multiple of 16: use 496 or 512" in completed.stderr
+
+
+def test_video_outputs(tmp_path):
+    from droplet_core.video_io import read_video, write_video
+
+    frames = torch.rand(6, 32, 48, 3)
+    write_video(frames, tmp_path / "v.gif")
+    write_video(frames, tmp_path / "png")
+    assert len(list((tmp_path / "png").glob("frame_*.png"))) == 6
+    back = read_video(write_video(frames, tmp_path / "v.mp4", fps=8))
+    assert back.shape == (6, 32, 48, 3)
+    with pytest.raises(ValueError, match="unknown output type"):
+        write_video(frames, tmp_path / "v.avi")
+
+
+def test_engine_never_imports_comfyui():
+    blocked = "import sys\nfor m in ('comfy', 'folder_paths', 'nodes', 'server', 'execution'): sys.modules[m] = None\n"
+    modules = sorted(p.stem for p in (ROOT / "droplet_core").glob("*.py") if p.stem != "__main__")
+    code = blocked + "".join(f"import droplet_core.{m}\n" for m in modules)
+    completed = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True)
+    assert completed.returncode == 0, completed.stderr
