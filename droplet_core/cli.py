@@ -77,7 +77,25 @@ def request_from_args(args) -> Request:
         video=video, strength=args.strength, tiled_vae=args.tiled_vae, trim_to_requested_frames=args.trim_frames)
 
 
-def progress(i: int, total: int, _latents) -> None:
+class Progress:
+    """A text progress bar that also times the denoising steps (between step ends, so the
+    conditioning work before the first step is not counted)."""
+
+    def __init__(self):
+        self.stamps = []
+
+    def __call__(self, i: int, total: int, _latents) -> None:
+        self.stamps.append(time.perf_counter())
+        draw_bar(i, total)
+
+    @property
+    def seconds_per_step(self) -> float:
+        if len(self.stamps) < 2:
+            return float("nan")
+        return (self.stamps[-1] - self.stamps[0]) / (len(self.stamps) - 1)
+
+
+def draw_bar(i: int, total: int) -> None:
     width = 30
     done = (i + 1) * width // total
     sys.stderr.write(f"\rdenoising [{'#' * done}{'.' * (width - done)}] {i + 1}/{total}")
@@ -98,6 +116,7 @@ def main(argv=None) -> int:
         request = request_from_args(args)
         pipe = load_pipeline(args.ckpt, args.device, dtype, offload=args.offload)
         loaded = time.perf_counter()
+        progress = Progress()
         result = pipe.generate(request, on_step=progress)
         out = write_video(result.frames, args.out, args.playback_fps)
     except (ValueError, FileNotFoundError) as error:
@@ -107,7 +126,8 @@ def main(argv=None) -> int:
     peak_rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     summary = (f"wrote {out} ({result.frames.shape[0]} frames {request.width}x{request.height}, FPS condition "
                f"{args.fps:g}, playback {args.playback_fps:g} fps) in {total:.1f} s "
-               f"(load {loaded - started:.1f} s, generate {total - (loaded - started):.1f} s); peak RSS {peak_rss:.0f} MiB")
+               f"(load {loaded - started:.1f} s, generate {total - (loaded - started):.1f} s, "
+               f"{progress.seconds_per_step:.3f} s/step); peak RSS {peak_rss:.0f} MiB")
     if args.device.startswith("cuda"):
         summary += f", peak VRAM {torch.cuda.max_memory_allocated() / 2**30:.2f} GiB"
     print(summary)

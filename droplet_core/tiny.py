@@ -42,6 +42,15 @@ SCHEDULER = {
     "prediction_type": "v_prediction", "rescale_betas_zero_snr": True, "sample_max_value": 1.0,
     "set_alpha_to_one": True, "snr_shift_scale": 1.0, "steps_offset": 0, "timestep_spacing": "trailing",
     "trained_betas": None}
+# A larger random-weight model for CPU benchmarks (same layout, ~0.1B transformer).
+MEDIUM = {
+    "transformer": TransformerConfig(num_attention_heads=8, attention_head_dim=64, in_channels=33, out_channels=16,
+                                     time_embed_dim=128, text_embed_dim=32, num_layers=8, sample_width=40,
+                                     sample_height=24, sample_frames=13),
+    "vae": VaeConfig(down_block_types=("DropletVideoDownBlock3D",) * 4, up_block_types=("DropletVideoUpBlock3D",) * 4,
+                     block_out_channels=(32, 32, 64, 64), layers_per_block=1, norm_num_groups=8,
+                     sample_height=192, sample_width=320),
+}
 MODEL_INDEX = {
     "_class_name": "DropletVideo_Pipeline_Inpaint", "_diffusers_version": "0.32.2",
     "scheduler": ["diffusers", "CogVideoXDDIMScheduler"], "text_encoder": ["transformers", "T5EncoderModel"],
@@ -56,15 +65,18 @@ def default_dir() -> Path:
     return cache / "droplet_video" / VERSION
 
 
-def ensure_tiny_checkpoint(path=None) -> Path:
-    """The tiny checkpoint's folder, built on first use (a second or two on CPU)."""
+def ensure_tiny_checkpoint(path=None, preset: str = "tiny") -> Path:
+    """The tiny checkpoint's folder, built on first use (a second or two on CPU).
+
+    preset "medium" builds the benchmark model instead (give it its own path)."""
     path = Path(path) if path else default_dir()
+    transformer, vae = (TRANSFORMER, VAE) if preset == "tiny" else (MEDIUM["transformer"], MEDIUM["vae"])
     if (path / "model_index.json").is_file():
         return path
     path.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=".tiny-", dir=path.parent))
     try:
-        _write_checkpoint(staging)
+        _write_checkpoint(staging, transformer, vae)
         if not (path / "model_index.json").is_file():  # another process may have won the race
             shutil.rmtree(path, ignore_errors=True)
             staging.rename(path)
@@ -79,33 +91,33 @@ def _write_json(path: Path, data: dict) -> None:
     path.write_text(json.dumps(data, indent=2) + "\n")
 
 
-def _write_checkpoint(root: Path) -> None:
+def _write_checkpoint(root: Path, transformer: TransformerConfig, vae: VaeConfig) -> None:
     _write_json(root / "model_index.json", MODEL_INDEX)
     _write_json(root / "configuration.json", {"framework": "pytorch", "task": "image-to-video"})
     _write_json(root / "scheduler" / "scheduler_config.json", SCHEDULER)
-    _write_transformer(root / "transformer")
-    _write_vae(root / "vae")
+    _write_transformer(root / "transformer", transformer)
+    _write_vae(root / "vae", vae)
     _write_tokenizer(root / "tokenizer")
     _write_text_encoder(root / "text_encoder")
 
 
-def _write_transformer(folder: Path) -> None:
+def _write_transformer(folder: Path, config: TransformerConfig) -> None:
     from .transformer import DropletVideoTransformer3DModel
 
     torch.manual_seed(1)
-    model = DropletVideoTransformer3DModel(TRANSFORMER)
-    _write_json(folder / "config.json", config_to_dict(TRANSFORMER, "DropletVideoTransformer3DModel"))
+    model = DropletVideoTransformer3DModel(config)
+    _write_json(folder / "config.json", config_to_dict(config, "DropletVideoTransformer3DModel"))
     save_file({k: v.contiguous() for k, v in model.state_dict().items()},
               str(folder / "diffusion_pytorch_model.safetensors"), metadata={"format": "pt"})
 
 
-def _write_vae(folder: Path) -> None:
+def _write_vae(folder: Path, config: VaeConfig) -> None:
     from diffusers import AutoencoderKLCogVideoX
 
     torch.manual_seed(2)
-    vae = AutoencoderKLCogVideoX(**VAE.diffusers_kwargs())
-    _write_json(folder / "config.json", config_to_dict(VAE, "AutoencoderKLDropletVideo"))
-    save_file({k: v.contiguous() for k, v in vae.state_dict().items()},
+    model = AutoencoderKLCogVideoX(**config.diffusers_kwargs())
+    _write_json(folder / "config.json", config_to_dict(config, "AutoencoderKLDropletVideo"))
+    save_file({k: v.contiguous() for k, v in model.state_dict().items()},
               str(folder / "diffusion_pytorch_model.safetensors"), metadata={"format": "pt"})
 
 

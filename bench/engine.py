@@ -1,0 +1,160 @@
+"""Benchmarks (not tests): our engine against the reference-equivalent paths, same weights.
+
+1. Transformer step: our DropletVideoTransformer3DModel vs diffusers' CogVideoXTransformer3DModel
+   (what the reference's blocks equal), CFG batch of 2, at the config grid, seconds per forward
+   and peak RSS, each in its own process.
+2. End to end (with --reference and --reference-python): our CLI vs the official pipeline
+   (bench/reference_run.py), same checkpoint and settings, wall time, s/step, peak RSS.
+3. On CUDA (--device cuda): the real 5B config with random weights at 672x384x85, a few steps.
+
+    python bench/engine.py --preset tiny --preset medium
+    python bench/engine.py --preset medium --reference ../DropletVideo --reference-python /tmp/refvenv/bin/python
+"""
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+# Real-size config (CogVideoX-5B class, 33 input channels) for the GPU run.
+FIVE_B = dict(num_attention_heads=48, attention_head_dim=64, in_channels=33, out_channels=16, time_embed_dim=512,
+              text_embed_dim=4096, num_layers=42, sample_width=84, sample_height=48, sample_frames=85)
+
+
+def run_measured(cmd, env=None):
+    """(stdout, wall seconds, peak RSS MiB) of a child process."""
+    with tempfile.TemporaryFile("w+") as out, tempfile.TemporaryFile("w+") as err:
+        started = time.perf_counter()
+        proc = subprocess.Popen(cmd, stdout=out, stderr=err, text=True, cwd=ROOT, env=env)
+        _, status, usage = os.wait4(proc.pid, 0)  # reaping it ourselves gives this child's own rusage
+        wall = time.perf_counter() - started
+        proc.returncode = os.waitstatus_to_exitcode(status)
+        out.seek(0), err.seek(0)
+        if proc.returncode:
+            raise RuntimeError(f"{cmd[:3]} failed:\n{err.read()[-2000:]}")
+        return out.read(), wall, usage.ru_maxrss / 1024
+
+
+def transformer_step(args):
+    """Child process: time forwards of one implementation, print JSON."""
+    import resource
+
+    import torch
+
+    from droplet_core.configs import TransformerConfig
+    from droplet_core.loading import load_transformer
+    from droplet_core.transformer import DropletVideoTransformer3DModel
+
+    torch.manual_seed(0)
+    if args.preset == "5b":
+        with torch.device("meta"):
+            model = DropletVideoTransformer3DModel(TransformerConfig(**FIVE_B))
+        model = model.to_empty(device=args.device).to(torch.bfloat16)
+        for p in model.parameters():
+            torch.nn.init.normal_(p, std=0.02)
+        model.init_buffers(device=args.device, dtype=torch.bfloat16)
+    else:
+        model = load_transformer(Path(args.ckpt) / "transformer").to(args.device)
+    c = model.config
+    dtype = next(model.parameters()).dtype
+    shape = (2, c.latent_frames, 16, c.sample_height, c.sample_width)
+    x = torch.randn(shape, device=args.device, dtype=dtype)
+    inpaint = torch.randn(2, c.latent_frames, 17, c.sample_height, c.sample_width, device=args.device, dtype=dtype)
+    text = torch.randn(2, c.max_text_seq_length, c.text_embed_dim, device=args.device, dtype=dtype)
+    t, fps = torch.tensor([500, 500], device=args.device), torch.tensor([8], device=args.device)
+    if args.impl == "diffusers":
+        from diffusers import CogVideoXTransformer3DModel
+
+        twin = CogVideoXTransformer3DModel(
+            num_attention_heads=c.num_attention_heads, attention_head_dim=c.attention_head_dim,
+            in_channels=c.in_channels, out_channels=c.out_channels, time_embed_dim=c.time_embed_dim,
+            text_embed_dim=c.text_embed_dim, num_layers=c.num_layers, sample_width=c.sample_width,
+            sample_height=c.sample_height, sample_frames=c.sample_frames, use_learned_positional_embeddings=False)
+        twin.load_state_dict({k: v for k, v in model.state_dict().items() if not k.startswith("fps_")}, strict=False)
+        del model
+        twin = twin.to(args.device, dtype).eval()
+        forward = lambda: twin(torch.cat([x, inpaint], 2), text, t, return_dict=False)  # noqa: E731
+    else:
+        forward = lambda: model(x, text, t, fps, inpaint)  # noqa: E731
+    times = []
+    with torch.no_grad():
+        for _ in range(args.repeats + 1):
+            started = time.perf_counter()
+            forward()
+            if args.device.startswith("cuda"):
+                torch.cuda.synchronize()
+            times.append(time.perf_counter() - started)
+    result = {"s_per_forward": sorted(times[1:])[len(times[1:]) // 2],
+              "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
+    if args.device.startswith("cuda"):
+        result["peak_vram_gib"] = torch.cuda.max_memory_allocated() / 2**30
+    print(json.dumps(result))
+
+
+def compare_transformers(preset, ckpt, device, repeats):
+    rows = {}
+    for impl in ("ours", "diffusers"):
+        out, _, _ = run_measured([sys.executable, __file__, "--child", impl, "--preset", preset, "--ckpt", str(ckpt),
+                                  "--device", device, "--repeats", str(repeats)])
+        rows[impl] = json.loads(out.strip().splitlines()[-1])
+    ours, theirs = rows["ours"], rows["diffusers"]
+    print(f"transformer step [{preset}, {device}, CFG batch 2]: ours {ours['s_per_forward']:.4f} s, "
+          f"diffusers {theirs['s_per_forward']:.4f} s (ratio {ours['s_per_forward'] / theirs['s_per_forward']:.2f}); "
+          f"peak RSS ours {ours['peak_rss_mib']:.0f} MiB, diffusers {theirs['peak_rss_mib']:.0f} MiB")
+
+
+def compare_end_to_end(preset, ckpt, args):
+    size = {"tiny": ("128", "128", "13"), "medium": ("320", "192", "13")}[preset]
+    image = str(ROOT / "tests" / "goldens" / "start.png")
+    ours_cmd = [sys.executable, "-m", "droplet_core", "--ckpt", str(ckpt), "--ref_img", image, "--fps", "8",
+                "--prompt", "A panda plays a guitar in a bamboo forest.", "--width", size[0], "--height", size[1],
+                "--video_length", size[2], "--num_inference_steps", str(args.steps), "--out", "/tmp/droplet_bench.gif",
+                "--device", "cpu", "--dtype", "fp32"]
+    ref_cmd = [args.reference_python, str(ROOT / "bench" / "reference_run.py"), "--reference", args.reference,
+               "--ckpt", str(ckpt), "--ref_img", image, "--width", size[0], "--height", size[1],
+               "--video_length", size[2], "--steps", str(args.steps)]
+    out, ours_wall, ours_rss = run_measured(ours_cmd)
+    ours_step = float(out.split(" s/step")[0].rsplit(", ", 1)[-1])
+    out, ref_wall, ref_rss = run_measured(ref_cmd)
+    ref_step = json.loads(out.strip().splitlines()[-1])["s_per_step"]
+    print(f"end to end [{preset}, {size[0]}x{size[1]}x{size[2]}, {args.steps} steps, CPU fp32]: "
+          f"ours {ours_wall:.2f} s, reference {ref_wall:.2f} s (ratio {ours_wall / ref_wall:.2f}); "
+          f"per step ours {ours_step:.4f} s, reference {ref_step:.4f} s (ratio {ours_step / ref_step:.2f}); "
+          f"peak RSS ours {ours_rss:.0f} MiB, reference {ref_rss:.0f} MiB (ratio {ours_rss / ref_rss:.2f})")
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--preset", action="append", choices=["tiny", "medium", "5b"])
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--repeats", type=int, default=5)
+    p.add_argument("--steps", type=int, default=10)
+    p.add_argument("--reference", help="folder of the official DropletVideo code (enables end-to-end runs)")
+    p.add_argument("--reference-python", default=sys.executable, help="python of the reference's environment")
+    p.add_argument("--child", choices=["ours", "diffusers"], help=argparse.SUPPRESS)
+    p.add_argument("--ckpt", help=argparse.SUPPRESS)
+    args = p.parse_args()
+    if args.child:
+        args.impl = args.child
+        args.preset = args.preset[0]
+        return transformer_step(args)
+
+    from droplet_core.tiny import ensure_tiny_checkpoint
+
+    with tempfile.TemporaryDirectory() as tmp:
+        for preset in args.preset or ["tiny", "medium"]:
+            ckpt = None if preset == "5b" else ensure_tiny_checkpoint(Path(tmp) / preset, preset)
+            compare_transformers(preset, ckpt, args.device, args.repeats)
+            if args.reference and preset != "5b":
+                compare_end_to_end(preset, ckpt, args)
+
+
+if __name__ == "__main__":
+    main()
