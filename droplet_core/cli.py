@@ -9,6 +9,7 @@ from pathlib import Path
 
 import torch
 
+from .lora import merge_loras
 from .pipeline import DTYPES, Request, load_pipeline
 from .sampling import SCHEDULERS
 from .shapes import size_for_budget
@@ -45,6 +46,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--trim_frames", action="store_true", help="return exactly the rounded frame count "
                    "(the reference returns 4 frames per latent for an even latent count: 85 -> 88)")
     p.add_argument("--tiled_vae", action="store_true", help="tiled VAE encode/decode (less memory)")
+    p.add_argument("--lora", action="append", default=[], metavar="PATH[:STRENGTH]",
+                   help="merge a LoRA (.safetensors) into the transformer; repeat to stack (strength default 1)")
+    p.add_argument("--fps_sweep", help="comma-separated FPS values (e.g. 4,8,16,32): one video each from the same "
+                   "seed, written as OUT_FPS<n> plus a side-by-side OUT_sweep")
     p.add_argument("--out", default="samples/droplet.mp4", help=".mp4, .gif, .npz (key 'frames') or a folder")
     p.add_argument("--playback_fps", type=float, default=PLAYBACK_FPS, help="file frame rate (reference: 8)")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
@@ -75,6 +80,23 @@ def request_from_args(args) -> Request:
         guidance_scale=args.guidance_scale, use_dynamic_cfg=args.use_dynamic_cfg, scheduler=args.scheduler,
         max_sequence_length=args.max_sequence_length, append_prompt_suffix=not args.no_prompt_suffix,
         video=video, strength=args.strength, tiled_vae=args.tiled_vae, trim_to_requested_frames=args.trim_frames)
+
+
+def parse_lora(spec: str):
+    path, _, strength = spec.partition(":") if not Path(spec).is_file() else (spec, "", "")
+    try:
+        return path, float(strength) if strength else 1.0
+    except ValueError:
+        raise ValueError(f"--lora {spec!r}: the strength after ':' must be a number, e.g. my_lora.safetensors:0.8")
+
+
+def write_outputs(results, fps_values, out: Path, playback_fps: float) -> Path:
+    if len(results) == 1:
+        return write_video(results[0].frames, out, playback_fps)
+    for fps, result in zip(fps_values, results):
+        write_video(result.frames, out.with_name(f"{out.stem}_FPS{fps:g}{out.suffix}"), playback_fps)
+    side_by_side = torch.cat([r.frames for r in results], dim=2)
+    return write_video(side_by_side, out.with_name(f"{out.stem}_sweep{out.suffix}"), playback_fps)
 
 
 class Progress:
@@ -114,18 +136,23 @@ def main(argv=None) -> int:
     try:
         started = time.perf_counter()
         request = request_from_args(args)
+        fps_values = [float(v) for v in args.fps_sweep.split(",")] if args.fps_sweep else [args.fps]
         pipe = load_pipeline(args.ckpt, args.device, dtype, offload=args.offload)
+        unknown = merge_loras(pipe.transformer, [parse_lora(spec) for spec in args.lora])
+        if unknown:
+            print(f"warning: {len(unknown)} LoRA keys matched no layer (first: {unknown[0]})", file=sys.stderr)
         loaded = time.perf_counter()
         progress = Progress()
-        result = pipe.generate(request, on_step=progress)
-        out = write_video(result.frames, args.out, args.playback_fps)
+        results = pipe.generate_fps_sweep(request, fps_values, on_step=progress)
+        result = results[0]
+        out = write_outputs(results, fps_values, Path(args.out), args.playback_fps)
     except (ValueError, FileNotFoundError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
     total = time.perf_counter() - started
     peak_rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     summary = (f"wrote {out} ({result.frames.shape[0]} frames {request.width}x{request.height}, FPS condition "
-               f"{args.fps:g}, playback {args.playback_fps:g} fps) in {total:.1f} s "
+               f"{','.join(f'{v:g}' for v in fps_values)}, playback {args.playback_fps:g} fps) in {total:.1f} s "
                f"(load {loaded - started:.1f} s, generate {total - (loaded - started):.1f} s, "
                f"{progress.seconds_per_step:.3f} s/step); peak RSS {peak_rss:.0f} MiB")
     if args.device.startswith("cuda"):

@@ -109,27 +109,35 @@ class DropletVideoPipeline:
 
     def generate(self, request: Request, on_step: Optional[StepCallback] = None,
                  keep_step_latents: bool = False) -> Result:
+        return self.generate_fps_sweep(request, [request.fps], on_step, keep_step_latents)[0]
+
+    def generate_fps_sweep(self, request: Request, fps_values, on_step: Optional[StepCallback] = None,
+                           keep_step_latents: bool = False) -> list:
+        """One video per FPS value from the same seed; text and image are encoded once."""
         shapes.check_size(request.width, request.height)
         frames = shapes.round_frames(request.frames)
         if request.video is not None:
             frames = min(frames, shapes.round_frames(request.video.shape[0]))
         latent_shape = ((frames - 1) // 4 + 1, request.height // 8, request.width // 8)
-        fps = fps_tensor(request.fps)
+        fps_conditions = [fps_tensor(fps) for fps in fps_values]
         positive, negative = self.encode_prompts(request)
-
-        scheduler = make_scheduler(self.scheduler_config, request.scheduler)
-        timesteps = timesteps_for(scheduler, request.steps, request.strength, self.device)
-        if len(timesteps) == 0 and request.video is None:
-            raise ValueError(f"strength {request.strength} with {request.steps} steps leaves no step to run.")
-
         with self._on_device(self.vae):
             video, mask = i2v_video_and_mask(frames, request.width, request.height, request.image, request.end_image)
             augment = self.transformer.config.add_noise_in_inpaint_model
             inpaint = inpaint_latents(self.vae, video, mask, latent_shape, self.dtype,
                                       request.noise_aug_strength if augment else None,
                                       torch.Generator().manual_seed(request.seed), request.tiled_vae)
-            latents = self.initial_latents(request, scheduler, timesteps, latent_shape, frames)
+        return [self._denoise_and_decode(request, fps, positive, negative, inpaint.to(self.device), latent_shape,
+                                         frames, on_step, keep_step_latents) for fps in fps_conditions]
 
+    def _denoise_and_decode(self, request, fps, positive, negative, inpaint, latent_shape, frames, on_step,
+                            keep_step_latents) -> Result:
+        scheduler = make_scheduler(self.scheduler_config, request.scheduler)
+        timesteps = timesteps_for(scheduler, request.steps, request.strength, self.device)
+        if len(timesteps) == 0 and request.video is None:
+            raise ValueError(f"strength {request.strength} with {request.steps} steps leaves no step to run.")
+        with self._on_device(self.vae):
+            latents = self.initial_latents(request, scheduler, timesteps, latent_shape, frames)
         step_latents = []
 
         def step_hook(i, total, step_result):
@@ -139,8 +147,8 @@ class DropletVideoPipeline:
                 on_step(i, total, step_result)
 
         with self._on_device(self.transformer):
-            latents = denoise(self.transformer, scheduler, latents, timesteps, positive, negative,
-                              inpaint.to(self.device), fps, request.guidance_scale, request.use_dynamic_cfg,
+            latents = denoise(self.transformer, scheduler, latents, timesteps, positive, negative, inpaint, fps,
+                              request.guidance_scale, request.use_dynamic_cfg,
                               torch.Generator(device=self.device).manual_seed(request.seed), step_hook)
         with self._on_device(self.vae):
             video = decode_to_frames(self.vae, latents, request.tiled_vae)[0]

@@ -1,0 +1,111 @@
+"""CogVideoX-family LoRA files: read the common key styles, turn them into weight deltas.
+
+Styles understood (any of the prefixes `transformer.`, `diffusion_model.`, `model.diffusion_model.`,
+`base_model.model.`, `lora_unet_`, `lora_transformer_`):
+- diffusers / peft: `transformer_blocks.0.attn1.to_q.lora_A.weight` + `lora_B.weight` (+ `.alpha`);
+- kohya: `lora_unet_transformer_blocks_0_attn1_to_q.lora_down.weight` + `lora_up.weight` + `.alpha`.
+delta = up @ down * (alpha / rank) * strength; without alpha the scale is 1 (alpha = rank).
+Keys that match no Linear of the model are reported, never silently dropped.
+"""
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Dict, List, Optional, Tuple
+
+import torch
+
+from .weights import load_tensors
+
+logger = logging.getLogger(__name__)
+
+PREFIXES = ("model.diffusion_model.", "diffusion_model.", "base_model.model.", "transformer.", "lora_unet_",
+            "lora_transformer_")
+SUFFIXES = {".lora_A.weight": "down", ".lora_B.weight": "up", ".lora_down.weight": "down",
+            ".lora_up.weight": "up", ".alpha": "alpha"}
+
+
+@dataclass
+class LoraLayer:
+    down: torch.Tensor  # [rank, in]
+    up: torch.Tensor  # [out, rank]
+    alpha: Optional[float] = None
+
+    def delta(self, strength: float = 1.0) -> torch.Tensor:
+        rank = self.down.shape[0]
+        scale = (self.alpha / rank if self.alpha is not None else 1.0) * strength
+        return (self.up.float() @ self.down.float()) * scale
+
+
+@dataclass
+class Lora:
+    layers: Dict[str, LoraLayer]  # module name (model's own) -> factors
+    unknown_keys: List[str]
+
+
+def _split_key(key: str) -> Tuple[str, str]:
+    for suffix, role in SUFFIXES.items():
+        if key.endswith(suffix):
+            name = key[: -len(suffix)]
+            for prefix in PREFIXES:
+                if name.startswith(prefix):
+                    name = name[len(prefix):]
+                    break
+            return name, role
+    return "", ""
+
+
+def read_lora(path, model: torch.nn.Module) -> Lora:
+    """Maps a LoRA file onto `model`'s Linear modules (both key styles)."""
+    linears = {name: module for name, module in model.named_modules() if isinstance(module, torch.nn.Linear)}
+    by_flat_name = {name.replace(".", "_"): name for name in linears}  # kohya writes dots as underscores
+    parts: Dict[str, dict] = {}
+    unknown = []
+    for key, tensor in load_tensors([Path(path)]).items():
+        raw_name, role = _split_key(key)
+        name = raw_name if raw_name in linears else by_flat_name.get(raw_name)
+        if name is None:
+            unknown.append(key)
+            continue
+        parts.setdefault(name, {})[role] = tensor
+    layers = {}
+    for name, found in parts.items():
+        if "down" not in found or "up" not in found:
+            unknown.extend(f"{name} ({role} without its pair)" for role in found)
+            continue
+        alpha = float(found["alpha"]) if "alpha" in found else None
+        layers[name] = LoraLayer(found["down"], found["up"], alpha)
+    if unknown:
+        logger.warning("%s: %d LoRA keys match no layer of this model (first: %s)", path, len(unknown), unknown[0])
+    if not layers:
+        raise ValueError(f"{path}: no key of this LoRA matches a DropletVideo/CogVideoX transformer layer "
+                         f"(first key: {unknown[0] if unknown else 'none'}); is it a LoRA for another model?")
+    return Lora(layers, unknown)
+
+
+def lora_deltas(lora: Lora, model: torch.nn.Module, strength: float) -> Dict[str, torch.Tensor]:
+    """{parameter name: delta} for `model.state_dict()` keys, shape-checked."""
+    params = dict(model.named_parameters())
+    deltas = {}
+    for name, layer in lora.layers.items():
+        weight = params[f"{name}.weight"]
+        delta = layer.delta(strength)
+        if delta.shape != weight.shape:
+            raise ValueError(f"LoRA layer {name}: delta {tuple(delta.shape)} does not fit weight {tuple(weight.shape)};"
+                             f" the LoRA was trained for a model of another size.")
+        deltas[f"{name}.weight"] = delta
+    return deltas
+
+
+@torch.no_grad()
+def merge_loras(model: torch.nn.Module, loras: List[Tuple[str, float]]) -> List[str]:
+    """Merges (path, strength) LoRAs into the weights; returns the unknown keys, for reporting."""
+    params = dict(model.named_parameters())
+    unknown = []
+    for path, strength in loras:
+        lora = read_lora(path, model)
+        unknown.extend(lora.unknown_keys)
+        for name, delta in lora_deltas(lora, model, strength).items():
+            weight = params[name]
+            weight.copy_((weight.float() + delta.to(weight.device)).to(weight.dtype))
+    return unknown

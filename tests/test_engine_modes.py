@@ -1,0 +1,110 @@
+"""LoRA merging in both key styles, the FPS sweep, and resolution buckets."""
+
+import pytest
+import torch
+from safetensors.torch import save_file
+
+from droplet_core.loading import load_transformer
+from droplet_core.lora import merge_loras, read_lora
+from droplet_core.pipeline import Request, load_pipeline
+from droplet_core.shapes import size_for_budget
+from engine_fixtures import start_image, tiny_ckpt  # noqa: F401
+
+LAYERS = ["transformer_blocks.0.attn1.to_q", "transformer_blocks.1.ff.net.2"]
+
+
+def lora_factors(model, rank=4, seed=0):
+    generator = torch.Generator().manual_seed(seed)
+    params = dict(model.named_parameters())
+    factors = {}
+    for name in LAYERS:
+        out_dim, in_dim = params[f"{name}.weight"].shape
+        factors[name] = (torch.randn(rank, in_dim, generator=generator), torch.randn(out_dim, rank, generator=generator))
+    return factors
+
+
+def write_diffusers_style(path, factors, alpha=None):
+    tensors = {}
+    for name, (down, up) in factors.items():
+        tensors[f"transformer.{name}.lora_A.weight"] = down
+        tensors[f"transformer.{name}.lora_B.weight"] = up
+        if alpha is not None:
+            tensors[f"transformer.{name}.alpha"] = torch.tensor(alpha)
+    tensors["transformer.not_a_layer.lora_A.weight"] = torch.zeros(1, 1)
+    save_file(tensors, str(path))
+
+
+def write_kohya_style(path, factors, alpha):
+    tensors = {}
+    for name, (down, up) in factors.items():
+        flat = "lora_unet_" + name.replace(".", "_")
+        tensors.update({f"{flat}.lora_down.weight": down, f"{flat}.lora_up.weight": up,
+                        f"{flat}.alpha": torch.tensor(alpha)})
+    save_file(tensors, str(path))
+
+
+def test_lora_merge_equals_hand_merge_and_reports_unknown_keys(tiny_ckpt, tmp_path):
+    model = load_transformer(tiny_ckpt / "transformer")
+    factors = lora_factors(model)
+    write_diffusers_style(tmp_path / "a.safetensors", factors, alpha=2.0)
+    expected = {name: p.clone() for name, p in model.named_parameters()}
+    for name, (down, up) in factors.items():
+        expected[f"{name}.weight"] += 0.7 * (2.0 / 4) * (up @ down)
+    unknown = merge_loras(model, [(str(tmp_path / "a.safetensors"), 0.7)])
+    assert unknown == ["transformer.not_a_layer.lora_A.weight"]
+    for name, param in model.named_parameters():
+        torch.testing.assert_close(param, expected[name], atol=1e-5, rtol=0)
+
+
+def test_kohya_and_diffusers_styles_agree_and_strength_zero_is_a_no_op(tiny_ckpt, tmp_path):
+    base = load_transformer(tiny_ckpt / "transformer")
+    factors = lora_factors(base)
+    write_diffusers_style(tmp_path / "d.safetensors", factors, alpha=8.0)
+    write_kohya_style(tmp_path / "k.safetensors", factors, alpha=8.0)
+    assert set(read_lora(tmp_path / "k.safetensors", base).layers) == set(LAYERS)
+    merged_d, merged_k, zero = (load_transformer(tiny_ckpt / "transformer") for _ in range(3))
+    merge_loras(merged_d, [(str(tmp_path / "d.safetensors"), 1.0)])
+    merge_loras(merged_k, [(str(tmp_path / "k.safetensors"), 1.0)])
+    merge_loras(zero, [(str(tmp_path / "k.safetensors"), 0.0)])
+    for (name, a), b, z, original in zip(merged_d.named_parameters(), merged_k.parameters(), zero.parameters(),
+                                         base.parameters()):
+        assert torch.equal(a, b), name
+        assert torch.equal(z, original), name
+    assert not torch.equal(merged_d.transformer_blocks[0].attn1.to_q.weight, base.transformer_blocks[0].attn1.to_q.weight)
+
+
+def test_stacked_loras_add_up(tiny_ckpt, tmp_path):
+    model = load_transformer(tiny_ckpt / "transformer")
+    write_diffusers_style(tmp_path / "one.safetensors", lora_factors(model, seed=1))
+    write_diffusers_style(tmp_path / "two.safetensors", lora_factors(model, seed=2))
+    stacked = load_transformer(tiny_ckpt / "transformer")
+    merge_loras(stacked, [(str(tmp_path / "one.safetensors"), 0.5), (str(tmp_path / "two.safetensors"), 0.25)])
+    one_then_two = load_transformer(tiny_ckpt / "transformer")
+    merge_loras(one_then_two, [(str(tmp_path / "one.safetensors"), 0.5)])
+    merge_loras(one_then_two, [(str(tmp_path / "two.safetensors"), 0.25)])
+    for a, b in zip(stacked.parameters(), one_then_two.parameters()):
+        assert torch.equal(a, b)
+
+
+def test_a_lora_for_another_model_is_refused(tiny_ckpt, tmp_path):
+    save_file({"lora_unet_down_blocks_0_attentions_0.lora_down.weight": torch.zeros(4, 8)}, str(tmp_path / "sd.safetensors"))
+    with pytest.raises(ValueError, match="no key of this LoRA matches"):
+        read_lora(tmp_path / "sd.safetensors", load_transformer(tiny_ckpt / "transformer"))
+
+
+def test_fps_sweep_equals_separate_runs(tiny_ckpt, start_image):
+    pipe = load_pipeline(tiny_ckpt)
+    request = Request(prompt="a panda", image=start_image, width=128, height=128, frames=5, steps=2, seed=8)
+    sweep = pipe.generate_fps_sweep(request, [4, 32])
+    for fps, result in zip([4, 32], sweep):
+        request.fps = fps
+        assert torch.equal(result.frames, pipe.generate(request).frames)
+    assert not torch.equal(sweep[0].frames, sweep[1].frames)
+
+
+@pytest.mark.parametrize("image_size,budget,expected", [((1920, 1080), 512, (688, 384)), ((1000, 1000), 640, (640, 640)),
+                                                        ((480, 640), 896, (768, 1040))])
+def test_resolution_buckets_keep_aspect_and_multiples_of_16(image_size, budget, expected):
+    width, height = size_for_budget(*image_size, budget)
+    assert (width, height) == expected
+    assert width % 16 == 0 and height % 16 == 0
