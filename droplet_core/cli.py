@@ -45,6 +45,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--strength", type=float, default=1.0, help="V2V denoise strength (1 = from noise)")
     p.add_argument("--trim_frames", action="store_true", help="return exactly the rounded frame count "
                    "(the reference returns 4 frames per latent for an even latent count: 85 -> 88)")
+    p.add_argument("--long_video", action="store_true", help="sliding temporal windows for more frames than the "
+                   "model was trained on (ExVideo/EasyAnimate-style long video)")
+    p.add_argument("--window_overlap", type=int, default=0, help="latent frames shared by windows (0: half)")
     p.add_argument("--tiled_vae", action="store_true", help="tiled VAE encode/decode (less memory)")
     p.add_argument("--lora", action="append", default=[], metavar="PATH[:STRENGTH]",
                    help="merge a LoRA (.safetensors) into the transformer; repeat to stack (strength default 1)")
@@ -79,7 +82,8 @@ def request_from_args(args) -> Request:
         frames=args.video_length or 85, fps=args.fps, steps=args.num_inference_steps or 50, seed=args.seed,
         guidance_scale=args.guidance_scale, use_dynamic_cfg=args.use_dynamic_cfg, scheduler=args.scheduler,
         max_sequence_length=args.max_sequence_length, append_prompt_suffix=not args.no_prompt_suffix,
-        video=video, strength=args.strength, tiled_vae=args.tiled_vae, trim_to_requested_frames=args.trim_frames)
+        video=video, strength=args.strength, tiled_vae=args.tiled_vae, long_video=args.long_video,
+        window_overlap=args.window_overlap, trim_to_requested_frames=args.trim_frames)
 
 
 def parse_lora(spec: str):

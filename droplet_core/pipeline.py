@@ -16,6 +16,7 @@ from PIL import Image
 from . import shapes
 from .conditioning import NOISE_AUG_STRENGTH, i2v_video_and_mask, inpaint_latents
 from .configs import read_json
+from .long_video import SlidingWindowTransformer
 from .loading import load_scheduler_config, load_transformer, load_vae
 from .positional import fps_tensor
 from .sampling import StepCallback, denoise, make_scheduler, timesteps_for
@@ -50,6 +51,8 @@ class Request:
     noise_aug_strength: float = NOISE_AUG_STRENGTH
     tiled_vae: bool = False
     trim_to_requested_frames: bool = False  # opt-in fix for quirk 3 (85 requested -> 88 decoded)
+    long_video: bool = False  # sliding windows past the model's trained length (long_video.py)
+    window_overlap: int = 0  # latent frames shared by neighbouring windows (0 = half a window)
 
 
 @dataclass
@@ -146,8 +149,10 @@ class DropletVideoPipeline:
             if on_step is not None:
                 on_step(i, total, step_result)
 
+        model = (SlidingWindowTransformer(self.transformer, overlap=request.window_overlap)
+                 if request.long_video else self.transformer)
         with self._on_device(self.transformer):
-            latents = denoise(self.transformer, scheduler, latents, timesteps, positive, negative, inpaint, fps,
+            latents = denoise(model, scheduler, latents, timesteps, positive, negative, inpaint, fps,
                               request.guidance_scale, request.use_dynamic_cfg,
                               torch.Generator(device=self.device).manual_seed(request.seed), step_hook)
         with self._on_device(self.vae):

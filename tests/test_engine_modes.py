@@ -108,3 +108,54 @@ def test_resolution_buckets_keep_aspect_and_multiples_of_16(image_size, budget, 
     width, height = size_for_budget(*image_size, budget)
     assert (width, height) == expected
     assert width % 16 == 0 and height % 16 == 0
+
+
+class ConstantPerWindow(torch.nn.Module):
+    """Predicts, for each window, a constant equal to the window's first frame index."""
+
+    def __init__(self, config):
+        super().__init__()
+        self.config = config
+
+    def rotary(self, *args):
+        return None
+
+    def forward(self, x, text, t, fps, inpaint=None, image_rotary_emb=None, **kwargs):
+        return torch.full_like(x, float(x[0, 0, 0, 0, 0]))
+
+
+def test_window_seams_are_ramps_not_jumps():
+    from droplet_core.long_video import SlidingWindowTransformer, window_starts
+    from droplet_core.tiny import TRANSFORMER
+
+    frames, window, overlap = 10, 4, 2
+    assert window_starts(frames, window, overlap) == [0, 2, 4, 6]
+    x = torch.arange(frames, dtype=torch.float32)[None, :, None, None, None].expand(1, frames, 16, 2, 2)
+    blended = SlidingWindowTransformer(ConstantPerWindow(TRANSFORMER), window, overlap)(x, None, None, None)
+    per_frame = blended[0, :, 0, 0, 0]
+    assert per_frame[0] == 0 and per_frame[-1] == 6
+    steps = per_frame.diff()
+    # Neighbouring windows differ by 2; hard stitching would jump by 2 in one frame.
+    assert (steps >= 0).all() and steps.max() <= 2 * 2 / 3 + 1e-6
+
+
+def test_long_video_twice_the_trained_length(tiny_ckpt, start_image):
+    from droplet_core.tiny import TRANSFORMER
+
+    pipe = load_pipeline(tiny_ckpt)
+    frames = 2 * (TRANSFORMER.max_video_frames - 1) + 1  # 25 frames = 7 latent frames, the model knows 4
+    request = Request(prompt="a panda", image=start_image, width=128, height=128, frames=frames, steps=2)
+    with pytest.raises(ValueError, match="long-video mode"):
+        pipe.generate(request)
+    request.long_video = True
+    result = pipe.generate(request)
+    assert result.latents.shape[1] == 7 and result.frames.shape == (25, 128, 128, 3)
+    assert torch.isfinite(result.frames).all()
+
+
+def test_long_video_within_the_trained_length_is_the_plain_path(tiny_ckpt, start_image):
+    pipe = load_pipeline(tiny_ckpt)
+    request = Request(prompt="a panda", image=start_image, width=128, height=128, frames=9, steps=2)
+    plain = pipe.generate(request).frames
+    request.long_video = True
+    assert torch.equal(plain, pipe.generate(request).frames)
