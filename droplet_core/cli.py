@@ -48,6 +48,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--long_video", action="store_true", help="sliding temporal windows for more frames than the "
                    "model was trained on (ExVideo/EasyAnimate-style long video)")
     p.add_argument("--window_overlap", type=int, default=0, help="latent frames shared by windows (0: half)")
+    p.add_argument("--cache_threshold", type=float, default=0.0, help="TeaCache-style step skipping: 0 = off, "
+                   "0.05 .. 0.2 trade quality for speed")
     p.add_argument("--tiled_vae", action="store_true", help="tiled VAE encode/decode (less memory)")
     p.add_argument("--lora", action="append", default=[], metavar="PATH[:STRENGTH]",
                    help="merge a LoRA (.safetensors) into the transformer; repeat to stack (strength default 1)")
@@ -83,7 +85,7 @@ def request_from_args(args) -> Request:
         guidance_scale=args.guidance_scale, use_dynamic_cfg=args.use_dynamic_cfg, scheduler=args.scheduler,
         max_sequence_length=args.max_sequence_length, append_prompt_suffix=not args.no_prompt_suffix,
         video=video, strength=args.strength, tiled_vae=args.tiled_vae, long_video=args.long_video,
-        window_overlap=args.window_overlap, trim_to_requested_frames=args.trim_frames)
+        window_overlap=args.window_overlap, cache_threshold=args.cache_threshold, trim_to_requested_frames=args.trim_frames)
 
 
 def parse_lora(spec: str):

@@ -20,6 +20,8 @@ from .long_video import SlidingWindowTransformer
 from .loading import load_scheduler_config, load_transformer, load_vae
 from .positional import fps_tensor
 from .sampling import StepCallback, denoise, make_scheduler, timesteps_for
+from .transformer import run_block
+from .step_cache import StepCache
 from .text import MAX_SEQUENCE_LENGTH, NEGATIVE_PROMPT, TextEncoder, load_text_encoder, with_suffix
 from .vae_ops import decode_to_frames, encode_sample
 
@@ -53,6 +55,7 @@ class Request:
     trim_to_requested_frames: bool = False  # opt-in fix for quirk 3 (85 requested -> 88 decoded)
     long_video: bool = False  # sliding windows past the model's trained length (long_video.py)
     window_overlap: int = 0  # latent frames shared by neighbouring windows (0 = half a window)
+    cache_threshold: float = 0.0  # TeaCache-style step skipping (step_cache.py); 0 = off
 
 
 @dataclass
@@ -151,10 +154,14 @@ class DropletVideoPipeline:
 
         model = (SlidingWindowTransformer(self.transformer, overlap=request.window_overlap)
                  if request.long_video else self.transformer)
+        if request.cache_threshold and request.long_video:
+            raise ValueError("step caching and long-video windows cannot be combined yet: turn one off.")
+        runner = (StepCache(request.cache_threshold, self.transformer.config.num_layers)
+                  if request.cache_threshold else run_block)
         with self._on_device(self.transformer):
             latents = denoise(model, scheduler, latents, timesteps, positive, negative, inpaint, fps,
                               request.guidance_scale, request.use_dynamic_cfg,
-                              torch.Generator(device=self.device).manual_seed(request.seed), step_hook)
+                              torch.Generator(device=self.device).manual_seed(request.seed), step_hook, runner)
         with self._on_device(self.vae):
             video = decode_to_frames(self.vae, latents, request.tiled_vae)[0]
         if request.trim_to_requested_frames:

@@ -159,3 +159,27 @@ def test_long_video_within_the_trained_length_is_the_plain_path(tiny_ckpt, start
     plain = pipe.generate(request).frames
     request.long_video = True
     assert torch.equal(plain, pipe.generate(request).frames)
+
+
+def test_step_cache_off_is_identical_and_on_skips_steps(tiny_ckpt, start_image):
+    from droplet_core.step_cache import StepCache
+
+    pipe = load_pipeline(tiny_ckpt)
+    request = Request(prompt="a panda", image=start_image, width=128, height=128, frames=5, steps=12, seed=2)
+    plain = pipe.generate(request).frames
+    request.cache_threshold = 1e-9  # on, but nothing is similar enough to skip
+    assert torch.equal(plain, pipe.generate(request).frames)
+
+    cache = StepCache(0.5, pipe.transformer.config.num_layers)
+    positive, negative = pipe.encode_prompts(request)
+    x = torch.randn(2, 2, 16, 16, 16)
+    text = torch.cat([negative, positive])
+    with torch.no_grad():
+        for t in (900, 899, 898, 897):
+            pipe.transformer(x, text, torch.tensor([t, t]), torch.tensor([8]), torch.zeros(2, 2, 17, 16, 16),
+                             block_runner=cache)
+    assert (cache.computed_steps, cache.skipped_steps) == (1, 3)  # inputs barely change: reuse
+    request.cache_threshold = 0.3
+    cached = pipe.generate(request).frames
+    assert torch.equal(cached, pipe.generate(request).frames)  # deterministic
+    assert (cached - plain).abs().mean() < 0.05
