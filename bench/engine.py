@@ -130,6 +130,28 @@ def compare_end_to_end(preset, ckpt, args):
           f"peak RSS ours {ours_rss:.0f} MiB, reference {ref_rss:.0f} MiB (ratio {ours_rss / ref_rss:.2f})")
 
 
+def compare_step_cache(preset, ckpt, steps, thresholds=(0.0, 0.1, 0.2)):
+    """Speed and output difference of TeaCache-style caching against the uncached run."""
+    from PIL import Image
+
+    from droplet_core.pipeline import Request, load_pipeline
+
+    pipe = load_pipeline(ckpt)
+    size = {"tiny": (128, 128), "medium": (320, 192)}[preset]
+    image = Image.open(ROOT / "tests" / "goldens" / "start.png")
+    baseline = None
+    for threshold in thresholds:
+        request = Request(prompt="A panda plays a guitar in a bamboo forest.", image=image, width=size[0],
+                          height=size[1], frames=13, steps=steps, fps=8, cache_threshold=threshold)
+        started = time.perf_counter()
+        frames = pipe.generate(request).frames
+        seconds = time.perf_counter() - started
+        baseline = frames if baseline is None else baseline
+        diff = (frames - baseline).abs()
+        print(f"step cache [{preset}, {steps} steps] threshold {threshold:g}: {seconds:.2f} s end to end, "
+              f"mean |diff| {diff.mean():.4f}, max {diff.max():.4f} (0..1 pixels)")
+
+
 def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--preset", action="append", choices=["tiny", "medium", "5b"])
@@ -138,6 +160,7 @@ def main():
     p.add_argument("--steps", type=int, default=10)
     p.add_argument("--reference", help="folder of the official DropletVideo code (enables end-to-end runs)")
     p.add_argument("--reference-python", default=sys.executable, help="python of the reference's environment")
+    p.add_argument("--cache", action="store_true", help="also measure step caching thresholds")
     p.add_argument("--child", choices=["ours", "diffusers"], help=argparse.SUPPRESS)
     p.add_argument("--ckpt", help=argparse.SUPPRESS)
     args = p.parse_args()
@@ -154,6 +177,8 @@ def main():
             compare_transformers(preset, ckpt, args.device, args.repeats)
             if args.reference and preset != "5b":
                 compare_end_to_end(preset, ckpt, args)
+            if args.cache and preset != "5b":
+                compare_step_cache(preset, ckpt, args.steps)
 
 
 if __name__ == "__main__":
