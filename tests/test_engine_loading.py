@@ -11,6 +11,7 @@ from droplet_core.loading import load_transformer, load_vae
 from droplet_core.pipeline import load_pipeline
 from droplet_core.shapes import check_size, round_frames
 from droplet_core.text import load_text_encoder
+from droplet_core.tiny import TRANSFORMER
 from engine_fixtures import tiny_ckpt  # noqa: F401
 
 WEIGHTS = "diffusion_pytorch_model.safetensors"
@@ -38,7 +39,8 @@ def test_single_file_transformer_without_config_is_inferred(tiny_ckpt, tmp_path)
     shutil.copyfile(tiny_ckpt / "transformer" / WEIGHTS, single)
     # The grid (sample_*) cannot be read off shapes: give the tiny one, as a user would with config.json.
     folder_model = load_transformer(tiny_ckpt / "transformer")
-    inferred = load_transformer(single, config_overrides={"sample_width": 16, "sample_height": 16, "sample_frames": 13})
+    grid = {k: getattr(TRANSFORMER, k) for k in ("sample_width", "sample_height", "sample_frames")}
+    inferred = load_transformer(single, config_overrides=grid)
     assert inferred.config == folder_model.config
     assert torch.equal(outputs_of(inferred), outputs_of(folder_model))
 

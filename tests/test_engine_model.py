@@ -11,6 +11,11 @@ from droplet_core.shapes import decoded_frames
 from droplet_core.tiny import TRANSFORMER
 from engine_fixtures import tiny_ckpt  # noqa: F401
 
+ROWS, COLS = TRANSFORMER.sample_height // 2, TRANSFORMER.sample_width // 2  # the config grid in patches
+PER_FRAME = ROWS * COLS
+# A small grid for forward passes (weights do not depend on it): 16x16 latents, 4 latent frames.
+SMALL_GRID = {"sample_width": 16, "sample_height": 16, "sample_frames": 13}
+
 
 def diffusers_twin(model, rotary: bool) -> CogVideoXTransformer3DModel:
     """diffusers' CogVideoX with the same weights (all but fps_*): the independent implementation."""
@@ -29,7 +34,8 @@ def diffusers_twin(model, rotary: bool) -> CogVideoXTransformer3DModel:
 
 @pytest.mark.parametrize("rotary", [False, True])
 def test_transformer_equals_diffusers_where_architectures_coincide(tiny_ckpt, rotary):
-    model = load_transformer(tiny_ckpt / "transformer", config_overrides={"use_rotary_positional_embeddings": rotary})
+    model = load_transformer(tiny_ckpt / "transformer",
+                             config_overrides={"use_rotary_positional_embeddings": rotary, **SMALL_GRID})
     torch.nn.init.zeros_(model.fps_embedding.linear_2.weight)  # FPS MLP contributes zero
     torch.nn.init.zeros_(model.fps_embedding.linear_2.bias)
     twin = diffusers_twin(model, rotary)
@@ -58,23 +64,23 @@ def test_fps_changes_the_prediction(tiny_ckpt):
 
 def test_quirk1_text_tokens_past_226_read_the_video_table():
     table = sincos_table_3d(TRANSFORMER)
-    rows = positional_rows(table, TRANSFORMER, 400, 4, 8, 8)  # the config grid: 8x8 patches
-    assert rows.shape == (1, 400 + 4 * 8 * 8, TRANSFORMER.inner_dim)
+    rows = positional_rows(table, TRANSFORMER, 400, 4, ROWS, COLS)
+    assert rows.shape == (1, 400 + 4 * PER_FRAME, TRANSFORMER.inner_dim)
     assert torch.equal(rows[0, :REFERENCE_TEXT_ROWS], torch.zeros(REFERENCE_TEXT_ROWS, TRANSFORMER.inner_dim))
     assert torch.equal(rows[0, REFERENCE_TEXT_ROWS:400], table[: 400 - REFERENCE_TEXT_ROWS])
 
 
 def test_quirk2_time_axis_is_not_interpolated():
     table = sincos_table_3d(TRANSFORMER)
-    two_frames = positional_rows(table, TRANSFORMER, 226, 2, 8, 8)
-    assert torch.equal(two_frames[0, 226:], table[: 2 * 64])  # the config's first time slices
+    two_frames = positional_rows(table, TRANSFORMER, 226, 2, ROWS, COLS)
+    assert torch.equal(two_frames[0, 226:], table[: 2 * PER_FRAME])  # the config's first time slices
     with pytest.raises(ValueError, match="exceed the positional table"):
-        positional_rows(table, TRANSFORMER, 226, TRANSFORMER.latent_frames + 1, 8, 8)
+        positional_rows(table, TRANSFORMER, 226, TRANSFORMER.latent_frames + 1, ROWS, COLS)
 
 
 def test_spatial_interpolation_keeps_the_grid_at_config_size():
     table = sincos_table_3d(TRANSFORMER)
-    same = positional_rows(table, TRANSFORMER, 226, 4, 8, 8)
+    same = positional_rows(table, TRANSFORMER, 226, TRANSFORMER.latent_frames, ROWS, COLS)
     assert torch.equal(same[0, 226:], table)  # trilinear at the same size is the identity
     wide = positional_rows(table, TRANSFORMER, 226, 4, 6, 10)
     assert wide.shape[1] == 226 + 4 * 6 * 10

@@ -48,7 +48,8 @@ def test_engine_reproduces_reference(name, tiny_ckpt):
     steps = sorted((k for k in golden if k.startswith("step_")), key=lambda k: int(k.split("_")[1]))
     assert len(result.step_latents) == len(steps)
     for key, ours in zip(steps, result.step_latents):
-        torch.testing.assert_close(ours[0], golden[key], atol=ATOL, rtol=0, msg=f"{name} {key}")
+        ours = ours[0, :, :, ::4, ::4] if key.endswith("_sub4") else ours[0]
+        torch.testing.assert_close(ours, golden[key], atol=ATOL, rtol=0, msg=f"{name} {key}")
     assert result.frames.shape[0] == int(golden["frames"])
     video_sub = result.frames.permute(3, 0, 1, 2)[:, :, ::8, ::8]
     torch.testing.assert_close(video_sub, golden["video_sub"], atol=ATOL, rtol=0)
