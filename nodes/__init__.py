@@ -1,0 +1,29 @@
+"""DropletVideo's ComfyUI nodes: one node per file, each a thin adapter over droplet_core."""
+
+from .empty_conditioning import DropletVideoEmptyConditioning
+from .image_encode import DropletVideoImageEncode
+from .model_loader import DropletVideoModelLoader
+from .sampler import DropletVideoSampler
+from .t5_loader import DropletVideoT5Loader
+from .text_encode import DropletVideoTextEncode
+from .transformer_loader import DropletVideoTransformerLoader
+from .vae_decode import DropletVideoVAEDecode
+from .vae_encode import DropletVideoVAEEncode
+from .vae_loader import DropletVideoVAELoader
+
+NODE_DISPLAY_NAME_MAPPINGS = {
+    "DropletVideoModelLoader": "DropletVideo Model Loader",
+    "DropletVideoTransformerLoader": "DropletVideo Transformer Loader",
+    "DropletVideoVAELoader": "DropletVideo VAE Loader",
+    "DropletVideoT5Loader": "DropletVideo T5 Loader",
+    "DropletVideoTextEncode": "DropletVideo Text Encode",
+    "DropletVideoImageEncode": "DropletVideo Image Encode (start/end frame)",
+    "DropletVideoEmptyConditioning": "DropletVideo Empty Conditioning (text-to-video)",
+    "DropletVideoSampler": "DropletVideo Sampler",
+    "DropletVideoVAEDecode": "DropletVideo VAE Decode",
+    "DropletVideoVAEEncode": "DropletVideo VAE Encode (video-to-video)",
+}
+NODE_CLASS_MAPPINGS = {cls.__name__: cls for cls in (
+    DropletVideoModelLoader, DropletVideoTransformerLoader, DropletVideoVAELoader, DropletVideoT5Loader,
+    DropletVideoTextEncode, DropletVideoImageEncode, DropletVideoEmptyConditioning, DropletVideoSampler,
+    DropletVideoVAEDecode, DropletVideoVAEEncode)}

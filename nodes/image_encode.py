@@ -1,0 +1,71 @@
+"""DropletVideoImageEncode: start (and end) frame to the inpaint latents (DROPLET_IMAGE_COND)."""
+
+import comfy.model_management
+import torch
+
+from ..droplet_core import shapes
+from ..droplet_core.conditioning import NOISE_AUG_STRENGTH, i2v_video_and_mask, inpaint_latents
+from .components import ImageCond, latent_shape, load_for_compute, module_dtype
+from .images import RESIZE_MODES, first_image, fit
+from .memory import vae_encode_memory
+
+SIZE = {"min": 16, "max": 2048, "step": 16}
+
+
+class DropletVideoImageEncode:
+    DESCRIPTION = ("Builds the image-to-video conditioning: the start image held on the first frame (and an end image "
+                   "on the last), the other frames masked, VAE-encoded as the reference does. Without images it "
+                   "gives the all-masked (text-to-video) conditioning.")
+    CATEGORY = "DropletVideo"
+    RETURN_TYPES = ("DROPLET_IMAGE_COND",)
+    RETURN_NAMES = ("image_cond",)
+    OUTPUT_TOOLTIPS = ("Inpaint latents and the video size, for DropletVideoSampler.",)
+    FUNCTION = "encode"
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {
+            "required": {
+                "vae": ("DROPLET_VAE", {"tooltip": "From a DropletVideo loader."}),
+                "width": ("INT", {"default": 672, **SIZE, "tooltip": "Video width, a multiple of 16 (default 672)."}),
+                "height": ("INT", {"default": 384, **SIZE, "tooltip": "Video height, a multiple of 16 (default 384)."}),
+                "frames": ("INT", {"default": 85, "min": 1, "max": 1024, "step": 4, "tooltip": "Video length; "
+                                   "rounded down to 4k+1 (1, 5, ... 85). The model's positional table sets the "
+                                   "maximum."}),
+                "resize_mode": (RESIZE_MODES, {"default": "stretch", "tooltip": "How images meet the video size: "
+                                               "stretch (the reference's plain resize), crop (centre), pad (black)."}),
+                "noise_augmentation": ("BOOLEAN", {"default": False, "tooltip": "Add noise to the conditioning "
+                                                   "frames. Turn on only for a model whose config says "
+                                                   "add_noise_in_inpaint_model (the release does not)."}),
+                "noise_aug_strength": ("FLOAT", {"default": NOISE_AUG_STRENGTH, "min": 0.0, "max": 1.0,
+                                                 "step": 0.0001, "tooltip": "Std of that noise (reference 0.0563)."}),
+                "noise_aug_seed": ("INT", {"default": 42, "min": 0, "max": 0xFFFFFFFFFFFFFFFF, "tooltip": "Seed "
+                                           "of that noise (the reference uses the sampler's seed)."}),
+                "vae_tiling": ("BOOLEAN", {"default": False, "tooltip": "Encode in spatial tiles: less memory, "
+                                           "slightly different latents from the reference."}),
+            },
+            "optional": {
+                "start_image": ("IMAGE", {"tooltip": "First frame (the batch's first image)."}),
+                "end_image": ("IMAGE", {"tooltip": "Optional last frame; needs a start_image."}),
+            },
+        }
+
+    def encode(self, vae, width, height, frames, resize_mode, noise_augmentation, noise_aug_strength, noise_aug_seed,
+               vae_tiling, start_image=None, end_image=None):
+        shapes.check_size(width, height)
+        frames = shapes.round_frames(frames)
+        if end_image is not None and start_image is None:
+            raise ValueError("end_image needs a start_image: connect the first frame to start_image.")
+        start, end = (None if image is None else fit(first_image(image, name), width, height, resize_mode)
+                      for image, name in ((start_image, "start_image"), (end_image, "end_image")))
+        video, mask = i2v_video_and_mask(frames, width, height, start, end)
+        strength = noise_aug_strength if noise_augmentation else None
+
+        module = vae.patcher.model.module
+        memory = vae_encode_memory(frames, height, width, module_dtype(module), vae_tiling)
+        module = load_for_compute(vae.patcher, memory)
+        # float32 here; the sampler casts to the model's dtype, as the engine's single cast does.
+        latents = inpaint_latents(module, video, mask, latent_shape(width, height, frames), torch.float32, strength,
+                                  torch.Generator().manual_seed(noise_aug_seed), vae_tiling)
+        out = comfy.model_management.intermediate_device()
+        return (ImageCond(latents.to(out), width, height, frames, strength),)

@@ -1,0 +1,28 @@
+"""The LATENT socket's layout: the one place where latents change axis order.
+
+ComfyUI's video latents are `{"samples": [B, C, F, H, W]}` (channels, then frames), as its
+core video models use them. The engine (droplet_core) and its transformer work in
+[B, F, C, H, W] (frames, then channels). Nodes convert with these two functions only.
+
+Values are in the transformer's space: VAE latents x the VAE's scaling_factor (1.15258426 for
+the release), as the engine keeps them. ComfyUI's core CogVideoX nodes keep LATENT unscaled,
+so DropletVideo latents go to DropletVideo nodes (VAEDecode, Sampler) only.
+"""
+
+import torch
+
+
+def to_comfy(latents: torch.Tensor) -> dict:
+    """Engine [B, F, C, H, W] -> LATENT {"samples": [B, C, F, H, W]}."""
+    if latents.ndim != 5:
+        raise ValueError(f"video latents must have 5 axes [B, F, C, H, W], got shape {tuple(latents.shape)}.")
+    return {"samples": latents.permute(0, 2, 1, 3, 4).contiguous()}
+
+
+def from_comfy(latent: dict) -> torch.Tensor:
+    """LATENT {"samples": [B, C, F, H, W]} -> engine [B, F, C, H, W]."""
+    samples = latent["samples"]
+    if samples.ndim != 5:
+        raise ValueError(f"this LATENT has shape {tuple(samples.shape)}; a video LATENT is [batch, channels, "
+                         f"frames, height, width]: make it with DropletVideoVAEEncode or DropletVideoSampler.")
+    return samples.permute(0, 2, 1, 3, 4)

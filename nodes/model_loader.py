@@ -1,0 +1,46 @@
+"""DropletVideoModelLoader: the whole release folder from ComfyUI/models/DropletVideo/."""
+
+from ..droplet_core.configs import read_json
+from ..droplet_core.loading import load_scheduler_config
+from .loader_common import PRECISION_TOOLTIP, PRECISIONS, build_model, build_text_encoder, build_vae, cached, path_key
+from .model_paths import DROPLET_FOLDER, folders_with, resolve
+
+OFFLOAD_MODES = ("comfy_model_management",)
+
+
+class DropletVideoModelLoader:
+    DESCRIPTION = ("Loads a DropletVideo release folder (DropletVideo-V1.0-weights: model_index.json, transformer/, "
+                   "vae/, text_encoder/, tokenizer/, scheduler/) from ComfyUI/models/DropletVideo/.")
+    CATEGORY = "DropletVideo"
+    RETURN_TYPES = ("DROPLET_MODEL", "DROPLET_VAE", "DROPLET_TEXT_ENCODER")
+    RETURN_NAMES = ("model", "vae", "text_encoder")
+    OUTPUT_TOOLTIPS = ("The DropletVideo transformer with its scheduler config.", "The video VAE.",
+                       "The T5 text encoder and tokenizer.")
+    FUNCTION = "load"
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {
+            "model_folder": (folders_with(DROPLET_FOLDER, "model_index.json"), {
+                "tooltip": "A folder under ComfyUI/models/DropletVideo/ that holds model_index.json "
+                           "(the released DropletVideo-V1.0-weights)."}),
+            "precision": (PRECISIONS, {"default": "bf16", "tooltip": PRECISION_TOOLTIP}),
+            "offload": (OFFLOAD_MODES, {
+                "default": "comfy_model_management",
+                "tooltip": "comfy_model_management: ComfyUI moves each model to the GPU while a node uses it "
+                           "and offloads it when memory is needed."}),
+        }}
+
+    def load(self, model_folder, precision, offload):
+        if offload not in OFFLOAD_MODES:
+            raise ValueError(f"unknown offload mode {offload!r}: use one of {', '.join(OFFLOAD_MODES)}.")
+        root = resolve(DROPLET_FOLDER, model_folder, "DropletVideo model folder")
+        read_json(root / "model_index.json")  # a clear error if this is not a release folder
+
+        def build():
+            scheduler_config = load_scheduler_config(root / "scheduler")
+            return (build_model(root / "transformer", scheduler_config, precision),
+                    build_vae(root / "vae", precision),
+                    build_text_encoder(root / "text_encoder", root / "tokenizer", precision))
+
+        return cached("release", path_key(root / "model_index.json", precision), build)

@@ -1,0 +1,33 @@
+"""DropletVideoTransformerLoader: the transformer alone, from ComfyUI/models/diffusion_models/."""
+
+from ..droplet_core.tiny import SCHEDULER
+from .loader_common import PRECISION_TOOLTIP, PRECISIONS, build_model, cached, path_key
+from .model_paths import components, resolve
+
+# The DDIM config the CogVideoX family (and DropletVideo's release) ships in scheduler/.
+# TODO: import the release constant from droplet_core once it has one (tiny.SCHEDULER holds it now).
+RELEASE_SCHEDULER = {k: v for k, v in SCHEDULER.items() if k != "_class_name"}
+
+
+class DropletVideoTransformerLoader:
+    DESCRIPTION = ("Loads the DropletVideo transformer from ComfyUI/models/diffusion_models/: a folder with "
+                   "config.json and safetensors (the release's transformer/), or one .safetensors file (with a "
+                   "config.json beside it, or its config read off the weights). Uses the release's DDIM scheduler.")
+    CATEGORY = "DropletVideo"
+    RETURN_TYPES = ("DROPLET_MODEL",)
+    RETURN_NAMES = ("model",)
+    OUTPUT_TOOLTIPS = ("The DropletVideo transformer with the release's scheduler config.",)
+    FUNCTION = "load"
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {
+            "transformer_name": (components("diffusion_models"), {
+                "tooltip": "A .safetensors file or a folder with config.json in ComfyUI/models/diffusion_models/."}),
+            "precision": (PRECISIONS, {"default": "bf16", "tooltip": PRECISION_TOOLTIP}),
+        }}
+
+    def load(self, transformer_name, precision):
+        path = resolve("diffusion_models", transformer_name, "transformer")
+        return cached("transformer", path_key(path, precision),
+                      lambda: (build_model(path, dict(RELEASE_SCHEDULER), precision),))

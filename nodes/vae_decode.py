@@ -1,0 +1,44 @@
+"""DropletVideoVAEDecode: LATENT to IMAGE frames."""
+
+import comfy.model_management
+import torch
+
+from ..droplet_core import shapes
+from ..droplet_core.vae_ops import decode_to_frames
+from . import latent_layout
+from .components import load_for_compute, module_dtype
+from .memory import vae_decode_memory
+
+
+class DropletVideoVAEDecode:
+    DESCRIPTION = ("Decodes DropletVideo latents to frames. Like the reference, an even number of latent frames "
+                   "decodes to 4 frames each (85 requested -> 88 frames); trim_to_frames keeps the 4k+1 frames "
+                   "instead.")
+    CATEGORY = "DropletVideo"
+    RETURN_TYPES = ("IMAGE",)
+    RETURN_NAMES = ("frames",)
+    OUTPUT_TOOLTIPS = ("The video as an IMAGE batch, one image per frame.",)
+    FUNCTION = "decode"
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {
+            "vae": ("DROPLET_VAE", {"tooltip": "From a DropletVideo loader."}),
+            "latent": ("LATENT", {"tooltip": "From DropletVideoSampler (or DropletVideoVAEEncode)."}),
+            "tiling": ("BOOLEAN", {"default": False, "tooltip": "Decode in spatial tiles: much less memory, "
+                                   "faint seams possible."}),
+            "trim_to_frames": ("BOOLEAN", {"default": False, "tooltip": "Keep (latent frames - 1) * 4 + 1 frames "
+                                           "(the requested count) instead of the reference's output."}),
+        }}
+
+    def decode(self, vae, latent, tiling, trim_to_frames):
+        latents = latent_layout.from_comfy(latent)  # [B, F, C, h, w]
+        module = vae.patcher.model.module
+        scale = shapes.SPATIAL_COMPRESSION
+        memory = vae_decode_memory(latents.shape[1], latents.shape[3] * scale, latents.shape[4] * scale,
+                                   module_dtype(module), tiling)
+        module = load_for_compute(vae.patcher, memory)
+        keep = (latents.shape[1] - 1) * shapes.TEMPORAL_COMPRESSION + 1 if trim_to_frames else None
+        out = comfy.model_management.intermediate_device()
+        videos = [decode_to_frames(module, video[None], tiling)[0, :, :keep].to(out) for video in latents]
+        return (torch.cat(videos, dim=1).permute(1, 2, 3, 0),)

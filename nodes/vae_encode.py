@@ -1,0 +1,52 @@
+"""DropletVideoVAEEncode: IMAGE frames to LATENT, for video-to-video."""
+
+import comfy.model_management
+import torch
+
+from ..droplet_core import shapes
+from ..droplet_core.pipeline import video_to_pixels
+from ..droplet_core.vae_ops import encode_sample
+from . import latent_layout
+from .components import load_for_compute, module_dtype
+from .memory import vae_encode_memory
+
+
+class DropletVideoVAEEncode:
+    DESCRIPTION = ("Encodes a video (an IMAGE batch, one image per frame) to DropletVideo latents for video-to-video: "
+                   "the first 4k+1 frames, sampled from the VAE's distribution as the reference does. Frames must "
+                   "have the size of the conditioning (a multiple of 16).")
+    CATEGORY = "DropletVideo"
+    RETURN_TYPES = ("LATENT",)
+    RETURN_NAMES = ("latent",)
+    OUTPUT_TOOLTIPS = ("Video latents for DropletVideoSampler's latent input.",)
+    FUNCTION = "encode"
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {
+            "vae": ("DROPLET_VAE", {"tooltip": "From a DropletVideo loader."}),
+            "image": ("IMAGE", {"tooltip": "The video frames, e.g. from Get Video Components."}),
+            "tiling": ("BOOLEAN", {"default": False, "tooltip": "Encode in spatial tiles: less memory."}),
+            "seed": ("INT", {"default": 42, "min": 0, "max": 0xFFFFFFFFFFFFFFFF, "control_after_generate": True,
+                             "tooltip": "Seed of the latent sample (the reference uses the sampler's seed)."}),
+        }}
+
+    def encode(self, vae, image, tiling, seed):
+        if image.ndim != 4 or image.shape[0] == 0:
+            raise ValueError(f"image must be a non-empty IMAGE batch [frames, height, width, 3], got "
+                             f"{tuple(image.shape)}.")
+        height, width = image.shape[1:3]
+        try:
+            shapes.check_size(width, height)
+        except ValueError as error:
+            raise ValueError(f"video frames are {width}x{height}: {error} Resize them first (core node "
+                             f"'Upscale Image').") from error
+        frames = shapes.round_frames(image.shape[0])
+        pixels = video_to_pixels(image, frames, width, height)
+        module = vae.patcher.model.module
+        module = load_for_compute(vae.patcher, vae_encode_memory(frames, height, width, module_dtype(module), tiling))
+        generator = torch.Generator(device=vae.patcher.load_device).manual_seed(seed)
+        # As the engine's initial_latents: a sample of the distribution, scaled, frames first.
+        latents = encode_sample(module, pixels, generator, tiling) * module.config.scaling_factor
+        latents = latents.permute(0, 2, 1, 3, 4)
+        return (latent_layout.to_comfy(latents.to(comfy.model_management.intermediate_device())),)

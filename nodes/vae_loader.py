@@ -1,0 +1,28 @@
+"""DropletVideoVAELoader: the VAE alone, from ComfyUI/models/vae/."""
+
+from .loader_common import PRECISION_TOOLTIP, PRECISIONS, build_vae, cached, path_key
+from .model_paths import components, resolve
+
+
+class DropletVideoVAELoader:
+    DESCRIPTION = ("Loads the DropletVideo (CogVideoX-family) VAE from ComfyUI/models/vae/: a folder with "
+                   "config.json and safetensors (the release's vae/), or a .safetensors file with the release's "
+                   "vae/config.json copied beside it.")
+    CATEGORY = "DropletVideo"
+    RETURN_TYPES = ("DROPLET_VAE",)
+    RETURN_NAMES = ("vae",)
+    OUTPUT_TOOLTIPS = ("The video VAE.",)
+    FUNCTION = "load"
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {
+            "vae_name": (components("vae"), {
+                "tooltip": "A folder with config.json, or a .safetensors file with config.json beside it, "
+                           "in ComfyUI/models/vae/."}),
+            "precision": (PRECISIONS, {"default": "bf16", "tooltip": PRECISION_TOOLTIP}),
+        }}
+
+    def load(self, vae_name, precision):
+        path = resolve("vae", vae_name, "VAE")
+        return cached("vae", path_key(path, precision), lambda: (build_vae(path, precision),))

@@ -1,0 +1,76 @@
+"""Node tests run against a ComfyUI stand-in (tests/comfy_stub), or against a real ComfyUI
+checkout when COMFYUI_PATH points at one (run them with ComfyUI's Python environment).
+
+The pack is imported as ComfyUI imports a custom node: its folder as a package, here named
+ComfyUI-DropletVideo, so the nodes' relative imports of droplet_core work as they do there.
+"""
+
+import importlib.util
+import json
+import os
+import sys
+from pathlib import Path
+
+import pytest
+
+TESTS = Path(__file__).resolve().parent
+ROOT = TESTS.parent
+COMFYUI_PATH = os.environ.get("COMFYUI_PATH")
+PACK_NAME = "ComfyUI-DropletVideo"
+
+sys.path.insert(0, COMFYUI_PATH or str(TESTS / "comfy_stub"))
+if COMFYUI_PATH:
+    import comfy.cli_args
+    import torch
+
+    comfy.cli_args.args.cpu = not torch.cuda.is_available()  # what `main.py --cpu` sets
+
+
+def _import_pack():
+    spec = importlib.util.spec_from_file_location(PACK_NAME, ROOT / "__init__.py",
+                                                  submodule_search_locations=[str(ROOT)])
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[PACK_NAME] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+PACK = _import_pack()
+
+# The model names the shipped workflows use; empty stand-ins make them valid combo choices.
+SHIPPED_NAMES = {"DropletVideo": ("DropletVideo-V1.0-weights", "model_index.json"),
+                 "diffusion_models": ("DropletVideo-V1.0-transformer", "config.json"),
+                 "vae": ("DropletVideo-V1.0-vae", "config.json"),
+                 "text_encoders": ("DropletVideo-V1.0-t5", "config.json")}
+
+
+@pytest.fixture(scope="session")
+def pack():
+    return PACK
+
+
+@pytest.fixture(scope="session")
+def models_dir(tmp_path_factory) -> Path:
+    """ComfyUI's models folder with the tiny checkpoint at DropletVideo/tiny, its parts in the
+    split loaders' folders (tiny-transformer, tiny-vae, tiny-t5) and the shipped names."""
+    import folder_paths
+    from droplet_core.tiny import ensure_tiny_checkpoint
+
+    root = Path(tmp_path_factory.mktemp("models")) if COMFYUI_PATH else Path(folder_paths.models_dir)
+    if COMFYUI_PATH:  # never write into the ComfyUI checkout
+        for name in SHIPPED_NAMES:
+            folder_paths.add_model_folder_path(name, str(root / name))
+    tiny = ensure_tiny_checkpoint(root / "DropletVideo" / "tiny")
+    links = {"diffusion_models/tiny-transformer": tiny / "transformer", "vae/tiny-vae": tiny / "vae",
+             "text_encoders/t5-without-tokenizer": tiny / "text_encoder",
+             "text_encoders/tiny-t5/tokenizer": tiny / "tokenizer"}
+    for file in (tiny / "text_encoder").iterdir():
+        links[f"text_encoders/tiny-t5/{file.name}"] = file
+    for name, target in links.items():
+        (root / name).parent.mkdir(parents=True, exist_ok=True)
+        if not (root / name).is_symlink():
+            (root / name).symlink_to(target)
+    for folder, (name, marker) in SHIPPED_NAMES.items():
+        (root / folder / name).mkdir(parents=True, exist_ok=True)
+        (root / folder / name / marker).write_text(json.dumps({}))
+    return root

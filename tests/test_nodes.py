@@ -1,0 +1,296 @@
+"""The nodes on the tiny checkpoint, against the ComfyUI stand-in (or a real ComfyUI, see
+conftest.py): interfaces, the workflows' graphs equal to the engine, model management,
+progress, Cancel, and the errors users meet."""
+
+import importlib
+import inspect
+from pathlib import Path
+
+import comfy.model_management
+import comfy.utils
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from droplet_core.loading import load_transformer
+from droplet_core.pipeline import Request, load_pipeline
+from droplet_core.text import NEGATIVE_PROMPT
+
+GOLDENS = Path(__file__).parent / "goldens"
+PROMPT = "A panda plays a guitar in a bamboo forest."
+SIZE = dict(width=128, height=128, frames=13)
+SAMPLING = dict(fps=8, steps=3, cfg=6.0, seed=42, scheduler="ddim", use_dynamic_cfg=False, denoise=1.0)
+ATOL = 1e-6
+
+
+def run(pack, name, **inputs):
+    cls = pack.NODE_CLASS_MAPPINGS[name]
+    return getattr(cls(), cls.FUNCTION)(**inputs)
+
+
+def as_image(pil: Image.Image) -> torch.Tensor:
+    """What LoadImage gives: [1, H, W, 3] float32 in 0..1."""
+    return torch.from_numpy(np.array(pil.convert("RGB"))).float()[None] / 255
+
+
+@pytest.fixture(scope="session")
+def loaded(pack, models_dir):
+    return run(pack, "DropletVideoModelLoader", model_folder="tiny", precision="fp32",
+               offload="comfy_model_management")
+
+
+@pytest.fixture(scope="session")
+def engine(models_dir):
+    """The engine on the nodes' device (a CUDA generator draws other numbers than a CPU one)."""
+    return load_pipeline(models_dir / "DropletVideo" / "tiny", device=comfy.model_management.get_torch_device())
+
+
+@pytest.fixture(scope="session")
+def conds(pack, loaded):
+    return run(pack, "DropletVideoTextEncode", text_encoder=loaded[2], prompt=PROMPT, negative_prompt=NEGATIVE_PROMPT,
+               append_quality_suffix=True, max_tokens=400)
+
+
+@pytest.fixture
+def spies(monkeypatch):
+    """Records load_models_gpu calls and progress-bar updates (works with the real ComfyUI too)."""
+    calls, updates = [], []
+    original_load, original_bar = comfy.model_management.load_models_gpu, comfy.utils.ProgressBar
+
+    def load_models_gpu(models, *args, **kwargs):
+        calls.append((list(models), kwargs))
+        return original_load(models, *args, **kwargs)
+
+    class CountingBar(original_bar):
+        def update_absolute(self, value, total=None, preview=None):
+            updates.append((value, total))
+            super().update_absolute(value, total, preview)
+
+    monkeypatch.setattr(comfy.model_management, "load_models_gpu", load_models_gpu)
+    monkeypatch.setattr(comfy.utils, "ProgressBar", CountingBar)
+    return calls, updates
+
+
+def image_cond(pack, vae, start=None, end=None, **size):
+    return run(pack, "DropletVideoImageEncode", vae=vae, **{**SIZE, **size}, resize_mode="stretch",
+               noise_augmentation=False, noise_aug_strength=0.0563, noise_aug_seed=42, vae_tiling=False,
+               start_image=start, end_image=end)[0]
+
+
+def sample_and_decode(pack, loaded, conds, cond, **sampling):
+    latent = run(pack, "DropletVideoSampler", model=loaded[0], positive=conds[0], negative=conds[1], image_cond=cond,
+                 **{**SAMPLING, **sampling})[0]
+    return run(pack, "DropletVideoVAEDecode", vae=loaded[1], latent=latent, tiling=False, trim_to_frames=False)[0]
+
+
+def engine_frames(engine, **request):
+    """The engine's video for the same settings as the graph (SIZE, SAMPLING)."""
+    settings = {**SIZE, "fps": 8, "steps": 3, "seed": 42, **request}
+    return engine.generate(Request(prompt=PROMPT, **settings)).frames
+
+
+# Interfaces -------------------------------------------------------------------------------------
+
+def test_every_node_declares_a_consistent_interface(pack):
+    assert len(pack.NODE_CLASS_MAPPINGS) == 10
+    for name, cls in pack.NODE_CLASS_MAPPINGS.items():
+        assert name.startswith("DropletVideo") and name == cls.__name__
+        assert cls.CATEGORY == "DropletVideo" and cls.DESCRIPTION and name in pack.NODE_DISPLAY_NAME_MAPPINGS
+        assert len(cls.RETURN_TYPES) == len(cls.RETURN_NAMES) == len(cls.OUTPUT_TOOLTIPS)
+        spec = cls.INPUT_TYPES()
+        required, optional = spec["required"], spec.get("optional", {})
+        parameters = inspect.signature(getattr(cls, cls.FUNCTION)).parameters
+        assert list(parameters)[1:] == [*required, *optional], name
+        assert all(parameters[k].default is None for k in optional), name
+        for input_name, definition in {**required, **optional}.items():
+            assert definition[1].get("tooltip"), f"{name}.{input_name} has no tooltip"
+
+
+def test_node_files_stay_small():
+    for path in (Path(__file__).parents[1] / "nodes").glob("*.py"):
+        assert len(path.read_text().splitlines()) < 200, path.name
+
+
+def test_latent_layout_round_trip(pack):
+    layout = importlib.import_module(f"{pack.__name__}.nodes.latent_layout")
+    engine_latents = torch.randn(2, 4, 16, 6, 8)  # [B, F, C, H, W]
+    latent = layout.to_comfy(engine_latents)
+    assert latent["samples"].shape == (2, 16, 4, 6, 8)  # ComfyUI's [B, C, F, H, W]
+    assert torch.equal(latent["samples"][1, :, 3], engine_latents[1, 3])
+    assert torch.equal(layout.from_comfy(latent), engine_latents)
+
+
+def test_images_convert_exactly_and_fit_the_video_aspect(pack):
+    images = importlib.import_module(f"{pack.__name__}.nodes.images")
+    start = Image.open(GOLDENS / "start.png")
+    assert np.array_equal(np.array(images.first_image(as_image(start), "start_image")), np.array(start))
+    picture = Image.new("RGB", (150, 100), (255, 0, 0))
+    assert images.fit(picture, 128, 128, "stretch") is picture
+    assert images.fit(picture, 128, 128, "crop").size == (100, 100)
+    assert images.fit(picture, 64, 128, "crop").size == (50, 100)
+    padded = images.fit(picture, 128, 128, "pad")
+    assert padded.size == (150, 150) and padded.getpixel((75, 10)) == (0, 0, 0)
+    assert padded.getpixel((75, 75)) == (255, 0, 0)
+
+
+# The workflows' graphs equal the engine -------------------------------------------------------------
+
+def test_i2v_graph_equals_engine_with_model_management_and_progress(pack, loaded, conds, engine, spies):
+    start = Image.open(GOLDENS / "start.png")
+    calls, updates = spies
+    frames = sample_and_decode(pack, loaded, conds, image_cond(pack, loaded[1], start=as_image(start)))
+    expected = engine_frames(engine, image=start)
+    assert frames.shape == expected.shape == (16, 128, 128, 3)  # 4 latent frames decode to 16 (quirk 3)
+    torch.testing.assert_close(frames, expected, atol=ATOL, rtol=0)
+
+    model, vae, _ = loaded
+    assert [models for models, _ in calls] == [[vae.patcher], [model.patcher], [vae.patcher]]
+    assert all(kwargs["memory_required"] > 0 for _, kwargs in calls)
+    assert updates == [(1, 3), (2, 3), (3, 3)]
+    loaded_now = comfy.model_management.loaded_models()
+    assert model.patcher in loaded_now and vae.patcher in loaded_now
+
+
+def test_start_and_end_frame_graph_equals_engine(pack, loaded, conds, engine):
+    start, end = Image.open(GOLDENS / "start.png"), Image.open(GOLDENS / "end.png")
+    cond = image_cond(pack, loaded[1], start=as_image(start), end=as_image(end), frames=9)
+    frames = sample_and_decode(pack, loaded, conds, cond)
+    expected = engine_frames(engine, image=start, end_image=end, frames=9)
+    torch.testing.assert_close(frames, expected, atol=ATOL, rtol=0)
+
+
+def test_noise_augmentation_equals_engine(pack, loaded, conds, models_dir):
+    """For a model whose config says add_noise_in_inpaint_model (the goldens' noise_aug case)."""
+    tiny, overrides = models_dir / "DropletVideo" / "tiny", {"add_noise_in_inpaint_model": True}
+    engine = load_pipeline(tiny, device=comfy.model_management.get_torch_device())
+    engine.transformer = load_transformer(tiny / "transformer", config_overrides=overrides)
+    components = importlib.import_module(f"{pack.__name__}.nodes.components")
+    model = components.DropletModel(components.make_patcher(engine.transformer), loaded[0].scheduler_config, "test")
+    start = Image.open(GOLDENS / "start.png")
+    cond = run(pack, "DropletVideoImageEncode", vae=loaded[1], **{**SIZE, "frames": 9}, resize_mode="stretch",
+               noise_augmentation=True, noise_aug_strength=0.0563, noise_aug_seed=42, vae_tiling=False,
+               start_image=as_image(start))[0]
+    frames = sample_and_decode(pack, (model, *loaded[1:]), conds, cond)
+    torch.testing.assert_close(frames, engine_frames(engine, image=start, frames=9), atol=ATOL, rtol=0)
+
+
+def test_t2v_graph_equals_engine(pack, loaded, conds, engine):
+    cond = run(pack, "DropletVideoEmptyConditioning", **SIZE)[0]
+    frames = sample_and_decode(pack, loaded, conds, cond, seed=5)
+    torch.testing.assert_close(frames, engine_frames(engine, seed=5), atol=ATOL, rtol=0)
+
+
+def test_v2v_graph_equals_engine(pack, loaded, conds, engine):
+    video = torch.rand(13, 128, 128, 3, generator=torch.Generator().manual_seed(0))
+    latent = run(pack, "DropletVideoVAEEncode", vae=loaded[1], image=video, tiling=False, seed=9)[0]
+    assert latent["samples"].shape == (1, 16, 4, 16, 16)
+    cond = run(pack, "DropletVideoEmptyConditioning", **SIZE)[0]
+    frames = sample_and_decode(pack, loaded, conds, cond, seed=9, steps=5, denoise=0.6, latent=latent)
+    expected = engine_frames(engine, video=video, strength=0.6, steps=5, seed=9)
+    torch.testing.assert_close(frames, expected, atol=ATOL, rtol=0)
+
+
+def test_trim_to_frames_keeps_the_requested_count(pack, loaded):
+    latent = {"samples": torch.zeros(1, 16, 4, 16, 16)}
+    frames = run(pack, "DropletVideoVAEDecode", vae=loaded[1], latent=latent, tiling=False, trim_to_frames=True)[0]
+    assert frames.shape == (13, 128, 128, 3)
+
+
+# Model management, Cancel ------------------------------------------------------------------------------
+
+def test_loaders_reuse_what_they_loaded(pack, loaded):
+    again = run(pack, "DropletVideoModelLoader", model_folder="tiny", precision="fp32",
+                offload="comfy_model_management")
+    assert all(a is b for a, b in zip(again, loaded))
+
+
+def test_interrupt_stops_the_sampler_and_the_next_run_works(pack, loaded, conds):
+    cond = run(pack, "DropletVideoEmptyConditioning", width=128, height=128, frames=5)[0]
+    inputs = dict(model=loaded[0], positive=conds[0], negative=conds[1], image_cond=cond, **SAMPLING)
+    comfy.model_management.interrupt_current_processing(True)
+    with pytest.raises(comfy.model_management.InterruptProcessingException):
+        run(pack, "DropletVideoSampler", **inputs)
+    assert not comfy.model_management.processing_interrupted()
+    assert run(pack, "DropletVideoSampler", **inputs)[0]["samples"].shape == (1, 16, 2, 16, 16)
+
+
+def test_split_loaders_load_the_same_components(pack, loaded, models_dir):
+    choices = pack.NODE_CLASS_MAPPINGS["DropletVideoT5Loader"].INPUT_TYPES()["required"]["text_encoder_name"][0]
+    assert "tiny-t5" in choices
+    model = run(pack, "DropletVideoTransformerLoader", transformer_name="tiny-transformer", precision="fp32")[0]
+    vae = run(pack, "DropletVideoVAELoader", vae_name="tiny-vae", precision="fp32")[0]
+    text_encoder = run(pack, "DropletVideoT5Loader", text_encoder_name="tiny-t5", precision="fp32")[0]
+    for split, full in ((model, loaded[0]), (vae, loaded[1]), (text_encoder, loaded[2])):
+        a, b = split.patcher.model.state_dict(), full.patcher.model.state_dict()
+        assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    release = {k: v for k, v in loaded[0].scheduler_config.items() if k != "_class_name"}
+    assert model.scheduler_config == release
+    with pytest.raises(ValueError, match="no T5 tokenizer"):
+        run(pack, "DropletVideoT5Loader", text_encoder_name="t5-without-tokenizer", precision="fp32")
+
+
+# ComfyUI's CLIP input -----------------------------------------------------------------------------------
+
+class FakeClip:
+    """ComfyUI's CLIP interface (tokenize -> {name: [[(id, weight), ...]]}, encode_from_tokens),
+    here over the tiny T5 with ComfyUI's T5 tokenizer rules: end token, then padding to min_length."""
+
+    def __init__(self, text_encoder, projection=None):
+        self.tokenizer, self.model = text_encoder.tokenizer, text_encoder.patcher.model.module
+        self.projection = projection
+
+    def tokenize(self, text, return_word_ids=False, **kwargs):
+        ids = self.tokenizer(text).input_ids
+        ids += [0] * (kwargs.get("min_length", 77) - len(ids))
+        return {"t5xxl": [[(i, 1.0) for i in ids]]}
+
+    def encode_from_tokens(self, tokens, return_pooled=False, return_dict=False):
+        ids = torch.tensor([[i for i, _ in tokens["t5xxl"][0]]])
+        out = self.model(ids)[0]
+        return out if self.projection is None else out @ self.projection
+
+
+@pytest.mark.parametrize("prompt", ["short prompt", "a very long prompt " * 40])
+def test_clip_input_encodes_like_the_t5_loader(pack, loaded, prompt):
+    inputs = dict(prompt=prompt, negative_prompt=NEGATIVE_PROMPT, append_quality_suffix=True, max_tokens=60)
+    ours = run(pack, "DropletVideoTextEncode", text_encoder=loaded[2], **inputs)
+    via_clip = run(pack, "DropletVideoTextEncode", clip=FakeClip(loaded[2]), **inputs)
+    for a, b in zip(ours, via_clip):
+        assert a.embeds.shape == (1, 60, 32)
+        torch.testing.assert_close(a.embeds, b.embeds, atol=ATOL, rtol=0)
+
+
+def test_clip_with_the_wrong_hidden_size_fails_at_sampling(pack, loaded):
+    clip = FakeClip(loaded[2], projection=torch.randn(32, 16))
+    positive, negative = run(pack, "DropletVideoTextEncode", clip=clip, prompt="x", negative_prompt="",
+                             append_quality_suffix=False, max_tokens=20)
+    cond = run(pack, "DropletVideoEmptyConditioning", width=128, height=128, frames=5)[0]
+    with pytest.raises(ValueError, match="hidden size 16 .*ComfyUI CLIP.*text_embed_dim 32"):
+        run(pack, "DropletVideoSampler", model=loaded[0], positive=positive, negative=negative, image_cond=cond,
+            **SAMPLING)
+
+
+# Errors -------------------------------------------------------------------------------------------------
+
+def test_errors_name_the_fix(pack, loaded, conds):
+    with pytest.raises(ValueError, match="'missing' was not found in ComfyUI's 'DropletVideo' folders"):
+        run(pack, "DropletVideoModelLoader", model_folder="missing", precision="fp32", offload="comfy_model_management")
+    with pytest.raises(ValueError, match="empty image batch"):
+        image_cond(pack, loaded[1], start=torch.zeros(0, 128, 128, 3))
+    with pytest.raises(ValueError, match="width 500 is not a multiple of 16: use 496 or 512"):
+        image_cond(pack, loaded[1], width=500)
+    with pytest.raises(ValueError, match="end_image needs a start_image"):
+        image_cond(pack, loaded[1], end=torch.zeros(1, 128, 128, 3))
+    with pytest.raises(ValueError, match="needs a text encoder"):
+        run(pack, "DropletVideoTextEncode", prompt="x", negative_prompt="", append_quality_suffix=True, max_tokens=8)
+    with pytest.raises(ValueError, match="Upscale Image"):
+        run(pack, "DropletVideoVAEEncode", vae=loaded[1], image=torch.zeros(5, 100, 128, 3), tiling=False, seed=0)
+
+    cond = run(pack, "DropletVideoEmptyConditioning", width=128, height=128, frames=5)[0]
+    inputs = dict(model=loaded[0], positive=conds[0], negative=conds[1], image_cond=cond, **SAMPLING)
+    with pytest.raises(ValueError, match="needs a latent input"):
+        run(pack, "DropletVideoSampler", **{**inputs, "denoise": 0.5})
+    with pytest.raises(ValueError, match="give the conditioning node the input video's size"):
+        run(pack, "DropletVideoSampler", **{**inputs, "denoise": 0.5,
+                                              "latent": {"samples": torch.zeros(1, 16, 4, 16, 16)}})
