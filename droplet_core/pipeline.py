@@ -19,11 +19,11 @@ from .configs import read_json
 from .long_video import SlidingWindowTransformer
 from .loading import load_scheduler_config, load_transformer, load_vae
 from .positional import fps_tensor
-from .sampling import StepCallback, denoise, make_scheduler, timesteps_for
+from .sampling import StepCallback, denoise, make_scheduler, start_latents, timesteps_for
 from .transformer import run_block
 from .step_cache import StepCache
 from .text import MAX_SEQUENCE_LENGTH, NEGATIVE_PROMPT, TextEncoder, load_text_encoder, with_suffix
-from .vae_ops import decode_to_frames, encode_sample
+from .vae_ops import decode_to_frames, encode_video_latents
 
 logger = logging.getLogger(__name__)
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
@@ -173,14 +173,11 @@ class DropletVideoPipeline:
         if request.strength >= 1.0 or request.video is None:
             if request.strength < 1.0:
                 raise ValueError("strength < 1 needs an input video (video-to-video); give one or set strength 1.")
-            return noise * scheduler.init_noise_sigma
+            return start_latents(scheduler, timesteps, noise)
         pixels = video_to_pixels(request.video, frames, request.width, request.height)
-        sample = encode_sample(self.vae, pixels, torch.Generator(device=self.device).manual_seed(request.seed),
-                               request.tiled_vae)
-        video_latents = (sample * self.vae.config.scaling_factor).permute(0, 2, 1, 3, 4).to(self.device, self.dtype)
-        if len(timesteps) == 0:  # strength 0: the input, unchanged
-            return video_latents
-        return scheduler.add_noise(video_latents, noise, timesteps[:1])
+        generator = torch.Generator(device=self.device).manual_seed(request.seed)
+        video_latents = encode_video_latents(self.vae, pixels, generator, request.tiled_vae)
+        return start_latents(scheduler, timesteps, noise, video_latents.to(self.device, self.dtype))
 
 
 def load_pipeline(ckpt, device="cpu", dtype: torch.dtype = torch.float32, offload: bool = False) -> DropletVideoPipeline:

@@ -20,6 +20,14 @@ SCHEDULERS = {
     "unipc": (UniPCMultistepScheduler, {}),
 }
 
+# The DDIM config the CogVideoX family ships in scheduler/ (v-prediction, zero terminal SNR,
+# trailing spacing); used when a transformer is loaded without its release folder.
+RELEASE_SCHEDULER_CONFIG = {
+    "beta_end": 0.012, "beta_schedule": "scaled_linear", "beta_start": 0.00085, "clip_sample": False,
+    "clip_sample_range": 1.0, "num_train_timesteps": 1000, "prediction_type": "v_prediction",
+    "rescale_betas_zero_snr": True, "sample_max_value": 1.0, "set_alpha_to_one": True, "snr_shift_scale": 1.0,
+    "steps_offset": 0, "timestep_spacing": "trailing", "trained_betas": None}
+
 # on_step(step_index, total_steps, latents) -> None; raising from it aborts the run.
 StepCallback = Callable[[int, int, torch.Tensor], None]
 
@@ -44,6 +52,16 @@ def timesteps_for(scheduler, steps: int, strength: float = 1.0, device=None):
     init = min(int(steps * strength), steps)
     start = max(steps - init, 0)
     return scheduler.timesteps[start * scheduler.order:]
+
+
+def start_latents(scheduler, timesteps, noise: torch.Tensor, video_latents: Optional[torch.Tensor] = None):
+    """Pure noise x init_noise_sigma, or (V2V) the video latents noised to the first timestep;
+    with no timestep left (strength 0) the video latents themselves."""
+    if video_latents is None:
+        return noise * scheduler.init_noise_sigma
+    if len(timesteps) == 0:
+        return video_latents
+    return scheduler.add_noise(video_latents, noise, timesteps[:1])
 
 
 def dynamic_guidance(guidance: float, steps: int, timestep: float) -> float:

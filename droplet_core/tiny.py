@@ -16,6 +16,7 @@ import torch
 from safetensors.torch import save_file
 
 from .configs import TransformerConfig, VaeConfig, config_to_dict
+from .sampling import RELEASE_SCHEDULER_CONFIG
 
 logger = logging.getLogger(__name__)
 
@@ -36,12 +37,7 @@ T5 = {"d_model": 32, "d_kv": 8, "d_ff": 64, "num_layers": 2, "num_heads": 4, "re
       "relative_attention_max_distance": 16, "feed_forward_proj": "gated-gelu", "dropout_rate": 0.0,
       "layer_norm_epsilon": 1e-6, "is_encoder_decoder": False, "use_cache": False, "pad_token_id": 0,
       "eos_token_id": 1, "decoder_start_token_id": 0, "tie_word_embeddings": False}
-SCHEDULER = {
-    "_class_name": "CogVideoXDDIMScheduler", "beta_end": 0.012, "beta_schedule": "scaled_linear",
-    "beta_start": 0.00085, "clip_sample": False, "clip_sample_range": 1.0, "num_train_timesteps": 1000,
-    "prediction_type": "v_prediction", "rescale_betas_zero_snr": True, "sample_max_value": 1.0,
-    "set_alpha_to_one": True, "snr_shift_scale": 1.0, "steps_offset": 0, "timestep_spacing": "trailing",
-    "trained_betas": None}
+SCHEDULER = {"_class_name": "CogVideoXDDIMScheduler", **RELEASE_SCHEDULER_CONFIG}
 # A larger random-weight model for CPU benchmarks (same layout, ~0.1B transformer).
 MEDIUM = {
     "transformer": TransformerConfig(num_attention_heads=8, attention_head_dim=64, in_channels=33, out_channels=16,

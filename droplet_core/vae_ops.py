@@ -39,6 +39,12 @@ def encode_sample(vae, pixels: torch.Tensor, generator: Optional[torch.Generator
     return torch.cat([vae.encode(x.to(device, dtype))[0].sample(generator=generator) for x in pixels.split(1)])
 
 
+def encode_video_latents(vae, pixels: torch.Tensor, generator: Optional[torch.Generator],
+                         tiled: bool = False) -> torch.Tensor:
+    """V2V start latents: a sample x scaling_factor, as [B, F_lat, C, h, w]."""
+    return (encode_sample(vae, pixels, generator, tiled) * vae.config.scaling_factor).permute(0, 2, 1, 3, 4)
+
+
 @torch.no_grad()
 def decode_to_frames(vae, latents: torch.Tensor, tiled: bool = False) -> torch.Tensor:
     """Scaled [B, F_lat, C, h, w] latents -> [B, 3, F, H, W] video in 0..1 (float32)."""

@@ -50,13 +50,6 @@ def check_inputs(config, positive: TextCond, negative: TextCond, image_cond: Ima
                        config.add_noise_in_inpaint_model, augmented)
 
 
-def start_latents(scheduler, timesteps, noise: torch.Tensor, video_latents, denoise_strength: float):
-    """Pure noise, or (denoise < 1) the input latents noised to the first timestep, as the engine does."""
-    if denoise_strength >= 1.0:
-        return noise * scheduler.init_noise_sigma
-    return scheduler.add_noise(video_latents, noise, timesteps[:1])
-
-
 class DropletVideoSampler:
     DESCRIPTION = ("Generates video latents with the DropletVideo transformer: classifier-free guidance on "
                    "[negative, positive], the FPS condition at every step. With a latent input and denoise < 1 it "
@@ -113,8 +106,8 @@ class DropletVideoSampler:
         transformer = load_for_compute(model.patcher, memory)
         noise = initial_noise((1, frames, config.out_channels or config.in_channels, height, width), seed, device,
                               dtype)
-        video = None if video_latents is None else video_latents.to(device, dtype)
-        latents = start_latents(sched, timesteps, noise, video, denoise)
+        video = None if video_latents is None or denoise >= 1.0 else video_latents.to(device, dtype)
+        latents = sampling.start_latents(sched, timesteps, noise, video)
         inpaint = image_cond.inpaint_latents
         if inpaint is None:  # all frames masked: zeros, as the reference encodes them
             inpaint = torch.zeros(1, frames, config.in_channels - noise.shape[2], height, width)

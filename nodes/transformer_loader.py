@@ -1,12 +1,8 @@
 """DropletVideoTransformerLoader: the transformer alone, from ComfyUI/models/diffusion_models/."""
 
-from ..droplet_core.tiny import SCHEDULER
+from ..droplet_core.sampling import RELEASE_SCHEDULER_CONFIG
 from .loader_common import PRECISION_TOOLTIP, PRECISIONS, build_model, cached, path_key
 from .model_paths import components, resolve
-
-# The DDIM config the CogVideoX family (and DropletVideo's release) ships in scheduler/.
-# TODO: import the release constant from droplet_core once it has one (tiny.SCHEDULER holds it now).
-RELEASE_SCHEDULER = {k: v for k, v in SCHEDULER.items() if k != "_class_name"}
 
 
 class DropletVideoTransformerLoader:
@@ -30,4 +26,4 @@ class DropletVideoTransformerLoader:
     def load(self, transformer_name, precision):
         path = resolve("diffusion_models", transformer_name, "transformer")
         return cached("transformer", path_key(path, precision),
-                      lambda: (build_model(path, dict(RELEASE_SCHEDULER), precision),))
+                      lambda: (build_model(path, dict(RELEASE_SCHEDULER_CONFIG), precision),))

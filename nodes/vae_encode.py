@@ -5,7 +5,7 @@ import torch
 
 from ..droplet_core import shapes
 from ..droplet_core.pipeline import video_to_pixels
-from ..droplet_core.vae_ops import encode_sample
+from ..droplet_core.vae_ops import encode_video_latents
 from . import latent_layout
 from .components import load_for_compute, module_dtype
 from .memory import vae_encode_memory
@@ -46,7 +46,5 @@ class DropletVideoVAEEncode:
         module = vae.patcher.model.module
         module = load_for_compute(vae.patcher, vae_encode_memory(frames, height, width, module_dtype(module), tiling))
         generator = torch.Generator(device=vae.patcher.load_device).manual_seed(seed)
-        # As the engine's initial_latents: a sample of the distribution, scaled, frames first.
-        latents = encode_sample(module, pixels, generator, tiling) * module.config.scaling_factor
-        latents = latents.permute(0, 2, 1, 3, 4)
+        latents = encode_video_latents(module, pixels, generator, tiling)
         return (latent_layout.to_comfy(latents.to(comfy.model_management.intermediate_device())),)
