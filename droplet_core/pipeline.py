@@ -49,7 +49,7 @@ class Request:
     max_sequence_length: int = MAX_SEQUENCE_LENGTH
     append_prompt_suffix: bool = True
     video: Optional[torch.Tensor] = None  # V2V input frames [F, H, W, 3] in 0..1
-    strength: float = 1.0
+    strength: float = 1.0  # < 1 without `video` starts from the conditioning video, as the reference
     noise_aug_strength: float = NOISE_AUG_STRENGTH
     tiled_vae: bool = False
     trim_to_requested_frames: bool = False  # opt-in fix for quirk 3 (85 requested -> 88 decoded)
@@ -133,17 +133,18 @@ class DropletVideoPipeline:
             inpaint = inpaint_latents(self.vae, video, mask, latent_shape, self.dtype,
                                       request.noise_aug_strength if augment else None,
                                       torch.Generator().manual_seed(request.seed), request.tiled_vae)
+        # The reference noises its `video` argument for strength < 1: the input video when given,
+        # else the conditioning video (start image tiled, end image last; zeros for text-to-video).
+        source = request.video if request.video is not None else video[0].permute(1, 2, 3, 0)
         return [self._denoise_and_decode(request, fps, positive, negative, inpaint.to(self.device), latent_shape,
-                                         frames, on_step, keep_step_latents) for fps in fps_conditions]
+                                         frames, source, on_step, keep_step_latents) for fps in fps_conditions]
 
-    def _denoise_and_decode(self, request, fps, positive, negative, inpaint, latent_shape, frames, on_step,
-                            keep_step_latents) -> Result:
+    def _denoise_and_decode(self, request, fps, positive, negative, inpaint, latent_shape, frames, source_video,
+                            on_step, keep_step_latents) -> Result:
         scheduler = make_scheduler(self.scheduler_config, request.scheduler)
         timesteps = timesteps_for(scheduler, request.steps, request.strength, self.device)
-        if len(timesteps) == 0 and request.video is None:
-            raise ValueError(f"strength {request.strength} with {request.steps} steps leaves no step to run.")
         with self._on_device(self.vae):
-            latents = self.initial_latents(request, scheduler, timesteps, latent_shape, frames)
+            latents = self.initial_latents(request, scheduler, timesteps, latent_shape, frames, source_video)
         step_latents = []
 
         def step_hook(i, total, step_result):
@@ -168,13 +169,12 @@ class DropletVideoPipeline:
             video = video[:, :frames]
         return Result(video.permute(1, 2, 3, 0).cpu(), latents.cpu(), step_latents)
 
-    def initial_latents(self, request: Request, scheduler, timesteps, latent_shape, frames) -> torch.Tensor:
+    def initial_latents(self, request: Request, scheduler, timesteps, latent_shape, frames,
+                        source_video: torch.Tensor) -> torch.Tensor:
         noise = initial_noise((1, latent_shape[0], 16, *latent_shape[1:]), request.seed, self.device, self.dtype)
-        if request.strength >= 1.0 or request.video is None:
-            if request.strength < 1.0:
-                raise ValueError("strength < 1 needs an input video (video-to-video); give one or set strength 1.")
+        if request.strength >= 1.0:
             return start_latents(scheduler, timesteps, noise)
-        pixels = video_to_pixels(request.video, frames, request.width, request.height)
+        pixels = video_to_pixels(source_video, frames, request.width, request.height)
         generator = torch.Generator(device=self.device).manual_seed(request.seed)
         video_latents = encode_video_latents(self.vae, pixels, generator, request.tiled_vae)
         return start_latents(scheduler, timesteps, noise, video_latents.to(self.device, self.dtype))

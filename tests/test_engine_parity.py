@@ -26,11 +26,11 @@ def request_for(case: dict) -> Request:
         steps=case["steps"], seed=case["seed"], guidance_scale=case["guidance_scale"],
         max_sequence_length=case["max_sequence_length"], use_dynamic_cfg=case.get("use_dynamic_cfg", False),
         append_prompt_suffix=case.get("suffix", True), strength=case.get("strength", 1.0))
-    if case.get("start", True) and request.strength == 1.0:
+    if case.get("start", True) and (request.strength == 1.0 or case.get("i2v_video")):
         request.image = Image.open(GOLDENS / "start.png")
     if case.get("end"):
         request.end_image = Image.open(GOLDENS / "end.png")
-    if request.strength < 1.0:
+    if request.strength < 1.0 and not case.get("i2v_video"):
         frames = (case["frames"] - 1) // 4 * 4 + 1
         request.video = v2v_input(frames, case["height"], case["width"])[0].permute(1, 2, 3, 0)
     return request

@@ -90,7 +90,7 @@ def run_case(case, ckpt, ref):
     size = [case["height"], case["width"]]
     start = str(HERE / "start.png") if case.get("start", True) else None
     end = str(HERE / "end.png") if case.get("end") else None
-    if case.get("strength", 1.0) < 1.0:
+    if case.get("strength", 1.0) < 1.0 and not case.get("i2v_video"):
         video = v2v_input(frames, *size)
         mask = torch.ones(1, 1, frames, *size) * 255
     else:
