@@ -8,6 +8,7 @@ import time
 from pathlib import Path
 
 import torch
+from transformers.utils import logging as transformers_logging
 
 from .lora import merge_loras
 from .pipeline import DTYPES, Request, load_pipeline
@@ -135,6 +136,7 @@ def draw_bar(i: int, total: int) -> None:
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    transformers_logging.disable_progress_bar()  # our own bar is the one that matters
     if args.ckpt == "tiny":
         args.ckpt = ensure_tiny_checkpoint()
         _tiny_defaults(args)
