@@ -1,8 +1,11 @@
 """DropletVideo's ComfyUI nodes: one node per file, each a thin adapter over droplet_core."""
 
 from .empty_conditioning import DropletVideoEmptyConditioning
+from .fps_sweep import DropletVideoFPSSweep
 from .image_encode import DropletVideoImageEncode
+from .lora_loader import DropletVideoLoraLoader
 from .model_loader import DropletVideoModelLoader
+from .resolution_bucket import DropletVideoResolutionBucket
 from .sampler import DropletVideoSampler
 from .t5_loader import DropletVideoT5Loader
 from .text_encode import DropletVideoTextEncode
@@ -16,14 +19,18 @@ NODE_DISPLAY_NAME_MAPPINGS = {
     "DropletVideoTransformerLoader": "DropletVideo Transformer Loader",
     "DropletVideoVAELoader": "DropletVideo VAE Loader",
     "DropletVideoT5Loader": "DropletVideo T5 Loader",
+    "DropletVideoLoraLoader": "DropletVideo LoRA Loader",
     "DropletVideoTextEncode": "DropletVideo Text Encode",
     "DropletVideoImageEncode": "DropletVideo Image Encode (start/end frame)",
     "DropletVideoEmptyConditioning": "DropletVideo Empty Conditioning (text-to-video)",
+    "DropletVideoResolutionBucket": "DropletVideo Resolution Bucket",
     "DropletVideoSampler": "DropletVideo Sampler",
+    "DropletVideoFPSSweep": "DropletVideo FPS Sweep",
     "DropletVideoVAEDecode": "DropletVideo VAE Decode",
     "DropletVideoVAEEncode": "DropletVideo VAE Encode (video-to-video)",
 }
 NODE_CLASS_MAPPINGS = {cls.__name__: cls for cls in (
     DropletVideoModelLoader, DropletVideoTransformerLoader, DropletVideoVAELoader, DropletVideoT5Loader,
-    DropletVideoTextEncode, DropletVideoImageEncode, DropletVideoEmptyConditioning, DropletVideoSampler,
-    DropletVideoVAEDecode, DropletVideoVAEEncode)}
+    DropletVideoLoraLoader, DropletVideoTextEncode, DropletVideoImageEncode, DropletVideoEmptyConditioning,
+    DropletVideoResolutionBucket, DropletVideoSampler, DropletVideoFPSSweep, DropletVideoVAEDecode,
+    DropletVideoVAEEncode)}

@@ -8,7 +8,9 @@ import torch
 from ..droplet_core.pipeline import initial_noise
 from ..droplet_core.positional import fps_tensor
 from ..droplet_core import sampling
+from ..droplet_core.long_video import SlidingWindowTransformer
 from ..droplet_core.sampling import SCHEDULERS, make_scheduler, timesteps_for
+from ..droplet_core.step_cache import StepCache
 from . import latent_layout
 from .components import ImageCond, TextCond, load_for_compute, module_dtype
 from .memory import transformer_memory
@@ -35,7 +37,8 @@ def check_video_latents(latents: torch.Tensor, cond: ImageCond) -> None:
 
 
 def check_inputs(config, positive: TextCond, negative: TextCond, image_cond: ImageCond, video_latents,
-                 denoise: float) -> None:
+                 denoise: float, long_video: bool = False, window_overlap: int = 0,
+                 cache_threshold: float = 0.0) -> None:
     for cond, name in ((positive, "positive"), (negative, "negative")):
         check_text(cond, name, config.text_embed_dim)
     if video_latents is not None:
@@ -43,6 +46,13 @@ def check_inputs(config, positive: TextCond, negative: TextCond, image_cond: Ima
     elif denoise < 1.0:
         raise ValueError(f"denoise {denoise} < 1 needs a latent input (video-to-video): connect "
                          f"DropletVideoVAEEncode to latent, or set denoise to 1.0.")
+    if long_video and cache_threshold > 0:
+        raise ValueError("cache_threshold (step caching) does not work with long_video windows yet: set "
+                         "cache_threshold to 0 or turn long_video off.")
+    if long_video and window_overlap >= config.latent_frames:
+        raise ValueError(f"window_overlap {window_overlap} must be below the model's window of "
+                         f"{config.latent_frames} latent frames: use 0 (half a window) up to "
+                         f"{config.latent_frames - 1}.")
     augmented = image_cond.noise_aug_strength is not None
     if image_cond.inpaint_latents is not None and config.add_noise_in_inpaint_model != augmented:
         logger.warning("the model's add_noise_in_inpaint_model is %s but the image conditioning was built with "
@@ -50,10 +60,47 @@ def check_inputs(config, positive: TextCond, negative: TextCond, image_cond: Ima
                        config.add_noise_in_inpaint_model, augmented)
 
 
+def sample_latent(model, positive: TextCond, negative: TextCond, image_cond: ImageCond, fps: int, steps: int,
+                  cfg: float, seed: int, scheduler: str, use_dynamic_cfg: bool = False, denoise: float = 1.0,
+                  latent=None, long_video: bool = False, window_overlap: int = 0, cache_threshold: float = 0.0) -> dict:
+    """The sampler node's work (DropletVideoSampler, DropletVideoFPSSweep): a LATENT."""
+    config = model.config
+    video_latents = None if latent is None else latent_layout.from_comfy(latent)
+    check_inputs(config, positive, negative, image_cond, video_latents, denoise, long_video, window_overlap,
+                 cache_threshold)
+    device = model.patcher.load_device
+    sched = make_scheduler(model.scheduler_config, scheduler)
+    timesteps = timesteps_for(sched, steps, denoise, device)
+    if len(timesteps) == 0:  # denoise 0: the input, unchanged (as the engine)
+        return latent
+
+    frames, height, width = image_cond.latent_shape
+    dtype = module_dtype(model.patcher.model.module)
+    window = min(frames, config.latent_frames) if long_video else frames
+    memory = transformer_memory(config, (window, height, width), positive.embeds.shape[1], 2 if cfg > 1 else 1,
+                                dtype)
+    transformer = load_for_compute(model.patcher, memory)
+    noise = initial_noise((1, frames, config.out_channels or config.in_channels, height, width), seed, device, dtype)
+    video = None if video_latents is None or denoise >= 1.0 else video_latents.to(device, dtype)
+    latents = sampling.start_latents(sched, timesteps, noise, video)
+    inpaint = image_cond.inpaint_latents
+    if inpaint is None:  # all frames masked: zeros, as the reference encodes them
+        inpaint = torch.zeros(1, frames, config.in_channels - noise.shape[2], height, width)
+    if long_video:
+        transformer = SlidingWindowTransformer(transformer, overlap=window_overlap)
+    extra = {"block_runner": StepCache(cache_threshold, config.num_layers)} if cache_threshold > 0 else {}
+    latents = sampling.denoise(transformer, sched, latents, timesteps, positive.embeds.to(device, dtype),
+                               negative.embeds.to(device, dtype), inpaint.to(device, dtype), fps_tensor(fps), cfg,
+                               use_dynamic_cfg, torch.Generator(device=device).manual_seed(seed),
+                               comfy_on_step(len(timesteps)), **extra)
+    return latent_layout.to_comfy(latents.to(comfy.model_management.intermediate_device()))
+
+
 class DropletVideoSampler:
     DESCRIPTION = ("Generates video latents with the DropletVideo transformer: classifier-free guidance on "
                    "[negative, positive], the FPS condition at every step. With a latent input and denoise < 1 it "
-                   "re-generates that video (video-to-video).")
+                   "re-generates that video (video-to-video). long_video renders past the model's trained length in "
+                   "sliding windows; cache_threshold skips near-repeat steps.")
     CATEGORY = "DropletVideo"
     RETURN_TYPES = ("LATENT",)
     RETURN_NAMES = ("latent",)
@@ -85,34 +132,20 @@ class DropletVideoSampler:
             },
             "optional": {
                 "latent": ("LATENT", {"tooltip": "Video latents to re-generate (DropletVideoVAEEncode)."}),
+                "long_video": ("BOOLEAN", {"default": False, "tooltip": "Sliding temporal windows: more frames "
+                               "than the model was trained for (its positional table), blended over the overlap."}),
+                "window_overlap": ("INT", {"default": 0, "min": 0, "max": 64, "tooltip": "With long_video: latent "
+                                   "frames shared by neighbouring windows (1 latent frame = 4 frames); 0 = half a "
+                                   "window."}),
+                "cache_threshold": ("FLOAT", {"default": 0.0, "min": 0.0, "max": 1.0, "step": 0.01, "tooltip":
+                                    "TeaCache-style step skipping: reuse the last step's transformer output while "
+                                    "its input changes less than this in total. 0 = off; try 0.05-0.2. Not with "
+                                    "long_video."}),
             },
         }
 
     def sample(self, model, positive, negative, image_cond, fps, steps, cfg, seed, scheduler, use_dynamic_cfg,
-               denoise, latent=None):
-        config = model.config
-        video_latents = None if latent is None else latent_layout.from_comfy(latent)
-        check_inputs(config, positive, negative, image_cond, video_latents, denoise)
-        device = model.patcher.load_device
-        sched = make_scheduler(model.scheduler_config, scheduler)
-        timesteps = timesteps_for(sched, steps, denoise, device)
-        if len(timesteps) == 0:  # denoise 0: the input, unchanged (as the engine)
-            return (latent,)
-
-        frames, height, width = image_cond.latent_shape
-        dtype = module_dtype(model.patcher.model.module)
-        memory = transformer_memory(config, image_cond.latent_shape, positive.embeds.shape[1], 2 if cfg > 1 else 1,
-                                    dtype)
-        transformer = load_for_compute(model.patcher, memory)
-        noise = initial_noise((1, frames, config.out_channels or config.in_channels, height, width), seed, device,
-                              dtype)
-        video = None if video_latents is None or denoise >= 1.0 else video_latents.to(device, dtype)
-        latents = sampling.start_latents(sched, timesteps, noise, video)
-        inpaint = image_cond.inpaint_latents
-        if inpaint is None:  # all frames masked: zeros, as the reference encodes them
-            inpaint = torch.zeros(1, frames, config.in_channels - noise.shape[2], height, width)
-        latents = sampling.denoise(transformer, sched, latents, timesteps, positive.embeds.to(device, dtype),
-                                   negative.embeds.to(device, dtype), inpaint.to(device, dtype), fps_tensor(fps),
-                                   cfg, use_dynamic_cfg, torch.Generator(device=device).manual_seed(seed),
-                                   comfy_on_step(len(timesteps)))
-        return (latent_layout.to_comfy(latents.to(comfy.model_management.intermediate_device())),)
+               denoise, latent=None, long_video=None, window_overlap=None, cache_threshold=None):
+        return (sample_latent(model, positive, negative, image_cond, fps, steps, cfg, seed, scheduler,
+                              use_dynamic_cfg, denoise, latent, bool(long_video), window_overlap or 0,
+                              cache_threshold or 0.0),)

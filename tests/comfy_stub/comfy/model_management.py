@@ -1,8 +1,10 @@
 """Stand-in for comfy.model_management: devices, the loaded-model list, interrupts.
 
 One device (CPU, or COMFY_STUB_DEVICE) and no memory accounting: load_models_gpu keeps
-ComfyUI's bookkeeping (current_loaded_models, newest first; a model already loaded is
-reused, not reloaded) but never has to free memory for another.
+ComfyUI's bookkeeping (current_loaded_models, newest first) and its clone handling: loading a
+patcher first takes every clone of the same module out of the list (detached, weights left as
+they are), then loads it; ModelPatcher.partially_load re-patches the weights when they carry
+another clone's patches and does nothing when they are this patcher's already.
 """
 
 import os
@@ -54,7 +56,8 @@ class LoadedModel:
         return self.model.model_size()
 
     def model_load(self, lowvram_model_memory=0, force_patch_weights=False):
-        self.model.patch_model(self.device, lowvram_model_memory, force_patch_weights=force_patch_weights)
+        self.model.model_patches_to(self.device)
+        self.model.partially_load(self.device, 1e32, force_patch_weights=force_patch_weights)
         return self.model.model
 
     def model_unload(self, memory_to_free=None, unpatch_weights=True):
@@ -70,11 +73,18 @@ current_loaded_models: list = []
 
 def load_models_gpu(models, memory_required=0, force_patch_weights=False, minimum_memory_required=None,
                     force_full_load=False):
-    for model in models:
+    models_to_load = []
+    for model in dict.fromkeys(models):
         loaded = LoadedModel(model)
         if loaded in current_loaded_models:
-            current_loaded_models[current_loaded_models.index(loaded)].currently_used = True
-            continue
+            loaded = current_loaded_models[current_loaded_models.index(loaded)]
+            loaded.currently_used = True
+        models_to_load.append(loaded)
+    for loaded in models_to_load:
+        for other in [m for m in current_loaded_models if loaded.model.is_clone(m.model)]:
+            current_loaded_models.remove(other)
+            other.model.detach(unpatch_all=False)
+    for loaded in models_to_load:
         loaded.model_load(0, force_patch_weights=force_patch_weights)
         current_loaded_models.insert(0, loaded)
 

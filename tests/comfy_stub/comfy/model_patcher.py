@@ -1,10 +1,26 @@
-"""Stand-in for comfy.model_patcher.ModelPatcher: holds a module and moves it between devices.
+"""Stand-in for comfy.model_patcher.ModelPatcher: holds a module, its weight patches (LoRA),
+and moves it between devices.
 
-No weight patches (LoRA) and no partial loading. Like ComfyUI's, it writes `model.device`,
-so wrapping a module whose `device` is a read-only property fails here too.
+As in ComfyUI: clones share the module and the weight backups but copy the patch lists;
+add_patches stores (strength, value, strength_model, offset, function) per state-dict key and
+gives the clone a new patches_uuid; loading writes patched weights (computed in float32 by
+comfy.lora.calculate_weight) as new Parameters after backing up the originals, and
+unpatch_model puts the originals back. partially_load re-patches when the module carries
+another clone's patches (model.current_weight_patches_uuid). No partial (lowvram) loading, no
+hooks or object patches. Like ComfyUI's, it writes `model.device`, so wrapping a module whose
+`device` is a read-only property fails here too.
 """
 
+import collections
+import uuid
+
+import torch
+
+import comfy.lora
 import comfy.model_management
+import comfy.utils
+
+Backup = collections.namedtuple("Dimension", ["weight", "inplace_update"])
 
 
 class ModelPatcher:
@@ -14,13 +30,17 @@ class ModelPatcher:
         if not hasattr(self.model, "device") or self.model.device is None:
             self.model.device = offload_device
         self.patches = {}
+        self.backup = {}
         self.model_options = {"transformer_options": {}}
         self.load_device = load_device
         self.offload_device = offload_device
         self.weight_inplace_update = weight_inplace_update
+        self.patches_uuid = uuid.uuid4()
         self.parent = None
-        if not hasattr(self.model, "model_loaded_weight_memory"):
-            self.model.model_loaded_weight_memory = 0
+        for name, default in (("model_loaded_weight_memory", 0), ("current_weight_patches_uuid", None),
+                              ("model_lowvram", False)):
+            if not hasattr(self.model, name):
+                setattr(self.model, name, default)
 
     def is_dynamic(self):
         return False
@@ -42,7 +62,12 @@ class ModelPatcher:
             return self.model.get_dtype()
 
     def clone(self):
-        n = self.__class__(self.model, self.load_device, self.offload_device, self.model_size())
+        n = self.__class__(self.model, self.load_device, self.offload_device, self.model_size(),
+                           weight_inplace_update=self.weight_inplace_update)
+        n.patches = {k: v[:] for k, v in self.patches.items()}
+        n.patches_uuid = self.patches_uuid
+        n.model_options = {k: (v.copy() if isinstance(v, dict) else v) for k, v in self.model_options.items()}
+        n.backup = self.backup  # shared: the weights are the module's, whichever clone patched them
         n.parent = self
         return n
 
@@ -52,18 +77,76 @@ class ModelPatcher:
     def model_patches_models(self):
         return []
 
-    def patch_model(self, device_to=None, lowvram_model_memory=0, load_weights=True, force_patch_weights=False):
-        if load_weights and device_to is not None:
+    def model_patches_to(self, device):
+        pass
+
+    def add_patches(self, patches, strength_patch=1.0, strength_model=1.0):
+        added = set()
+        model_sd = self.model.state_dict()
+        for k in patches:
+            key, offset, function = k, None, None
+            if not isinstance(k, str):
+                key, offset, function = k[0], k[1], (k[2] if len(k) > 2 else None)
+            if key in model_sd:
+                added.add(k)
+                self.patches.setdefault(key, []).append((strength_patch, patches[k], strength_model, offset, function))
+        self.patches_uuid = uuid.uuid4()
+        return list(added)
+
+    def patch_weight_to_device(self, key, device_to=None, inplace_update=False):
+        if key not in self.patches:
+            return
+        weight = comfy.utils.get_attr(self.model, key)
+        inplace_update = self.weight_inplace_update or inplace_update
+        if key not in self.backup:
+            self.backup[key] = Backup(weight.to(device=self.offload_device, copy=inplace_update), inplace_update)
+        temp_weight = weight.to(device_to if device_to is not None else weight.device, torch.float32, copy=True)
+        out_weight = comfy.lora.calculate_weight(self.patches[key], temp_weight, key).to(weight.dtype)
+        if inplace_update:
+            comfy.utils.copy_to_param(self.model, key, out_weight)
+        else:
+            comfy.utils.set_attr_param(self.model, key, out_weight)
+
+    def load(self, device_to=None, lowvram_model_memory=0, force_patch_weights=False, full_load=False):
+        for key in self.model.state_dict():
+            self.patch_weight_to_device(key, device_to=device_to)
+        if device_to is not None:
             self.model.to(device_to)
             self.model.device = device_to
-            self.model.model_loaded_weight_memory = self.model_size()
+        self.model.model_loaded_weight_memory = self.model_size()
+        self.model.current_weight_patches_uuid = self.patches_uuid
+
+    def patch_model(self, device_to=None, lowvram_model_memory=0, load_weights=True, force_patch_weights=False):
+        if load_weights:
+            self.load(device_to, lowvram_model_memory, force_patch_weights, full_load=True)
         return self.model
 
+    def partially_load(self, device_to, extra_memory=0, force_patch_weights=False):
+        """What LoadedModel.model_load calls: re-patches when another clone's patches are in."""
+        current = self.model.current_weight_patches_uuid
+        unpatch_weights = current is not None and (current != self.patches_uuid or force_patch_weights)
+        used = self.model.model_loaded_weight_memory
+        self.unpatch_model(self.offload_device, unpatch_weights=unpatch_weights)
+        if self.model.model_loaded_weight_memory > 0:
+            return 0
+        self.load(device_to, full_load=True)
+        return self.model.model_loaded_weight_memory - (0 if unpatch_weights else used)
+
     def unpatch_model(self, device_to=None, unpatch_weights=True):
-        if unpatch_weights and device_to is not None:
+        if not unpatch_weights:
+            return 0
+        for key, backup in self.backup.items():
+            if backup.inplace_update:
+                comfy.utils.copy_to_param(self.model, key, backup.weight)
+            else:
+                comfy.utils.set_attr_param(self.model, key, backup.weight)
+        self.backup.clear()
+        self.model.current_weight_patches_uuid = None
+        if device_to is not None:
             self.model.to(device_to)
             self.model.device = device_to
-            self.model.model_loaded_weight_memory = 0
+        self.model.model_loaded_weight_memory = 0
+        return 0
 
     def detach(self, unpatch_all=True):
         if unpatch_all:

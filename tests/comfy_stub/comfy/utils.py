@@ -1,4 +1,7 @@
-"""Stand-in for comfy.utils.ProgressBar (without ComfyUI's throttling of hook calls)."""
+"""Stand-in for comfy.utils: ProgressBar (without ComfyUI's throttling of hook calls) and the
+attribute helpers ModelPatcher uses to swap weights (get_attr, set_attr_param, copy_to_param)."""
+
+import torch
 
 PROGRESS_BAR_HOOK = None
 
@@ -26,3 +29,32 @@ class ProgressBar:
 
     def update(self, value):
         self.update_absolute(self.current + value)
+
+
+def resolve_attr(obj, attr):
+    attrs = attr.split(".")
+    for name in attrs[:-1]:
+        obj = getattr(obj, name)
+    return obj, attrs[-1]
+
+
+def get_attr(obj, attr):
+    for name in attr.split("."):
+        obj = getattr(obj, name)
+    return obj
+
+
+def set_attr(obj, attr, value):
+    obj, name = resolve_attr(obj, attr)
+    prev = getattr(obj, name)
+    setattr(obj, name, value)
+    return prev
+
+
+def set_attr_param(obj, attr, value):
+    return set_attr(obj, attr, torch.nn.Parameter(value, requires_grad=False))
+
+
+def copy_to_param(obj, attr, value):
+    obj, name = resolve_attr(obj, attr)
+    getattr(obj, name).data.copy_(value)

@@ -1,0 +1,103 @@
+"""The sampler's modes and the helper nodes against the engine: FPS sweep, resolution bucket,
+long video (sliding windows), step cache."""
+
+import importlib
+import math
+
+import pytest
+import torch
+
+from droplet_core.shapes import size_for_budget
+from droplet_core.tiny import TRANSFORMER
+from node_fixtures import (ATOL, as_image, conds, engine, engine_latent, image_cond, loaded, run, sample,  # noqa: F401
+                           sample_and_decode, start_image)
+
+SMALL = dict(width=64, height=64)
+
+
+@pytest.fixture(scope="module")
+def small_cond(pack, loaded, start_image):
+    return image_cond(pack, loaded[1], start=as_image(start_image), **SMALL, frames=5)
+
+
+# FPS sweep --------------------------------------------------------------------------------------------
+
+def sweep(pack, loaded, conds, cond, fps_values, layout):
+    return run(pack, "DropletVideoFPSSweep", model=loaded[0], vae=loaded[1], positive=conds[0], negative=conds[1],
+               image_cond=cond, fps_values=fps_values, steps=2, cfg=6.0, seed=7, scheduler="ddim", layout=layout,
+               vae_tiling=False)[0]
+
+
+def test_fps_sweep_panels_equal_separate_sampler_and_decode_runs(pack, loaded, conds, small_cond):
+    side_by_side = sweep(pack, loaded, conds, small_cond, " 4, 32", "side_by_side")
+    batch = sweep(pack, loaded, conds, small_cond, "4,32", "batch")
+    separate = [sample_and_decode(pack, loaded, conds, small_cond, fps=fps, steps=2, seed=7) for fps in (4, 32)]
+    frames = separate[0].shape[0]
+    assert side_by_side.shape == (frames, 64, 128, 3) and batch.shape == (2 * frames, 64, 64, 3)
+    for i, video in enumerate(separate):
+        torch.testing.assert_close(side_by_side[:, :, 64 * i:64 * (i + 1)], video, atol=ATOL, rtol=0)
+        torch.testing.assert_close(batch[frames * i:frames * (i + 1)], video, atol=ATOL, rtol=0)
+    assert (separate[0] - separate[1]).abs().max() > 1e-3  # the FPS condition changes the video
+
+
+@pytest.mark.parametrize("fps_values, message", [
+    ("4,fast", "'fast' is not a whole number: write FPS values separated by commas, e.g. 4,8,16,32"),
+    ("4.5", "'4.5' is not a whole number"),
+    (" , ", "fps_values is empty"),
+    ("8,0", "0 is outside 1..60"),
+    ("8,61", "61 is outside 1..60")])
+def test_fps_sweep_refuses_bad_fps_values(pack, loaded, conds, small_cond, fps_values, message):
+    with pytest.raises(ValueError, match=message):
+        sweep(pack, loaded, conds, small_cond, fps_values, "side_by_side")
+
+
+# Resolution bucket -------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("width, height, base", [(1920, 1080, 640), (1080, 1920, 512), (500, 500, 896),
+                                                 (672, 384, 640), (1024, 300, 768)])
+def test_resolution_bucket_keeps_the_aspect_ratio_at_the_budget(pack, width, height, base):
+    out_w, out_h = run(pack, "DropletVideoResolutionBucket", image=torch.zeros(2, height, width, 3),
+                       base_resolution=base)
+    assert (out_w, out_h) == size_for_budget(width, height, base)
+    assert out_w % 16 == 0 and out_h % 16 == 0
+    assert abs(math.log(out_w / out_h) - math.log(width / height)) < 16 / min(out_w, out_h)  # rounding to 16
+    assert abs(out_w * out_h / base ** 2 - 1) < 0.1
+
+
+# Long video, step cache --------------------------------------------------------------------------------
+
+def test_long_video_twice_the_trained_length_equals_the_engine(pack, loaded, conds, engine, start_image):
+    frames = 2 * (TRANSFORMER.max_video_frames - 1) + 1  # 169 frames: 43 latent frames, the model knows 22
+    cond = image_cond(pack, loaded[1], start=as_image(start_image), **SMALL, frames=frames)
+    with pytest.raises(ValueError, match="long-video mode"):
+        sample(pack, loaded[0], conds, cond, steps=2)
+    latent = sample(pack, loaded[0], conds, cond, steps=2, long_video=True, window_overlap=0)
+    assert latent["samples"].shape == (1, 16, 43, 8, 8)
+    expected = engine_latent(engine, image=start_image, **SMALL, frames=frames, steps=2, long_video=True)
+    torch.testing.assert_close(latent["samples"], expected, atol=ATOL, rtol=0)
+
+
+def test_long_video_settings_that_cannot_work_are_refused(pack, loaded, conds, small_cond):
+    with pytest.raises(ValueError, match="window_overlap 22 must be below the model's window of 22 latent frames"):
+        sample(pack, loaded[0], conds, small_cond, long_video=True, window_overlap=22)
+    with pytest.raises(ValueError, match="cache_threshold .* does not work with long_video"):
+        sample(pack, loaded[0], conds, small_cond, long_video=True, cache_threshold=0.1)
+
+
+def test_step_cache_equals_the_engine_and_skips_steps(pack, loaded, conds, engine, small_cond, start_image,
+                                                      monkeypatch):
+    sampler = importlib.import_module(f"{pack.__name__}.nodes.sampler")
+    caches = []
+
+    class RecordedCache(sampler.StepCache):
+        def __init__(self, *args):
+            super().__init__(*args)
+            caches.append(self)
+
+    monkeypatch.setattr(sampler, "StepCache", RecordedCache)
+    latent = sample(pack, loaded[0], conds, small_cond, steps=8, seed=2, cache_threshold=0.3)
+    expected = engine_latent(engine, image=start_image, **SMALL, frames=5, steps=8, seed=2, cache_threshold=0.3)
+    torch.testing.assert_close(latent["samples"], expected, atol=ATOL, rtol=0)
+    assert len(caches) == 1 and caches[0].skipped_steps > 0
+    sample(pack, loaded[0], conds, small_cond, steps=8, seed=2)
+    assert len(caches) == 1  # cache_threshold 0: no cache
