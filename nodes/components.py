@@ -15,6 +15,7 @@ import torch
 
 from ..droplet_core import shapes
 from ..droplet_core.configs import TransformerConfig
+from ..droplet_core.preview import Projection
 from ..droplet_core.text import TextEncoder
 
 
@@ -102,6 +103,7 @@ class ImageCond:
     height: int
     frames: int
     noise_aug_strength: Optional[float] = None
+    rgb_projection: Optional[Projection] = None  # latents -> RGB for progress previews (preview.py)
 
     @property
     def latent_shape(self):

@@ -5,6 +5,7 @@ import torch
 
 from ..droplet_core import shapes
 from ..droplet_core.conditioning import NOISE_AUG_STRENGTH, i2v_video_and_mask, inpaint_latents
+from ..droplet_core.preview import fit_rgb_projection
 from .components import ImageCond, latent_shape, load_for_compute, module_dtype
 from .images import RESIZE_MODES, first_image, fit
 from .memory import vae_encode_memory
@@ -68,4 +69,5 @@ class DropletVideoImageEncode:
         latents = inpaint_latents(module, video, mask, latent_shape(width, height, frames), torch.float32, strength,
                                   torch.Generator().manual_seed(noise_aug_seed), vae_tiling)
         out = comfy.model_management.intermediate_device()
-        return (ImageCond(latents.to(out), width, height, frames, strength),)
+        projection = None if start is None else fit_rgb_projection(latents[0, 0, 1:], video[0, :, 0])
+        return (ImageCond(latents.to(out), width, height, frames, strength, projection),)

@@ -92,7 +92,7 @@ def sample_latent(model, positive: TextCond, negative: TextCond, image_cond: Ima
     latents = sampling.denoise(transformer, sched, latents, timesteps, positive.embeds.to(device, dtype),
                                negative.embeds.to(device, dtype), inpaint.to(device, dtype), fps_tensor(fps), cfg,
                                use_dynamic_cfg, torch.Generator(device=device).manual_seed(seed),
-                               comfy_on_step(len(timesteps)), **extra)
+                               comfy_on_step(len(timesteps), image_cond.rgb_projection), **extra)
     return latent_layout.to_comfy(latents.to(comfy.model_management.intermediate_device()))
 
 

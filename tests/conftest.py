@@ -42,6 +42,7 @@ SHIPPED_NAMES = {"DropletVideo": ("DropletVideo-V1.0-weights", "model_index.json
                  "diffusion_models": ("DropletVideo-V1.0-transformer", "config.json"),
                  "vae": ("DropletVideo-V1.0-vae", "config.json"),
                  "text_encoders": ("DropletVideo-V1.0-t5", "config.json")}
+SHIPPED_FILES = {"loras": "droplet_lora.safetensors"}
 
 
 @pytest.fixture(scope="session")
@@ -58,7 +59,7 @@ def models_dir(tmp_path_factory) -> Path:
 
     root = Path(tmp_path_factory.mktemp("models")) if COMFYUI_PATH else Path(folder_paths.models_dir)
     if COMFYUI_PATH:  # never write into the ComfyUI checkout
-        for name in SHIPPED_NAMES:
+        for name in (*SHIPPED_NAMES, *SHIPPED_FILES):
             folder_paths.add_model_folder_path(name, str(root / name))
     tiny = ensure_tiny_checkpoint(root / "DropletVideo" / "tiny")
     links = {"diffusion_models/tiny-transformer": tiny / "transformer", "vae/tiny-vae": tiny / "vae",
@@ -73,4 +74,7 @@ def models_dir(tmp_path_factory) -> Path:
     for folder, (name, marker) in SHIPPED_NAMES.items():
         (root / folder / name).mkdir(parents=True, exist_ok=True)
         (root / folder / name / marker).write_text(json.dumps({}))
+    for folder, name in SHIPPED_FILES.items():
+        (root / folder).mkdir(parents=True, exist_ok=True)
+        (root / folder / name).touch()
     return root

@@ -6,6 +6,7 @@ import importlib
 import inspect
 from pathlib import Path
 
+import comfy.cli_args
 import comfy.model_management
 import comfy.utils
 import numpy as np
@@ -13,11 +14,13 @@ import pytest
 import torch
 from PIL import Image
 
+from droplet_core import preview
+from droplet_core.conditioning import i2v_video_and_mask, inpaint_latents
 from droplet_core.loading import load_transformer
-from droplet_core.pipeline import load_pipeline
+from droplet_core.pipeline import Request, load_pipeline
 from droplet_core.text import NEGATIVE_PROMPT
-from node_fixtures import (ATOL, GOLDENS, SAMPLING, SIZE, as_image, conds, engine, engine_frames,  # noqa: F401
-                           image_cond, loaded, run, sample_and_decode)
+from node_fixtures import (ATOL, GOLDENS, PROMPT, SAMPLING, SIZE, as_image, conds, engine, engine_frames,  # noqa: F401
+                           image_cond, loaded, run, sample, sample_and_decode)
 
 
 @pytest.fixture
@@ -145,6 +148,41 @@ def test_trim_to_frames_keeps_the_requested_count(pack, loaded):
     latent = {"samples": torch.zeros(1, 16, 4, 16, 16)}
     frames = run(pack, "DropletVideoVAEDecode", vae=loaded[1], latent=latent, tiling=False, trim_to_frames=True)[0]
     assert frames.shape == (13, 128, 128, 3)
+
+
+def test_progress_previews_the_middle_frame_through_the_fitted_projection(pack, loaded, conds, engine,
+                                                                         monkeypatch):
+    start = Image.open(GOLDENS / "start.png")
+    cond = image_cond(pack, loaded[1], start=as_image(start), frames=9)
+    video, mask = i2v_video_and_mask(9, 128, 128, start)
+    encoded = inpaint_latents(engine.vae, video, mask, (3, 16, 16), torch.float32, None, None, False)
+    expected_projection = preview.fit_rgb_projection(encoded[0, 0, 1:], video[0, :, 0])
+    for ours, theirs in zip(cond.rgb_projection, expected_projection):
+        torch.testing.assert_close(ours, theirs, atol=1e-4, rtol=0)
+
+    previews = []
+
+    class RecordingBar(comfy.utils.ProgressBar):
+        def update_absolute(self, value, total=None, preview=None):
+            previews.append(preview)
+            super().update_absolute(value, total, preview)
+
+    monkeypatch.setattr(comfy.utils, "ProgressBar", RecordingBar)
+    sample(pack, loaded[0], conds, cond)
+    assert previews == [None] * 3  # ComfyUI's default preview method: none
+    monkeypatch.setattr(comfy.cli_args.args, "preview_method", comfy.cli_args.LatentPreviewMethod.Latent2RGB)
+    previews.clear()
+    sample(pack, loaded[0], conds, cond)
+    steps = engine.generate(Request(prompt=PROMPT, image=start, **{**SIZE, "frames": 9}, fps=8, steps=3, seed=42),
+                            keep_step_latents=True).step_latents
+    assert len(previews) == len(steps) == 3
+    for (kind, picture, max_size), latents in zip(previews, steps):
+        assert kind == "JPEG" and max_size == comfy.cli_args.args.preview_size and picture.size == (16, 16)
+        expected = preview.latents_to_rgb(latents[0, latents.shape[1] // 2], cond.rgb_projection).numpy()
+        assert np.abs(np.array(picture).astype(int) - expected).max() <= 1
+    previews.clear()
+    sample(pack, loaded[0], conds, run(pack, "DropletVideoEmptyConditioning", **{**SIZE, "frames": 9})[0])
+    assert previews == [None] * 3  # text-to-video: no image to fit a projection on
 
 
 # Model management, Cancel ------------------------------------------------------------------------------

@@ -13,37 +13,11 @@ import torch
 from safetensors.torch import save_file
 
 from droplet_core.lora import lora_deltas, merge_loras, read_lora
-from node_fixtures import (ATOL, as_image, conds, engine_latent, image_cond, load_engine, loaded, run,  # noqa: F401
-                           sample, start_image)
+from node_fixtures import (ATOL, as_image, conds, engine_latent, image_cond, load_engine, loaded,  # noqa: F401
+                           random_factors, run, sample, start_image, write_kohya, write_peft)
 
 LORA_ATOL = 1e-5
 PEFT, KOHYA = "droplet_test_peft.safetensors", "droplet_test_kohya.safetensors"
-
-
-def random_factors(transformer, seed, rank=4, scale=0.3):
-    """{Linear name: (down, up)} for every Linear in the transformer blocks."""
-    generator = torch.Generator().manual_seed(seed)
-    return {name: (torch.randn(rank, m.in_features, generator=generator) * scale,
-                   torch.randn(m.out_features, rank, generator=generator) * scale)
-            for name, m in transformer.named_modules()
-            if isinstance(m, torch.nn.Linear) and name.startswith("transformer_blocks.")}
-
-
-def write_peft(path, factors, alpha):
-    tensors = {"transformer.not_a_layer.lora_A.weight": torch.zeros(1, 1)}  # reported, skipped
-    for name, (down, up) in factors.items():
-        tensors.update({f"transformer.{name}.lora_A.weight": down, f"transformer.{name}.lora_B.weight": up,
-                        f"transformer.{name}.alpha": torch.tensor(alpha)})
-    save_file(tensors, str(path))
-
-
-def write_kohya(path, factors, alpha):
-    tensors = {}
-    for name, (down, up) in factors.items():
-        flat = "lora_unet_" + name.replace(".", "_")
-        tensors.update({f"{flat}.lora_down.weight": down, f"{flat}.lora_up.weight": up,
-                        f"{flat}.alpha": torch.tensor(alpha)})
-    save_file(tensors, str(path))
 
 
 @pytest.fixture(scope="module")

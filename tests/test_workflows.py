@@ -2,12 +2,15 @@
 values that fit the inputs, links between matching types; their API conversion and the
 headless demo."""
 
+import argparse
 import importlib.util
 import json
 import os
 from pathlib import Path
 
 import pytest
+import torch
+from node_fixtures import loaded  # noqa: F401
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -128,3 +131,53 @@ def test_demo_writes_a_video(models_dir, tmp_path):
     out = tmp_path / "demo.mp4"
     tool.main(["--demo", "--out", str(out), "--frames", "5", "--steps", "2"])
     assert out.stat().st_size > 0
+
+
+# The shipped graphs run: each executed through the node classes on the tiny checkpoint ----------------
+
+SMALL = argparse.Namespace(width=64, height=64, frames=5, steps=2)
+
+
+def run_graph(name, pack, info, tmp_path, **overrides):
+    """The workflow at SMALL sizes (and `overrides`, by input name): the frames SaveVideo got."""
+    api = tool.make_small(tool.ui_to_api(json.loads((ROOT / "workflows" / f"{name}.json").read_text()), info), SMALL)
+    for node in api.values():
+        node["inputs"].update({k: v for k, v in overrides.items() if k in node["inputs"]})
+    results = tool.execute(api, pack, tool.demo_core_nodes(tmp_path / f"{name}.mp4", SMALL.width, SMALL.height))
+    save = next(i for i, node in api.items() if node["class_type"] == "SaveVideo")
+    frames, fps = results[save][0]
+    assert fps == 8 and (tmp_path / f"{name}.mp4").stat().st_size > 0
+    return frames
+
+
+@pytest.fixture(scope="module")
+def workflow_lora(models_dir, loaded) -> str:
+    from node_fixtures import random_factors, write_peft
+
+    write_peft(models_dir / "loras" / "droplet_test_workflow.safetensors",
+               random_factors(loaded[0].patcher.model.module, seed=3), alpha=4.0)
+    return "droplet_test_workflow.safetensors"
+
+
+def test_lora_workflow_runs_and_its_lora_changes_the_video(pack, info, tmp_path, workflow_lora):
+    plain = run_graph("droplet_i2v", pack, info, tmp_path)
+    with_lora = run_graph("droplet_lora", pack, info, tmp_path, lora_name=workflow_lora)
+    switched_off = run_graph("droplet_lora", pack, info, tmp_path, lora_name=workflow_lora, strength=0.0)
+    assert with_lora.shape == plain.shape == (8, 64, 64, 3)  # 2 latent frames decode to 8 (quirk 3)
+    assert (with_lora - plain).abs().max() > 0.01
+    torch.testing.assert_close(switched_off, plain, atol=1e-6, rtol=0)
+
+
+def test_long_video_workflow_renders_past_the_trained_length(pack, info, tmp_path):
+    workflow = json.loads((ROOT / "workflows" / "droplet_long_video.json").read_text())
+    encode = next(n for n in workflow["nodes"] if n["type"] == "DropletVideoImageEncode")
+    assert encode["widgets_values"][2] == 169  # twice the release's 85 frames, less the shared one
+    frames = run_graph("droplet_long_video", pack, info, tmp_path, frames=169)
+    assert frames.shape == (169, 64, 64, 3)  # 43 latent frames; the model's window is 22
+
+
+def test_fps_sweep_workflow_puts_the_fps_values_side_by_side(pack, info, tmp_path):
+    frames = run_graph("droplet_fps_sweep", pack, info, tmp_path)
+    assert frames.shape == (8, 64, 4 * 64, 3)
+    panels = frames.split(64, dim=2)
+    assert all((a - b).abs().max() > 1e-3 for a, b in zip(panels, panels[1:]))  # each fps its own motion
