@@ -15,6 +15,7 @@ from diffusers import AutoencoderKLCogVideoX
 
 from .configs import TransformerConfig, VaeConfig, config_from_dict, read_json
 from .transformer import DropletVideoTransformer3DModel
+from .vae_memory import trim_vae_memory
 from .weights import load_tensors, metadata, refuse_pickle, tensor_shapes, weight_files
 
 logger = logging.getLogger(__name__)
@@ -128,6 +129,7 @@ def load_vae(path: PathLike, dtype: torch.dtype = torch.float32) -> AutoencoderK
         vae = AutoencoderKLCogVideoX(**config.diffusers_kwargs())
     _assign_strict(vae, load_tensors(files, dtype, KEY_PREFIXES), source)
     vae.num_sample_frames_batch_size = REFERENCE_ENCODE_FRAMES
+    trim_vae_memory(vae)
     return vae.eval().requires_grad_(False)
 
 

@@ -8,6 +8,8 @@ from typing import Optional
 
 import torch
 
+from .vae_memory import decode_latents
+
 
 def _device_and_dtype(vae):
     parameter = next(vae.parameters())
@@ -52,5 +54,6 @@ def decode_to_frames(vae, latents: torch.Tensor, tiled: bool = False) -> torch.T
     set_tiling(vae, tiled)
     latents = latents.permute(0, 2, 1, 3, 4)
     latents = 1 / vae.config.scaling_factor * latents
-    frames = vae.decode(latents.to(device, dtype)).sample
+    latents = latents.to(device, dtype)
+    frames = vae.decode(latents).sample if tiled else decode_latents(vae, latents)
     return (frames / 2 + 0.5).clamp(0, 1).float()

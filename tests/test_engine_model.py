@@ -104,3 +104,23 @@ def test_quirk3_even_latent_count_decodes_to_four_frames_per_latent(tiny_ckpt):
     for latent_count, expected in ((2, 8), (3, 9), (4, 16)):
         video = decode_to_frames(vae, torch.randn(1, latent_count, 16, 4, 4))
         assert video.shape[2] == expected == decoded_frames(latent_count)
+
+
+@pytest.mark.parametrize("latent_frames", [1, 2, 3, 5, 6])
+def test_lean_vae_decode_equals_diffusers_bit_for_bit(tiny_ckpt, latent_frames):
+    """vae_memory's frame-batch loop and in-place spatial norm change memory, not numbers."""
+    from diffusers.models.autoencoders.autoencoder_kl_cogvideox import CogVideoXSpatialNorm3D
+
+    from droplet_core.loading import load_vae
+    from droplet_core.vae_memory import LeanSpatialNorm3D, decode_latents
+
+    lean = load_vae(tiny_ckpt / "vae")
+    stock = load_vae(tiny_ckpt / "vae")
+    norms = [m for m in stock.modules() if isinstance(m, CogVideoXSpatialNorm3D)]
+    assert norms and all(type(m) is LeanSpatialNorm3D for m in norms)
+    for module in norms:
+        module.__class__ = CogVideoXSpatialNorm3D
+    z = torch.randn(1, 16, latent_frames, 6, 8, generator=torch.Generator().manual_seed(latent_frames))
+    with torch.no_grad():
+        expected = stock.decode(z).sample
+    assert torch.equal(decode_latents(lean, z), expected)
