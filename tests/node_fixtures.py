@@ -8,7 +8,6 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
-from safetensors.torch import save_file
 
 from droplet_core.pipeline import Request, load_pipeline
 from droplet_core.text import NEGATIVE_PROMPT
@@ -65,32 +64,6 @@ def engine_latent(engine, **request):
 def load_engine(models_dir):
     """The engine on the nodes' device (a CUDA generator draws other numbers than a CPU one)."""
     return load_pipeline(models_dir / "DropletVideo" / "tiny", device=comfy.model_management.get_torch_device())
-
-
-def random_factors(transformer, seed, rank=4, scale=0.3):
-    """{Linear name: (down, up)} for every Linear in the transformer blocks."""
-    generator = torch.Generator().manual_seed(seed)
-    return {name: (torch.randn(rank, m.in_features, generator=generator) * scale,
-                   torch.randn(m.out_features, rank, generator=generator) * scale)
-            for name, m in transformer.named_modules()
-            if isinstance(m, torch.nn.Linear) and name.startswith("transformer_blocks.")}
-
-
-def write_peft(path, factors, alpha):
-    tensors = {"transformer.not_a_layer.lora_A.weight": torch.zeros(1, 1)}  # reported, skipped
-    for name, (down, up) in factors.items():
-        tensors.update({f"transformer.{name}.lora_A.weight": down, f"transformer.{name}.lora_B.weight": up,
-                        f"transformer.{name}.alpha": torch.tensor(alpha)})
-    save_file(tensors, str(path))
-
-
-def write_kohya(path, factors, alpha):
-    tensors = {}
-    for name, (down, up) in factors.items():
-        flat = "lora_unet_" + name.replace(".", "_")
-        tensors.update({f"{flat}.lora_down.weight": down, f"{flat}.lora_up.weight": up,
-                        f"{flat}.alpha": torch.tensor(alpha)})
-    save_file(tensors, str(path))
 
 
 @pytest.fixture(scope="session")

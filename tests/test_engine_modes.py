@@ -9,6 +9,7 @@ from droplet_core.lora import merge_loras, read_lora
 from droplet_core.pipeline import Request, load_pipeline
 from droplet_core.shapes import size_for_budget
 from engine_fixtures import start_image, tiny_ckpt  # noqa: F401
+from lora_files import write_kohya, write_peft
 
 LAYERS = ["transformer_blocks.0.attn1.to_q", "transformer_blocks.1.ff.net.2"]
 
@@ -23,30 +24,10 @@ def lora_factors(model, rank=4, seed=0):
     return factors
 
 
-def write_diffusers_style(path, factors, alpha=None):
-    tensors = {}
-    for name, (down, up) in factors.items():
-        tensors[f"transformer.{name}.lora_A.weight"] = down
-        tensors[f"transformer.{name}.lora_B.weight"] = up
-        if alpha is not None:
-            tensors[f"transformer.{name}.alpha"] = torch.tensor(alpha)
-    tensors["transformer.not_a_layer.lora_A.weight"] = torch.zeros(1, 1)
-    save_file(tensors, str(path))
-
-
-def write_kohya_style(path, factors, alpha):
-    tensors = {}
-    for name, (down, up) in factors.items():
-        flat = "lora_unet_" + name.replace(".", "_")
-        tensors.update({f"{flat}.lora_down.weight": down, f"{flat}.lora_up.weight": up,
-                        f"{flat}.alpha": torch.tensor(alpha)})
-    save_file(tensors, str(path))
-
-
 def test_lora_merge_equals_hand_merge_and_reports_unknown_keys(tiny_ckpt, tmp_path):
     model = load_transformer(tiny_ckpt / "transformer")
     factors = lora_factors(model)
-    write_diffusers_style(tmp_path / "a.safetensors", factors, alpha=2.0)
+    write_peft(tmp_path / "a.safetensors", factors, alpha=2.0)
     expected = {name: p.clone() for name, p in model.named_parameters()}
     for name, (down, up) in factors.items():
         expected[f"{name}.weight"] += 0.7 * (2.0 / 4) * (up @ down)
@@ -59,8 +40,8 @@ def test_lora_merge_equals_hand_merge_and_reports_unknown_keys(tiny_ckpt, tmp_pa
 def test_kohya_and_diffusers_styles_agree_and_strength_zero_is_a_no_op(tiny_ckpt, tmp_path):
     base = load_transformer(tiny_ckpt / "transformer")
     factors = lora_factors(base)
-    write_diffusers_style(tmp_path / "d.safetensors", factors, alpha=8.0)
-    write_kohya_style(tmp_path / "k.safetensors", factors, alpha=8.0)
+    write_peft(tmp_path / "d.safetensors", factors, alpha=8.0)
+    write_kohya(tmp_path / "k.safetensors", factors, alpha=8.0)
     assert set(read_lora(tmp_path / "k.safetensors", base).layers) == set(LAYERS)
     merged_d, merged_k, zero = (load_transformer(tiny_ckpt / "transformer") for _ in range(3))
     merge_loras(merged_d, [(str(tmp_path / "d.safetensors"), 1.0)])
@@ -75,8 +56,8 @@ def test_kohya_and_diffusers_styles_agree_and_strength_zero_is_a_no_op(tiny_ckpt
 
 def test_stacked_loras_add_up(tiny_ckpt, tmp_path):
     model = load_transformer(tiny_ckpt / "transformer")
-    write_diffusers_style(tmp_path / "one.safetensors", lora_factors(model, seed=1))
-    write_diffusers_style(tmp_path / "two.safetensors", lora_factors(model, seed=2))
+    write_peft(tmp_path / "one.safetensors", lora_factors(model, seed=1))
+    write_peft(tmp_path / "two.safetensors", lora_factors(model, seed=2))
     stacked = load_transformer(tiny_ckpt / "transformer")
     merge_loras(stacked, [(str(tmp_path / "one.safetensors"), 0.5), (str(tmp_path / "two.safetensors"), 0.25)])
     one_then_two = load_transformer(tiny_ckpt / "transformer")

@@ -13,8 +13,9 @@ import torch
 from safetensors.torch import save_file
 
 from droplet_core.lora import lora_deltas, merge_loras, read_lora
-from node_fixtures import (ATOL, as_image, conds, engine_latent, image_cond, load_engine, loaded,  # noqa: F401
-                           random_factors, run, sample, start_image, write_kohya, write_peft)
+from lora_files import random_factors, write_kohya, write_peft
+from node_fixtures import (ATOL, as_image, conds, engine_latent, image_cond, load_engine, loaded, run,  # noqa: F401
+                           sample, start_image)
 
 LORA_ATOL = 1e-5
 PEFT, KOHYA = "droplet_test_peft.safetensors", "droplet_test_kohya.safetensors"

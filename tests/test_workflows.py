@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from lora_files import random_factors, write_peft
 from node_fixtures import loaded  # noqa: F401
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -152,8 +153,6 @@ def run_graph(name, pack, info, tmp_path, **overrides):
 
 @pytest.fixture(scope="module")
 def workflow_lora(models_dir, loaded) -> str:
-    from node_fixtures import random_factors, write_peft
-
     write_peft(models_dir / "loras" / "droplet_test_workflow.safetensors",
                random_factors(loaded[0].patcher.model.module, seed=3), alpha=4.0)
     return "droplet_test_workflow.safetensors"
