@@ -10,8 +10,11 @@ from pathlib import Path
 import torch
 from transformers.utils import logging as transformers_logging
 
-from .lora import merge_loras
+from .attention import ATTENTION_BACKENDS
+from .engine_options import WEIGHT_FORMATS, EngineOptions
+from .offload_plan import Workload
 from .pipeline import DTYPES, Request, load_pipeline
+from .placement import OFFLOAD_MODES
 from .sampling import SCHEDULERS
 from .shapes import size_for_budget
 from .text import MAX_SEQUENCE_LENGTH, NEGATIVE_PROMPT
@@ -60,8 +63,32 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--playback_fps", type=float, default=PLAYBACK_FPS, help="file frame rate (reference: 8)")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--dtype", choices=sorted(DTYPES), default=None, help="default bf16 on CUDA, fp32 on CPU")
-    p.add_argument("--offload", action="store_true", help="keep components on the CPU until used (CUDA)")
+    add_engine_options(p)
     return p
+
+
+def add_engine_options(p: argparse.ArgumentParser) -> None:
+    """Memory and speed flags (engine_options.py); bench/engine.py takes the same."""
+    p.add_argument("--offload", nargs="?", const="model", default="none", choices=OFFLOAD_MODES,
+                   help="none; model (the bare flag: components visit the GPU only while used); block_swap (first "
+                   "--blocks_on_device blocks resident, the rest streamed); sequential (layer by layer, least VRAM); "
+                   "auto (picked from free VRAM for this size)")
+    p.add_argument("--blocks_on_device", type=int, help="block_swap: transformer blocks kept on the GPU "
+                   "(default: from free VRAM)")
+    p.add_argument("--weights", choices=WEIGHT_FORMATS, default="default", help="fp8_e4m3fn: transformer block "
+                   "weights stored in fp8, computed in --dtype (half the VRAM of bf16 weights)")
+    p.add_argument("--fp8", dest="weights", action="store_const", const="fp8_e4m3fn", help="= --weights fp8_e4m3fn")
+    p.add_argument("--attention", choices=ATTENTION_BACKENDS, default="sdpa",
+                   help="sage needs `pip install sageattention` (CUDA)")
+    p.add_argument("--fuse_qkv", action="store_true", help="one QKV projection per block instead of three")
+    p.add_argument("--compile", action="store_true", help="torch.compile each transformer block (slow first step)")
+    p.add_argument("--compile_backend", default="inductor", help=argparse.SUPPRESS)
+
+
+def engine_options_from_args(args) -> EngineOptions:
+    return EngineOptions(offload=args.offload, blocks_on_device=args.blocks_on_device, weights=args.weights,
+                         attention=args.attention, fuse_qkv=args.fuse_qkv, compile=args.compile,
+                         compile_backend=args.compile_backend)
 
 
 def _tiny_defaults(args) -> None:
@@ -145,8 +172,11 @@ def main(argv=None) -> int:
         started = time.perf_counter()
         request = request_from_args(args)
         fps_values = [float(v) for v in args.fps_sweep.split(",")] if args.fps_sweep else [args.fps]
-        pipe = load_pipeline(args.ckpt, args.device, dtype, offload=args.offload)
-        unknown = merge_loras(pipe.transformer, [parse_lora(spec) for spec in args.lora])
+        workload = Workload(request.width, request.height, request.frames, request.max_sequence_length,
+                            2 if request.guidance_scale > 1 else 1, dtype.itemsize)
+        pipe = load_pipeline(args.ckpt, args.device, dtype, options=engine_options_from_args(args),
+                             loras=[parse_lora(spec) for spec in args.lora], workload=workload)
+        unknown = pipe.lora_unknown_keys
         if unknown:
             print(f"warning: {len(unknown)} LoRA keys matched no layer (first: {unknown[0]})", file=sys.stderr)
         loaded = time.perf_counter()
@@ -162,7 +192,7 @@ def main(argv=None) -> int:
     summary = (f"wrote {out} ({result.frames.shape[0]} frames {request.width}x{request.height}, FPS condition "
                f"{','.join(f'{v:g}' for v in fps_values)}, playback {args.playback_fps:g} fps) in {total:.1f} s "
                f"(load {loaded - started:.1f} s, generate {total - (loaded - started):.1f} s, "
-               f"{progress.seconds_per_step:.3f} s/step); peak RSS {peak_rss:.0f} MiB")
+               f"{progress.seconds_per_step:.3f} s/step, offload {pipe.offload}); peak RSS {peak_rss:.0f} MiB")
     if args.device.startswith("cuda"):
         summary += f", peak VRAM {torch.cuda.max_memory_allocated() / 2**30:.2f} GiB"
     print(summary)

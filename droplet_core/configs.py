@@ -142,3 +142,10 @@ def config_to_dict(config, class_name: str) -> dict:
     values = {k: (list(v) if isinstance(v, tuple) else v) for k, v in values.items()}
     return {"_class_name": class_name, **values}
 
+
+
+# The released DropletVideo-5B transformer's shape (CogVideoX-5B class, 33-channel inpaint input),
+# for memory planning and benchmarks without the weights.
+RELEASE_TRANSFORMER = TransformerConfig(
+    num_attention_heads=48, attention_head_dim=64, in_channels=33, out_channels=16, time_embed_dim=512,
+    text_embed_dim=4096, num_layers=42, sample_width=84, sample_height=48, sample_frames=85)

@@ -14,6 +14,7 @@ import torch
 from diffusers import AutoencoderKLCogVideoX
 
 from .configs import TransformerConfig, VaeConfig, config_from_dict, read_json
+from .fp8 import adopt_fp8_layers, take_fp8_layers
 from .transformer import DropletVideoTransformer3DModel
 from .vae_memory import trim_vae_memory
 from .weights import load_tensors, metadata, refuse_pickle, tensor_shapes, weight_files
@@ -99,9 +100,12 @@ def _assign_strict(model: torch.nn.Module, state: dict, source: str) -> None:
     model.load_state_dict(state, strict=True, assign=True)
 
 
-def load_transformer(path: PathLike, dtype: torch.dtype = torch.float32,
-                     config_overrides: Optional[dict] = None) -> DropletVideoTransformer3DModel:
-    """Transformer from a folder (config.json + safetensors) or a single .safetensors file."""
+def load_transformer(path: PathLike, dtype: torch.dtype = torch.float32, config_overrides: Optional[dict] = None,
+                     keep_fp8: bool = False) -> DropletVideoTransformer3DModel:
+    """Transformer from a folder (config.json + safetensors) or a single .safetensors file.
+
+    float8 files (ComfyUI's `*_fp8_e4m3fn.safetensors`, scaled or not) are dequantized to `dtype`,
+    or with `keep_fp8` keep their block Linear weights in fp8 (fp8.py)."""
     config_dict, source, files = _component_files(Path(path))
     if config_dict is None:
         shapes = {}
@@ -111,9 +115,11 @@ def load_transformer(path: PathLike, dtype: torch.dtype = torch.float32,
     config = config_from_dict(TransformerConfig, {**config_dict, **(config_overrides or {})}, source)
     with torch.device("meta"):
         model = DropletVideoTransformer3DModel(config)
-    state = load_tensors(files, dtype, KEY_PREFIXES)
+    state = load_tensors(files, dtype, KEY_PREFIXES, keep_float8=True)
+    fp8_layers = take_fp8_layers(state, dtype, keep_fp8, source)
     _fit_patch_weight(state, model.state_dict()[PATCH_WEIGHT].shape)
     _assign_strict(model, state, source)
+    adopt_fp8_layers(model, fp8_layers)
     model.init_buffers(dtype=dtype)
     return model.eval().requires_grad_(False)
 

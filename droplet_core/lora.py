@@ -15,6 +15,7 @@ from typing import Dict, List, Optional, Tuple
 
 import torch
 
+from .fp8 import Fp8Linear
 from .weights import load_tensors
 
 logger = logging.getLogger(__name__)
@@ -107,5 +108,9 @@ def merge_loras(model: torch.nn.Module, loras: List[Tuple[str, float]]) -> List[
         unknown.extend(lora.unknown_keys)
         for name, delta in lora_deltas(lora, model, strength).items():
             weight = params[name]
+            layer = model.get_submodule(name.rpartition(".")[0])
+            if isinstance(layer, Fp8Linear):  # an fp8 file: dequantize, add, quantize again
+                layer.set_dense(layer.dequantized(torch.float32) + delta.to(weight.device))
+                continue
             weight.copy_((weight.float() + delta.to(weight.device)).to(weight.dtype))
     return unknown

@@ -4,11 +4,10 @@
 the same steps one by one (encode_prompts, encode_conditioning, initial_latents, denoise).
 """
 
-import contextlib
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Optional
+from typing import Optional, Sequence, Tuple, Union
 
 import torch
 from PIL import Image
@@ -16,8 +15,12 @@ from PIL import Image
 from . import shapes
 from .conditioning import NOISE_AUG_STRENGTH, i2v_video_and_mask, inpaint_latents
 from .configs import read_json
+from .engine_options import EngineOptions, offload_mode, prepare_transformer
 from .long_video import SlidingWindowTransformer
 from .loading import load_scheduler_config, load_transformer, load_vae
+from .lora import merge_loras
+from .offload_plan import Workload, component_bytes, resolve_offload
+from .placement import Placement
 from .positional import fps_tensor
 from .sampling import StepCallback, denoise, make_scheduler, start_latents, timesteps_for
 from .transformer import run_block
@@ -83,32 +86,20 @@ def video_to_pixels(video: torch.Tensor, frames: int, width: int, height: int) -
 
 class DropletVideoPipeline:
     def __init__(self, transformer, vae, text_encoder: TextEncoder, scheduler_config: dict,
-                 device="cpu", dtype=torch.float32, offload: bool = False):
+                 device="cpu", dtype=torch.float32, offload: Union[bool, str] = False,
+                 blocks_on_device: Optional[int] = None):
+        """`offload`: none, model (True), block_swap (+ blocks_on_device) or sequential (placement.py)."""
         self.transformer, self.vae, self.text_encoder = transformer, vae, text_encoder
         self.scheduler_config = scheduler_config
-        self.device, self.dtype, self.offload = torch.device(device), dtype, offload
-        if not offload:
-            for module in (transformer, vae, text_encoder.model):
-                module.to(self.device)
-
-    @contextlib.contextmanager
-    def _on_device(self, module):
-        """Simple model offload: a component visits the GPU only while it is used."""
-        if self.offload:
-            module.to(self.device)
-        try:
-            yield module
-        finally:
-            if self.offload:
-                module.to("cpu")
-                if self.device.type == "cuda":
-                    torch.cuda.empty_cache()
+        self.device, self.dtype, self.offload = torch.device(device), dtype, offload_mode(offload)
+        self.placement = Placement(self.offload, self.device, transformer, text_encoder.model, vae, blocks_on_device)
+        self.lora_unknown_keys: list = []
 
     def encode_prompts(self, request: Request):
-        with self._on_device(self.text_encoder.model):
+        with self.placement.on_device(self.text_encoder.model):
             positive = self.text_encoder.encode(with_suffix(request.prompt, request.append_prompt_suffix),
-                                                request.max_sequence_length)
-            negative = (self.text_encoder.encode(request.negative_prompt, request.max_sequence_length)
+                                                request.max_sequence_length, self.device)
+            negative = (self.text_encoder.encode(request.negative_prompt, request.max_sequence_length, self.device)
                         if request.guidance_scale > 1.0 else None)
         cast = lambda x: None if x is None else x.to(self.device, self.dtype)  # noqa: E731
         return cast(positive), cast(negative)
@@ -127,7 +118,7 @@ class DropletVideoPipeline:
         latent_shape = ((frames - 1) // 4 + 1, request.height // 8, request.width // 8)
         fps_conditions = [fps_tensor(fps) for fps in fps_values]
         positive, negative = self.encode_prompts(request)
-        with self._on_device(self.vae):
+        with self.placement.on_device(self.vae):
             video, mask = i2v_video_and_mask(frames, request.width, request.height, request.image, request.end_image)
             augment = self.transformer.config.add_noise_in_inpaint_model
             inpaint = inpaint_latents(self.vae, video, mask, latent_shape, self.dtype,
@@ -143,7 +134,7 @@ class DropletVideoPipeline:
                             on_step, keep_step_latents) -> Result:
         scheduler = make_scheduler(self.scheduler_config, request.scheduler)
         timesteps = timesteps_for(scheduler, request.steps, request.strength, self.device)
-        with self._on_device(self.vae):
+        with self.placement.on_device(self.vae):
             latents = self.initial_latents(request, scheduler, timesteps, latent_shape, frames, source_video)
         step_latents = []
 
@@ -157,13 +148,13 @@ class DropletVideoPipeline:
                  if request.long_video else self.transformer)
         if request.cache_threshold and request.long_video:
             raise ValueError("step caching and long-video windows cannot be combined yet: turn one off.")
-        runner = (StepCache(request.cache_threshold, self.transformer.config.num_layers)
-                  if request.cache_threshold else run_block)
-        with self._on_device(self.transformer):
+        runner = self.placement.block_runner(StepCache(request.cache_threshold, self.transformer.config.num_layers)
+                                             if request.cache_threshold else run_block)
+        with self.placement.on_device(self.transformer):
             latents = denoise(model, scheduler, latents, timesteps, positive, negative, inpaint, fps,
                               request.guidance_scale, request.use_dynamic_cfg,
                               torch.Generator(device=self.device).manual_seed(request.seed), step_hook, runner)
-        with self._on_device(self.vae):
+        with self.placement.on_device(self.vae):
             video = decode_to_frames(self.vae, latents, request.tiled_vae)[0]
         if request.trim_to_requested_frames:
             video = video[:, :frames]
@@ -180,15 +171,28 @@ class DropletVideoPipeline:
         return start_latents(scheduler, timesteps, noise, video_latents.to(self.device, self.dtype))
 
 
-def load_pipeline(ckpt, device="cpu", dtype: torch.dtype = torch.float32, offload: bool = False) -> DropletVideoPipeline:
-    """A pipeline from the released folder layout (DropletVideo-V1.0-weights/)."""
+def load_pipeline(ckpt, device="cpu", dtype: torch.dtype = torch.float32, offload: Union[bool, str] = False,
+                  options: Optional[EngineOptions] = None, loras: Sequence[Tuple[str, float]] = (),
+                  workload: Workload = Workload()) -> DropletVideoPipeline:
+    """A pipeline from the released folder layout (DropletVideo-V1.0-weights/).
+
+    `options` (engine_options.py) sets offload, fp8 weights, attention, QKV fusion and compile;
+    without it `offload` alone is used (True = model offload). LoRAs (path, strength) are merged
+    before fp8/fusion. `workload` is the size offload 'auto' plans for."""
+    options = (options or EngineOptions(offload=offload_mode(offload))).check()
     root = Path(ckpt)
     if not root.is_dir():
         raise FileNotFoundError(f"checkpoint folder {root} does not exist: point --ckpt at the released "
                                 f"DropletVideo-V1.0-weights folder, or use --ckpt tiny for the built-in test model.")
     read_json(root / "model_index.json")
-    transformer = load_transformer(root / "transformer", dtype)
+    transformer = load_transformer(root / "transformer", dtype, keep_fp8=options.keep_fp8)
     vae = load_vae(root / "vae", dtype)
     text_encoder = load_text_encoder(root / "text_encoder", root / "tokenizer", dtype)
-    return DropletVideoPipeline(transformer, vae, text_encoder, load_scheduler_config(root / "scheduler"),
-                                device, dtype, offload)
+    unknown = merge_loras(transformer, list(loras)) if loras else []
+    prepare_transformer(transformer, options, dtype)
+    mode, blocks = resolve_offload(options.offload, options.blocks_on_device, device,
+                                   component_bytes(transformer, text_encoder.model, vae), transformer.config, workload)
+    pipe = DropletVideoPipeline(transformer, vae, text_encoder, load_scheduler_config(root / "scheduler"),
+                                device, dtype, mode, blocks)
+    pipe.lora_unknown_keys = unknown
+    return pipe

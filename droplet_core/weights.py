@@ -8,6 +8,7 @@ from typing import Dict, Iterable, Optional
 import torch
 from safetensors import safe_open
 
+FLOAT8 = (torch.float8_e4m3fn, torch.float8_e5m2)
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl")
 CONVERT_HINT = ("convert it once with `python -c \"import torch, safetensors.torch as s; "
                 "s.save_file(torch.load('IN', weights_only=True), 'OUT.safetensors')\"` on a machine you trust")
@@ -71,15 +72,16 @@ def weight_files(folder: Path, index_name: Optional[str] = None) -> list:
 
 
 def load_tensors(files: Iterable[Path], dtype: Optional[torch.dtype] = None,
-                 strip_prefixes: Iterable[str] = ()) -> Dict[str, torch.Tensor]:
-    """All tensors of `files`, each cast to `dtype` as it is read (peak RAM ~ one copy)."""
+                 strip_prefixes: Iterable[str] = (), keep_float8: bool = False) -> Dict[str, torch.Tensor]:
+    """All tensors of `files`, each cast to `dtype` as it is read (peak RAM ~ one copy);
+    with `keep_float8`, float8 tensors are left as stored (fp8.py dequantizes or keeps them)."""
     tensors = {}
     for path in files:
         read_header(path)
         with safe_open(str(path), framework="pt", device="cpu") as handle:
             for key in handle.keys():
                 tensor = handle.get_tensor(key)
-                if dtype is not None and tensor.is_floating_point():
+                if dtype is not None and tensor.is_floating_point() and not (keep_float8 and tensor.dtype in FLOAT8):
                     tensor = tensor.to(dtype)
                 tensors[_strip(key, strip_prefixes)] = tensor
     return tensors

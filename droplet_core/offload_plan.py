@@ -1,0 +1,126 @@
+"""Picking an offload mode from free VRAM: a pure function of (free bytes, sizes).
+
+The estimate, per mode (bytes):
+- weights: measured from the loaded modules (`component_bytes`), or from a config built on the
+  meta device (`transformer_bytes`); fp8 storage counts 1 byte per block Linear weight.
+- transformer activations: batch x tokens x act_bytes x (8 x inner_dim + 2 x ff_dim), tokens =
+  text tokens + latent frames x (h/16) x (w/16). That is the hidden and text states, q/k/v, the
+  attention output and the residuals (8 x dim) plus the feed-forward's 4 x dim inner activation
+  and its GELU output (2 x 4 x dim, written as 2 x ff_dim); SDPA's fused kernels keep no
+  tokens^2 matrix. batch is 2 with CFG.
+- VAE decode: 48 x the decoded frames' pixel count x act_bytes (the causal decoder's widest
+  activations at full resolution with this repo's cache trimming, rounded up).
+- a fixed margin of 1.5 GiB for the CUDA context, cuBLAS workspaces and fragmentation.
+The first mode that fits wins: none (everything resident), model (one component at a time),
+block_swap (resident non-block weights + N blocks + 2 blocks in flight), sequential.
+"""
+
+import logging
+from dataclasses import dataclass
+
+import torch
+
+logger = logging.getLogger(__name__)
+
+MARGIN_BYTES = int(1.5 * 2**30)
+VAE_DECODE_FACTOR = 48
+
+
+@dataclass(frozen=True)
+class ModelBytes:
+    block: int  # one transformer block's weights (they are all the same size)
+    num_blocks: int
+    transformer_other: int  # embeddings, final norms, proj_out
+    text_encoder: int
+    vae: int
+    largest_layer: int  # what sequential offload keeps on the device at a time
+
+    @property
+    def transformer(self) -> int:
+        return self.block * self.num_blocks + self.transformer_other
+
+
+@dataclass(frozen=True)
+class Workload:
+    width: int = 672
+    height: int = 384
+    frames: int = 85
+    text_tokens: int = 400  # the reference CLI's max_sequence_length
+    batch: int = 2  # CFG batches [negative, positive]
+    act_bytes: int = 2  # bf16/fp16 activations
+
+
+@dataclass(frozen=True)
+class OffloadPlan:
+    mode: str
+    blocks_on_device: int = 0
+    needed_bytes: int = 0
+    reason: str = ""
+
+
+def _tensor_bytes(tensors) -> int:
+    return sum(t.numel() * t.element_size() for t in tensors)
+
+
+def module_bytes(module: torch.nn.Module) -> int:
+    return _tensor_bytes([*module.parameters(), *module.buffers()])
+
+
+def component_bytes(transformer, text_encoder_model, vae) -> ModelBytes:
+    """Weight bytes of loaded (or meta-device) modules, in their current dtypes."""
+    blocks = transformer.transformer_blocks
+    block = max(module_bytes(b) for b in blocks)
+    leaves = [m for part in (transformer, text_encoder_model) for m in part.modules() if not list(m.children())]
+    largest = max(_tensor_bytes(m.parameters(recurse=False)) for m in leaves)
+    return ModelBytes(block=block, num_blocks=len(blocks), transformer_other=module_bytes(transformer) - block * len(blocks),
+                      text_encoder=module_bytes(text_encoder_model), vae=module_bytes(vae), largest_layer=largest)
+
+
+def transformer_activation_bytes(config, work: Workload) -> int:
+    latent_frames = (work.frames - 1) // 4 + 1
+    tokens = work.text_tokens + latent_frames * (work.height // 16) * (work.width // 16)
+    dim = config.inner_dim
+    return work.batch * tokens * work.act_bytes * (8 * dim + 2 * 4 * dim)
+
+
+def vae_decode_bytes(work: Workload) -> int:
+    return VAE_DECODE_FACTOR * work.frames * work.height * work.width * work.act_bytes
+
+
+def plan_offload(free_bytes: int, sizes: ModelBytes, config, work: Workload = Workload()) -> OffloadPlan:
+    """The fastest mode whose estimate fits in `free_bytes` (torch.cuda.mem_get_info()[0])."""
+    act = transformer_activation_bytes(config, work)
+    vae = sizes.vae + vae_decode_bytes(work)
+    budget = free_bytes - MARGIN_BYTES
+    needs = {"none": sizes.transformer + sizes.text_encoder + sizes.vae + max(act, vae - sizes.vae),
+             "model": max(sizes.transformer + act, sizes.text_encoder, vae)}
+    for mode in ("none", "model"):
+        if needs[mode] <= budget:
+            return OffloadPlan(mode, sizes.num_blocks, needs[mode], f"{mode}: {_gib(needs[mode])} needed")
+    swap_fixed = sizes.transformer_other + 2 * sizes.block + act
+    if max(swap_fixed, sizes.text_encoder, vae) <= budget:
+        blocks = min(sizes.num_blocks - 1, (budget - swap_fixed) // sizes.block)
+        needed = swap_fixed + blocks * sizes.block
+        return OffloadPlan("block_swap", int(blocks), needed,
+                           f"block_swap: {blocks} of {sizes.num_blocks} blocks resident, {_gib(needed)} needed")
+    needed = sizes.largest_layer + max(act, vae)
+    return OffloadPlan("sequential", 0, needed, f"sequential: {_gib(needed)} needed "
+                       f"({'fits' if needed <= budget else 'may not fit; try --tiled_vae or a smaller size'})")
+
+
+def _gib(value: int) -> str:
+    return f"{value / 2**30:.1f} GiB"
+
+
+def resolve_offload(mode: str, blocks_on_device, device, sizes: ModelBytes, config, work: Workload):
+    """(mode, blocks_on_device) with 'auto' and a missing block count decided from free VRAM.
+    Off CUDA there is no VRAM to plan for: auto is none, block_swap keeps half the blocks."""
+    if mode not in ("auto", "block_swap") or (mode == "block_swap" and blocks_on_device is not None):
+        return mode, blocks_on_device
+    if torch.device(device).type != "cuda":
+        return ("none", None) if mode == "auto" else (mode, sizes.num_blocks // 2)
+    plan = plan_offload(torch.cuda.mem_get_info(device)[0], sizes, config, work)
+    logger.info("offload plan: %s", plan.reason)
+    if mode == "block_swap":
+        return mode, plan.blocks_on_device if plan.mode in ("block_swap", "sequential") else sizes.num_blocks
+    return plan.mode, plan.blocks_on_device if plan.mode == "block_swap" else None
