@@ -6,9 +6,14 @@
 2. End to end (with --reference and --reference-python): our CLI vs the official pipeline
    (bench/reference_run.py), same checkpoint and settings, wall time, s/step, peak RSS.
 3. On CUDA (--device cuda): the real 5B config with random weights at 672x384x85, a few steps.
+4. Engine modes (--mode, repeatable): seconds per step (one CFG-batched forward), peak VRAM and
+   the ratio to the diffusers path, each in its own process. A mode is tokens joined by '+':
+   none | block_swap[:N] | sequential (offload), fp8, sdpa | sage, fuse_qkv, compile.
 
     python bench/engine.py --preset tiny --preset medium
     python bench/engine.py --preset medium --reference ../DropletVideo --reference-python /tmp/refvenv/bin/python
+    python bench/engine.py --preset 5b --device cuda --repeats 3 --mode none --mode fp8 --mode block_swap:20 \
+        --mode block_swap:20+fp8 --mode sequential --mode sage+fuse_qkv --mode compile
 """
 
 import argparse
@@ -23,9 +28,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-# Real-size config (CogVideoX-5B class, 33 input channels) for the GPU run.
-FIVE_B = dict(num_attention_heads=48, attention_head_dim=64, in_channels=33, out_channels=16, time_embed_dim=512,
-              text_embed_dim=4096, num_layers=42, sample_width=84, sample_height=48, sample_frames=85)
+OFFLOAD_TOKENS = ("none", "block_swap", "sequential")
 
 
 def run_measured(cmd, env=None):
@@ -42,28 +45,80 @@ def run_measured(cmd, env=None):
         return out.read(), wall, usage.ru_maxrss / 1024
 
 
-def transformer_step(args):
-    """Child process: time forwards of one implementation, print JSON."""
-    import resource
+def parse_mode(spec: str):
+    """'block_swap:20+fp8' -> EngineOptions (checked)."""
+    from droplet_core.attention import ATTENTION_BACKENDS
+    from droplet_core.engine_options import EngineOptions
 
+    fields = {}
+    for token in spec.split("+"):
+        name, _, value = token.partition(":")
+        if name in OFFLOAD_TOKENS:
+            fields.update(offload=name, **({"blocks_on_device": int(value)} if value else {}))
+        elif name == "fp8":
+            fields["weights"] = "fp8_e4m3fn"
+        elif name in ATTENTION_BACKENDS:
+            fields["attention"] = name
+        elif name in ("fuse_qkv", "compile"):
+            fields[name] = True
+        else:
+            raise SystemExit(f"--mode {spec!r}: unknown token {token!r} (use {', '.join(OFFLOAD_TOKENS)}[:N], fp8, "
+                             f"{', '.join(ATTENTION_BACKENDS)}, fuse_qkv, compile joined by '+').")
+    return EngineOptions(**fields).check()
+
+
+def build_model(args, device):
     import torch
 
-    from droplet_core.configs import TransformerConfig
+    from droplet_core.configs import RELEASE_TRANSFORMER
     from droplet_core.loading import load_transformer
     from droplet_core.transformer import DropletVideoTransformer3DModel
 
     torch.manual_seed(0)
-    if args.preset == "5b":
-        with torch.device("meta"):
-            model = DropletVideoTransformer3DModel(TransformerConfig(**FIVE_B))
-        model = model.to_empty(device=args.device).to(torch.bfloat16)
-        for p in model.parameters():
-            torch.nn.init.normal_(p, std=0.02)
-        model.init_buffers(device=args.device, dtype=torch.bfloat16)
-    else:
-        model = load_transformer(Path(args.ckpt) / "transformer").to(args.device)
+    if args.preset != "5b":
+        return load_transformer(Path(args.ckpt) / "transformer").to(device)
+    with torch.device("meta"):
+        model = DropletVideoTransformer3DModel(RELEASE_TRANSFORMER)
+    model = model.to_empty(device=device).to(torch.bfloat16)
+    for p in model.parameters():
+        torch.nn.init.normal_(p, std=0.02)
+    model.init_buffers(device=device, dtype=torch.bfloat16)
+    return model
+
+
+def placed_model(args):
+    """(model, block runner, context) for the child's --mode (offload modes start on the CPU)."""
+    import contextlib
+
+    from droplet_core.block_swap import BlockSwap
+    from droplet_core.engine_options import prepare_transformer
+    from droplet_core.sequential_offload import attach_sequential_offload
+    from droplet_core.transformer import run_block
+
+    options = parse_mode(args.mode or "none")
+    offloaded = options.offload in ("block_swap", "sequential")
+    model = build_model(args, "cpu" if offloaded else args.device)
+    prepare_transformer(model, options, next(model.parameters()).dtype)
+    if options.offload == "sequential":
+        attach_sequential_offload(model, args.device)
+    if options.offload == "block_swap":
+        count = model.config.num_layers // 2 if options.blocks_on_device is None else options.blocks_on_device
+        swap = BlockSwap(model, args.device, count)
+        return model, swap.wrap(), swap.on_device()
+    return model, run_block, contextlib.nullcontext()
+
+
+def transformer_step(args):
+    """Child process: time forwards of one implementation, print JSON."""
+    import contextlib
+    import resource
+
+    import torch
+
+    model, runner, placement = placed_model(args) if args.impl == "ours" else (build_model(args, args.device), None,
+                                                                               contextlib.nullcontext())
     c = model.config
-    dtype = next(model.parameters()).dtype
+    dtype = model.proj_out.weight.dtype  # the compute dtype (fp8 storage keeps proj_out in it)
     shape = (2, c.latent_frames, 16, c.sample_height, c.sample_width)
     x = torch.randn(shape, device=args.device, dtype=dtype)
     inpaint = torch.randn(2, c.latent_frames, 17, c.sample_height, c.sample_width, device=args.device, dtype=dtype)
@@ -82,9 +137,11 @@ def transformer_step(args):
         twin = twin.to(args.device, dtype).eval()
         forward = lambda: twin(torch.cat([x, inpaint], 2), text, t, return_dict=False)  # noqa: E731
     else:
-        forward = lambda: model(x, text, t, fps, inpaint)  # noqa: E731
+        forward = lambda: model(x, text, t, fps, inpaint, block_runner=runner)  # noqa: E731
     times = []
-    with torch.no_grad():
+    if args.device.startswith("cuda"):
+        torch.cuda.reset_peak_memory_stats()  # count the step, not the set-up (e.g. bf16 before fp8)
+    with placement, torch.no_grad():
         for _ in range(args.repeats + 1):
             started = time.perf_counter()
             forward()
@@ -108,6 +165,21 @@ def compare_transformers(preset, ckpt, device, repeats):
     print(f"transformer step [{preset}, {device}, CFG batch 2]: ours {ours['s_per_forward']:.4f} s, "
           f"diffusers {theirs['s_per_forward']:.4f} s (ratio {ours['s_per_forward'] / theirs['s_per_forward']:.2f}); "
           f"peak RSS ours {ours['peak_rss_mib']:.0f} MiB, diffusers {theirs['peak_rss_mib']:.0f} MiB")
+
+
+def compare_modes(preset, ckpt, args):
+    """Each --mode against the diffusers path, same config, inputs and device."""
+    rows = {}
+    for name in ["diffusers", *args.mode]:
+        child = ["--child", "diffusers"] if name == "diffusers" else ["--child", "ours", "--mode", name]
+        out, _, _ = run_measured([sys.executable, __file__, *child, "--preset", preset, "--ckpt", str(ckpt),
+                                  "--device", args.device, "--repeats", str(args.repeats)])
+        rows[name] = json.loads(out.strip().splitlines()[-1])
+    reference = rows["diffusers"]["s_per_forward"]
+    for name, row in rows.items():
+        vram = f"{row['peak_vram_gib']:.2f} GiB" if "peak_vram_gib" in row else "n/a (CPU)"
+        print(f"mode [{preset}, {args.device}] {name:24s} {row['s_per_forward']:.4f} s/step, peak VRAM {vram}, "
+              f"peak RSS {row['peak_rss_mib']:.0f} MiB, ratio to diffusers {row['s_per_forward'] / reference:.2f}")
 
 
 def compare_end_to_end(preset, ckpt, args):
@@ -161,20 +233,28 @@ def main():
     p.add_argument("--reference", help="folder of the official DropletVideo code (enables end-to-end runs)")
     p.add_argument("--reference-python", default=sys.executable, help="python of the reference's environment")
     p.add_argument("--cache", action="store_true", help="also measure step caching thresholds")
+    p.add_argument("--mode", action="append", default=[], help="engine mode to time against diffusers, e.g. "
+                   "none, fp8, block_swap:20+fp8, sequential, sage+fuse_qkv, compile (repeatable)")
     p.add_argument("--child", choices=["ours", "diffusers"], help=argparse.SUPPRESS)
     p.add_argument("--ckpt", help=argparse.SUPPRESS)
     args = p.parse_args()
     if args.child:
         args.impl = args.child
         args.preset = args.preset[0]
+        args.mode = args.mode[0] if args.mode else None
         return transformer_step(args)
+    for spec in args.mode:
+        parse_mode(spec)  # fail before any child starts
 
     from droplet_core.tiny import ensure_tiny_checkpoint
 
     with tempfile.TemporaryDirectory() as tmp:
         for preset in args.preset or ["tiny", "medium"]:
             ckpt = None if preset == "5b" else ensure_tiny_checkpoint(Path(tmp) / preset, preset)
-            compare_transformers(preset, ckpt, args.device, args.repeats)
+            if args.mode:
+                compare_modes(preset, ckpt, args)
+            else:
+                compare_transformers(preset, ckpt, args.device, args.repeats)
             if args.reference and preset != "5b":
                 compare_end_to_end(preset, ckpt, args)
             if args.cache and preset != "5b":
