@@ -72,7 +72,8 @@ def component_bytes(transformer, text_encoder_model, vae) -> ModelBytes:
     block = max(module_bytes(b) for b in blocks)
     leaves = [m for part in (transformer, text_encoder_model) for m in part.modules() if not list(m.children())]
     largest = max(_tensor_bytes(m.parameters(recurse=False)) for m in leaves)
-    return ModelBytes(block=block, num_blocks=len(blocks), transformer_other=module_bytes(transformer) - block * len(blocks),
+    other = module_bytes(transformer) - block * len(blocks)
+    return ModelBytes(block=block, num_blocks=len(blocks), transformer_other=other,
                       text_encoder=module_bytes(text_encoder_model), vae=module_bytes(vae), largest_layer=largest)
 
 

@@ -82,7 +82,8 @@ def test_block_swap_equals_plain_and_streams_the_swapped_blocks(tiny_ckpt, plain
 
 @pytest.mark.parametrize("blocks_on_device", [-1, 3, 1.5])
 def test_block_swap_refuses_a_count_out_of_range(tiny_ckpt, blocks_on_device):
-    with pytest.raises(ValueError, match=r"blocks_on_device .* out of range: this transformer has 2 blocks, use 0 .. 2"):
+    with pytest.raises(ValueError, match=r"blocks_on_device .* out of range: this transformer has 2 blocks, "
+                                         r"use 0 \.\. 2"):
         BlockSwap(fresh_transformer(tiny_ckpt), "cpu", blocks_on_device)
 
 
@@ -246,6 +247,26 @@ def test_unscaled_fp8_file_and_unsupported_formats(tiny_ckpt, tmp_path):
     save_file(state, str(folder / "model_fp8_e4m3fn.safetensors"))
     with pytest.raises(ValueError, match="mixed-precision quantization format.*use a plain or scaled fp8_e4m3fn"):
         load_transformer(folder, keep_fp8=True)
+
+
+def test_lora_merges_into_an_fp8_file_as_into_full_precision(tiny_ckpt, tmp_path):
+    from droplet_core.fp8 import quantize_blocks, save_fp8_transformer
+    from droplet_core.lora import merge_loras
+    from lora_files import random_factors, write_peft
+
+    lora = tmp_path / "lora.safetensors"
+    write_peft(lora, random_factors(fresh_transformer(tiny_ckpt), seed=3))
+    save_fp8_transformer(fp8_transformer(tiny_ckpt), tmp_path / "fp8.safetensors")
+    fp8 = load_transformer(tmp_path / "fp8.safetensors", keep_fp8=True)
+    before = fp8(**transformer_inputs(fp8.config))
+    merge_loras(fp8, [(lora, 1.0)])
+    full = fresh_transformer(tiny_ckpt)
+    merge_loras(full, [(lora, 1.0)])
+    expected = full(**transformer_inputs(full.config))
+    quantize_blocks(full)  # the best fp8 can do: merge first, quantize once
+    best = relative_error(full(**transformer_inputs(full.config)), expected)
+    error = relative_error(fp8(**transformer_inputs(fp8.config)), expected)
+    assert error < 1.5 * best < relative_error(before, expected)
 
 
 def test_fp8_composes_with_block_swap(tiny_ckpt):
