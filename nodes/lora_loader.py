@@ -7,6 +7,7 @@ another clone (the plain model, other LoRAs) is loaded. Chain loaders to stack L
 
 import logging
 
+from ..droplet_core.fp8 import Fp8Linear
 from ..droplet_core.lora import Lora, read_lora
 from .components import DropletModel
 from .model_paths import resolve, weight_files
@@ -31,7 +32,11 @@ def lora_patches(lora: Lora, transformer, name: str) -> dict:
     """{holder state-dict key: patch}, each layer shape-checked against the model's weight."""
     patches = {}
     for layer_name, layer in lora.layers.items():
-        weight = transformer.get_submodule(layer_name).weight
+        linear = transformer.get_submodule(layer_name)
+        if isinstance(linear, Fp8Linear):  # ComfyUI would add the delta to the unscaled fp8 numbers
+            raise ValueError(f"LoRA {name!r}: this model keeps its weights in fp8, which ComfyUI's weight patches "
+                             f"cannot update: set weight_format to default on the DropletVideo loader.")
+        weight = linear.weight
         shape = (layer.up.shape[0], layer.down.shape[1])
         if layer.up.shape[1] != layer.down.shape[0] or shape != tuple(weight.shape):
             raise ValueError(f"LoRA {name!r}, layer {layer_name}: up {tuple(layer.up.shape)} x down "

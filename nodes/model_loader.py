@@ -2,7 +2,8 @@
 
 from ..droplet_core.configs import read_json
 from ..droplet_core.loading import load_scheduler_config
-from .loader_common import PRECISION_TOOLTIP, PRECISIONS, build_model, build_text_encoder, build_vae, cached, path_key
+from .loader_common import (PRECISION_TOOLTIP, PRECISIONS, TRANSFORMER_OPTIONS, build_model, build_text_encoder,
+                            build_vae, cached, path_key, transformer_options)
 from .model_paths import DROPLET_FOLDER, folders_with, resolve
 
 OFFLOAD_MODES = ("comfy_model_management",)
@@ -29,9 +30,10 @@ class DropletVideoModelLoader:
                 "default": "comfy_model_management",
                 "tooltip": "comfy_model_management: ComfyUI moves each model to the GPU while a node uses it "
                            "and offloads it when memory is needed."}),
-        }}
+        }, "optional": dict(TRANSFORMER_OPTIONS)}
 
-    def load(self, model_folder, precision, offload):
+    def load(self, model_folder, precision, offload, weight_format=None, attention=None):
+        options = transformer_options(weight_format, attention)
         if offload not in OFFLOAD_MODES:
             raise ValueError(f"unknown offload mode {offload!r}: use one of {', '.join(OFFLOAD_MODES)}.")
         root = resolve(DROPLET_FOLDER, model_folder, "DropletVideo model folder")
@@ -39,8 +41,8 @@ class DropletVideoModelLoader:
 
         def build():
             scheduler_config = load_scheduler_config(root / "scheduler")
-            return (build_model(root / "transformer", scheduler_config, precision),
+            return (build_model(root / "transformer", scheduler_config, precision, options),
                     build_vae(root / "vae", precision),
                     build_text_encoder(root / "text_encoder", root / "tokenizer", precision))
 
-        return cached("release", path_key(root / "model_index.json", precision), build)
+        return cached("release", path_key(root / "model_index.json", precision, options), build)

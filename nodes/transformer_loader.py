@@ -1,7 +1,8 @@
 """DropletVideoTransformerLoader: the transformer alone, from ComfyUI/models/diffusion_models/."""
 
 from ..droplet_core.sampling import RELEASE_SCHEDULER_CONFIG
-from .loader_common import PRECISION_TOOLTIP, PRECISIONS, build_model, cached, path_key
+from .loader_common import (PRECISION_TOOLTIP, PRECISIONS, TRANSFORMER_OPTIONS, build_model, cached, path_key,
+                            transformer_options)
 from .model_paths import components, resolve
 
 
@@ -21,9 +22,10 @@ class DropletVideoTransformerLoader:
             "transformer_name": (components("diffusion_models"), {
                 "tooltip": "A .safetensors file or a folder with config.json in ComfyUI/models/diffusion_models/."}),
             "precision": (PRECISIONS, {"default": "bf16", "tooltip": PRECISION_TOOLTIP}),
-        }}
+        }, "optional": dict(TRANSFORMER_OPTIONS)}
 
-    def load(self, transformer_name, precision):
+    def load(self, transformer_name, precision, weight_format=None, attention=None):
+        options = transformer_options(weight_format, attention)
         path = resolve("diffusion_models", transformer_name, "transformer")
-        return cached("transformer", path_key(path, precision),
-                      lambda: (build_model(path, dict(RELEASE_SCHEDULER_CONFIG), precision),))
+        return cached("transformer", path_key(path, precision, options),
+                      lambda: (build_model(path, dict(RELEASE_SCHEDULER_CONFIG), precision, options),))

@@ -1,14 +1,19 @@
 """The sampler's modes and the helper nodes against the engine: FPS sweep, resolution bucket,
-long video (sliding windows), step cache."""
+long video (sliding windows), step cache; the loaders' fp8 and attention options."""
 
 import importlib
 import math
+import sys
 
+import comfy.model_management
 import pytest
 import torch
 
+from droplet_core.engine_options import EngineOptions
+from droplet_core.pipeline import load_pipeline
 from droplet_core.shapes import size_for_budget
 from droplet_core.tiny import TRANSFORMER
+from lora_files import random_factors, write_peft
 from node_fixtures import (ATOL, as_image, conds, engine, engine_latent, image_cond, loaded, run, sample,  # noqa: F401
                            sample_and_decode, start_image)
 
@@ -101,3 +106,31 @@ def test_step_cache_equals_the_engine_and_skips_steps(pack, loaded, conds, engin
     assert len(caches) == 1 and caches[0].skipped_steps > 0
     sample(pack, loaded[0], conds, small_cond, steps=8, seed=2)
     assert len(caches) == 1  # cache_threshold 0: no cache
+
+
+# Loader options: fp8 weights, attention kernel ------------------------------------------------------------
+
+def test_fp8_weight_format_equals_the_engine_and_refuses_lora_patches(pack, loaded, conds, small_cond, start_image,
+                                                                      models_dir):
+    fp8 = run(pack, "DropletVideoModelLoader", model_folder="tiny", precision="fp32",
+              offload="comfy_model_management", weight_format="fp8_e4m3fn", attention="sdpa")
+    assert fp8[0] is not loaded[0]  # another cache key: loaded anew
+    blocks = fp8[0].patcher.model.module.transformer_blocks
+    assert blocks[0].attn1.to_q.weight.dtype == torch.float8_e4m3fn
+    latent = sample(pack, fp8[0], conds, small_cond, steps=2)["samples"]
+    engine = load_pipeline(models_dir / "DropletVideo" / "tiny", device=comfy.model_management.get_torch_device(),
+                           options=EngineOptions(weights="fp8_e4m3fn"))
+    expected = engine_latent(engine, image=start_image, **SMALL, frames=5, steps=2)
+    torch.testing.assert_close(latent, expected, atol=ATOL, rtol=0)
+    plain = sample(pack, loaded[0], conds, small_cond, steps=2)["samples"]
+    assert 0 < (latent - plain).abs().max() < 0.1 * plain.abs().max()  # fp8 rounding, not another model
+    write_peft(models_dir / "loras" / "droplet_test_fp8.safetensors", random_factors(loaded[0].patcher.model.module, 4))
+    with pytest.raises(ValueError, match="keeps its weights in fp8.*set weight_format to default"):
+        run(pack, "DropletVideoLoraLoader", model=fp8[0], lora_name="droplet_test_fp8.safetensors", strength=1.0)
+
+
+def test_sage_attention_without_the_package_says_how_to_install_it(pack, monkeypatch):
+    monkeypatch.setitem(sys.modules, "sageattention", None)  # import fails as when it is not installed
+    with pytest.raises(ValueError, match="pip install sageattention"):
+        run(pack, "DropletVideoTransformerLoader", transformer_name="tiny-transformer", precision="fp32",
+            weight_format="default", attention="sage")
