@@ -28,9 +28,12 @@ class ComponentHolder(torch.nn.Module):
         self.module = module
 
 
-def make_patcher(module: torch.nn.Module):
+def make_patcher(module: torch.nn.Module, stays_offloaded: bool = False):
+    """stays_offloaded: ComfyUI "loads" the module onto the offload device (applying any LoRA
+    patches there); the sampler streams its blocks to the GPU itself (block swap)."""
     mm = comfy.model_management
-    return comfy.model_patcher.ModelPatcher(ComponentHolder(module), load_device=mm.get_torch_device(),
+    load_device = mm.unet_offload_device() if stays_offloaded else mm.get_torch_device()
+    return comfy.model_patcher.ModelPatcher(ComponentHolder(module), load_device=load_device,
                                             offload_device=mm.unet_offload_device())
 
 
@@ -55,6 +58,7 @@ class DropletModel:
     patcher: object
     scheduler_config: dict
     source: str
+    swap_blocks: int = 0  # block swap: this many blocks streamed from the offload device (0: off)
 
     @property
     def config(self) -> TransformerConfig:

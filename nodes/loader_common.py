@@ -22,6 +22,10 @@ TRANSFORMER_OPTIONS = {
     "attention": (list(ATTENTION_BACKENDS), {"default": "sdpa", "tooltip": "sdpa: PyTorch's scaled_dot_product_"
                   "attention (flash/memory-efficient kernels on CUDA). sage: SageAttention (faster on recent GPUs; "
                   "needs `pip install sageattention`)."}),
+    "swap_blocks": ("INT", {"default": 0, "min": 0, "max": 64, "tooltip": "Block swap, for small GPUs: this many "
+                    "of the transformer's blocks (the release has 42) stay in CPU memory and are streamed to the GPU "
+                    "one block ahead while sampling. 0 = off (ComfyUI loads the whole transformer). More blocks: "
+                    "less VRAM, slower. Same output either way."}),
 }
 _LAST = {}  # kind -> (key, loaded objects)
 
@@ -55,11 +59,16 @@ def transformer_options(weight_format, attention) -> EngineOptions:
 
 
 def build_model(transformer_path: Path, scheduler_config: dict, precision: str,
-                options: EngineOptions = EngineOptions()) -> DropletModel:
+                options: EngineOptions = EngineOptions(), swap_blocks: int = 0) -> DropletModel:
     dtype = dtype_for(precision)
     transformer = load_transformer(transformer_path, dtype, keep_fp8=options.keep_fp8)
+    blocks = len(transformer.transformer_blocks)
+    if not 0 <= swap_blocks <= blocks:
+        raise ValueError(f"swap_blocks {swap_blocks} is more than this transformer's {blocks} blocks: use 0 .. "
+                         f"{blocks}.")
     prepare_transformer(transformer, options, dtype)
-    return DropletModel(make_patcher(transformer), scheduler_config, str(transformer_path))
+    return DropletModel(make_patcher(transformer, stays_offloaded=swap_blocks > 0), scheduler_config,
+                        str(transformer_path), swap_blocks)
 
 
 def build_vae(path: Path, precision: str) -> DropletVae:

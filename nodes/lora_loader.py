@@ -80,4 +80,5 @@ class DropletVideoLoraLoader:
         patcher = model.patcher.clone()
         added = patcher.add_patches(patches, strength)
         assert len(added) == len(patches), "every patch key is a holder state-dict key"
-        return (DropletModel(patcher, model.scheduler_config, f"{model.source} + LoRA {lora_name} @ {strength}"),)
+        return (DropletModel(patcher, model.scheduler_config, f"{model.source} + LoRA {lora_name} @ {strength}",
+                             model.swap_blocks),)

@@ -32,7 +32,7 @@ class DropletVideoModelLoader:
                            "and offloads it when memory is needed."}),
         }, "optional": dict(TRANSFORMER_OPTIONS)}
 
-    def load(self, model_folder, precision, offload, weight_format=None, attention=None):
+    def load(self, model_folder, precision, offload, weight_format=None, attention=None, swap_blocks=None):
         options = transformer_options(weight_format, attention)
         if offload not in OFFLOAD_MODES:
             raise ValueError(f"unknown offload mode {offload!r}: use one of {', '.join(OFFLOAD_MODES)}.")
@@ -41,8 +41,8 @@ class DropletVideoModelLoader:
 
         def build():
             scheduler_config = load_scheduler_config(root / "scheduler")
-            return (build_model(root / "transformer", scheduler_config, precision, options),
+            return (build_model(root / "transformer", scheduler_config, precision, options, swap_blocks or 0),
                     build_vae(root / "vae", precision),
                     build_text_encoder(root / "text_encoder", root / "tokenizer", precision))
 
-        return cached("release", path_key(root / "model_index.json", precision, options), build)
+        return cached("release", path_key(root / "model_index.json", precision, options, swap_blocks or 0), build)

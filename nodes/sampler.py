@@ -1,16 +1,19 @@
 """DropletVideoSampler: the denoising loop, with ComfyUI's progress bar and Cancel."""
 
+import contextlib
 import logging
 
 import comfy.model_management
 import torch
 
+from ..droplet_core import sampling
+from ..droplet_core.block_swap import BlockSwap
+from ..droplet_core.long_video import SlidingWindowTransformer
 from ..droplet_core.pipeline import initial_noise
 from ..droplet_core.positional import fps_tensor
-from ..droplet_core import sampling
-from ..droplet_core.long_video import SlidingWindowTransformer
 from ..droplet_core.sampling import SCHEDULERS, make_scheduler, timesteps_for
 from ..droplet_core.step_cache import StepCache
+from ..droplet_core.transformer import run_block
 from . import latent_layout
 from .components import ImageCond, TextCond, load_for_compute, module_dtype
 from .memory import transformer_memory
@@ -60,6 +63,14 @@ def check_inputs(config, positive: TextCond, negative: TextCond, image_cond: Ima
                        config.add_noise_in_inpaint_model, augmented)
 
 
+def swap_resident_bytes(model) -> int:
+    """Device bytes of a block-swapped transformer: all but the swapped blocks, plus two in flight."""
+    blocks = model.patcher.model.module.transformer_blocks
+    block_bytes = [sum(p.numel() * p.element_size() for p in block.parameters()) for block in blocks]
+    total = sum(p.numel() * p.element_size() for p in model.patcher.model.module.parameters())
+    return total - sum(block_bytes[len(blocks) - model.swap_blocks:]) + 2 * max(block_bytes)
+
+
 def sample_latent(model, positive: TextCond, negative: TextCond, image_cond: ImageCond, fps: int, steps: int,
                   cfg: float, seed: int, scheduler: str, use_dynamic_cfg: bool = False, denoise: float = 1.0,
                   latent=None, long_video: bool = False, window_overlap: int = 0, cache_threshold: float = 0.0) -> dict:
@@ -68,7 +79,7 @@ def sample_latent(model, positive: TextCond, negative: TextCond, image_cond: Ima
     video_latents = None if latent is None else latent_layout.from_comfy(latent)
     check_inputs(config, positive, negative, image_cond, video_latents, denoise, long_video, window_overlap,
                  cache_threshold)
-    device = model.patcher.load_device
+    device = comfy.model_management.get_torch_device()
     sched = make_scheduler(model.scheduler_config, scheduler)
     timesteps = timesteps_for(sched, steps, denoise, device)
     if len(timesteps) == 0:  # denoise 0: the input, unchanged (as the engine)
@@ -79,7 +90,14 @@ def sample_latent(model, positive: TextCond, negative: TextCond, image_cond: Ima
     window = min(frames, config.latent_frames) if long_video else frames
     memory = transformer_memory(config, (window, height, width), positive.embeds.shape[1], 2 if cfg > 1 else 1,
                                 dtype)
-    transformer = load_for_compute(model.patcher, memory)
+    swap = None
+    if model.swap_blocks:  # the patcher keeps the module on the offload device; blocks visit the GPU here
+        # Room first (this may unload our own patcher on a CPU-only ComfyUI), then load: LoRA patches go in.
+        comfy.model_management.free_memory(memory + swap_resident_bytes(model), device)
+        transformer = load_for_compute(model.patcher, 0)
+        swap = BlockSwap(transformer, device, len(transformer.transformer_blocks) - model.swap_blocks)
+    else:
+        transformer = load_for_compute(model.patcher, memory)
     noise = initial_noise((1, frames, config.out_channels or config.in_channels, height, width), seed, device, dtype)
     video = None if video_latents is None or denoise >= 1.0 else video_latents.to(device, dtype)
     latents = sampling.start_latents(sched, timesteps, noise, video)
@@ -88,11 +106,13 @@ def sample_latent(model, positive: TextCond, negative: TextCond, image_cond: Ima
         inpaint = torch.zeros(1, frames, config.in_channels - noise.shape[2], height, width)
     if long_video:
         transformer = SlidingWindowTransformer(transformer, overlap=window_overlap)
-    extra = {"block_runner": StepCache(cache_threshold, config.num_layers)} if cache_threshold > 0 else {}
-    latents = sampling.denoise(transformer, sched, latents, timesteps, positive.embeds.to(device, dtype),
-                               negative.embeds.to(device, dtype), inpaint.to(device, dtype), fps_tensor(fps), cfg,
-                               use_dynamic_cfg, torch.Generator(device=device).manual_seed(seed),
-                               comfy_on_step(len(timesteps), image_cond.rgb_projection), **extra)
+    runner = StepCache(cache_threshold, config.num_layers) if cache_threshold > 0 else run_block
+    with swap.on_device() if swap else contextlib.nullcontext():
+        latents = sampling.denoise(transformer, sched, latents, timesteps, positive.embeds.to(device, dtype),
+                                   negative.embeds.to(device, dtype), inpaint.to(device, dtype), fps_tensor(fps),
+                                   cfg, use_dynamic_cfg, torch.Generator(device=device).manual_seed(seed),
+                                   comfy_on_step(len(timesteps), image_cond.rgb_projection),
+                                   swap.wrap(runner) if swap else runner)
     return latent_layout.to_comfy(latents.to(comfy.model_management.intermediate_device()))
 
 

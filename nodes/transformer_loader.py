@@ -24,8 +24,9 @@ class DropletVideoTransformerLoader:
             "precision": (PRECISIONS, {"default": "bf16", "tooltip": PRECISION_TOOLTIP}),
         }, "optional": dict(TRANSFORMER_OPTIONS)}
 
-    def load(self, transformer_name, precision, weight_format=None, attention=None):
+    def load(self, transformer_name, precision, weight_format=None, attention=None, swap_blocks=None):
         options = transformer_options(weight_format, attention)
         path = resolve("diffusion_models", transformer_name, "transformer")
-        return cached("transformer", path_key(path, precision, options),
-                      lambda: (build_model(path, dict(RELEASE_SCHEDULER_CONFIG), precision, options),))
+        return cached("transformer", path_key(path, precision, options, swap_blocks or 0),
+                      lambda: (build_model(path, dict(RELEASE_SCHEDULER_CONFIG), precision, options,
+                                           swap_blocks or 0),))

@@ -134,3 +134,33 @@ def test_sage_attention_without_the_package_says_how_to_install_it(pack, monkeyp
     with pytest.raises(ValueError, match="pip install sageattention"):
         run(pack, "DropletVideoTransformerLoader", transformer_name="tiny-transformer", precision="fp32",
             weight_format="default", attention="sage")
+
+
+def test_block_swap_equals_the_whole_model_on_the_device_with_and_without_a_lora(pack, loaded, conds, small_cond,
+                                                                                 models_dir, monkeypatch):
+    sampler = importlib.import_module(f"{pack.__name__}.nodes.sampler")
+    swaps = []
+
+    class RecordedSwap(sampler.BlockSwap):
+        def __init__(self, *args):
+            super().__init__(*args)
+            swaps.append(self)
+
+    monkeypatch.setattr(sampler, "BlockSwap", RecordedSwap)
+    swapped = run(pack, "DropletVideoModelLoader", model_folder="tiny", precision="fp32",
+                  offload="comfy_model_management", swap_blocks=1)[0]
+    assert swapped.patcher.load_device == comfy.model_management.unet_offload_device()
+    plain = sample(pack, loaded[0], conds, small_cond, steps=2)["samples"]
+    torch.testing.assert_close(sample(pack, swapped, conds, small_cond, steps=2)["samples"], plain, atol=ATOL, rtol=0)
+    assert len(swaps) == 1 and swaps[0].blocks_on_device == 1 and swaps[0].fetches == 2  # 1 swapped block x 2 steps
+    write_peft(models_dir / "loras" / "droplet_test_swap.safetensors", random_factors(loaded[0].patcher.model.module, 5))
+    lora = dict(lora_name="droplet_test_swap.safetensors", strength=0.7)
+    expected = sample(pack, run(pack, "DropletVideoLoraLoader", model=loaded[0], **lora)[0], conds, small_cond,
+                      steps=2)["samples"]
+    with_lora = run(pack, "DropletVideoLoraLoader", model=swapped, **lora)[0]
+    torch.testing.assert_close(sample(pack, with_lora, conds, small_cond, steps=2)["samples"], expected, atol=ATOL,
+                               rtol=0)
+    assert (expected - plain).abs().max() > 1e-3
+    with pytest.raises(ValueError, match="swap_blocks 3 is more than this transformer's 2 blocks"):
+        run(pack, "DropletVideoTransformerLoader", transformer_name="tiny-transformer", precision="fp32",
+            swap_blocks=3)
