@@ -153,7 +153,8 @@ def test_block_swap_equals_the_whole_model_on_the_device_with_and_without_a_lora
     plain = sample(pack, loaded[0], conds, small_cond, steps=2)["samples"]
     torch.testing.assert_close(sample(pack, swapped, conds, small_cond, steps=2)["samples"], plain, atol=ATOL, rtol=0)
     assert len(swaps) == 1 and swaps[0].blocks_on_device == 1 and swaps[0].fetches == 2  # 1 swapped block x 2 steps
-    write_peft(models_dir / "loras" / "droplet_test_swap.safetensors", random_factors(loaded[0].patcher.model.module, 5))
+    transformer = loaded[0].patcher.model.module
+    write_peft(models_dir / "loras" / "droplet_test_swap.safetensors", random_factors(transformer, 5))
     lora = dict(lora_name="droplet_test_swap.safetensors", strength=0.7)
     expected = sample(pack, run(pack, "DropletVideoLoraLoader", model=loaded[0], **lora)[0], conds, small_cond,
                       steps=2)["samples"]
