@@ -88,10 +88,6 @@ class VaeConfig:
     REQUIRED = ("block_out_channels", "latent_channels")
     NEUTRAL = {"invert_scale_latents": False}  # written by newer diffusers
 
-    @property
-    def spatial_scale(self) -> int:
-        return 2 ** (len(self.block_out_channels) - 1)
-
     def diffusers_kwargs(self) -> dict:
         """The reference names its blocks DropletVideo*; diffusers knows them as CogVideoX*."""
         kwargs = {f.name: getattr(self, f.name) for f in fields(self)}
@@ -131,10 +127,6 @@ def read_json(path: Path) -> dict:
         return json.loads(path.read_text(encoding="utf-8"))
     except json.JSONDecodeError as error:
         raise ValueError(f"{path} is not valid JSON ({error}); re-download it.") from error
-
-
-def load_config(cls, path: Path):
-    return config_from_dict(cls, read_json(path), str(path))
 
 
 def config_to_dict(config, class_name: str) -> dict:

@@ -22,10 +22,6 @@ class ParkedTensors:
     def __bool__(self) -> bool:
         return bool(self.slots)
 
-    @property
-    def nbytes(self) -> int:
-        return sum(t.numel() * t.element_size() for t in self.stored)
-
     def fetch(self, device: torch.device, non_blocking: bool = False) -> List[torch.Tensor]:
         """Device copies of the weights (not yet in place)."""
         return [t.to(device, non_blocking=non_blocking, copy=True) for t in self.stored]

@@ -28,10 +28,6 @@ class TextEncoder:
     tokenizer: T5Tokenizer
     model: T5EncoderModel
 
-    @property
-    def hidden_size(self) -> int:
-        return self.model.config.d_model
-
     @torch.no_grad()
     def encode(self, prompt: str, max_sequence_length: int = MAX_SEQUENCE_LENGTH,
                device: Union[str, torch.device, None] = None) -> torch.Tensor:

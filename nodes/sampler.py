@@ -9,6 +9,7 @@ import torch
 from ..droplet_core import sampling
 from ..droplet_core.block_swap import BlockSwap
 from ..droplet_core.long_video import SlidingWindowTransformer
+from ..droplet_core.offload_plan import module_bytes
 from ..droplet_core.pipeline import initial_noise
 from ..droplet_core.positional import fps_tensor
 from ..droplet_core.sampling import SCHEDULERS, make_scheduler, timesteps_for
@@ -65,10 +66,9 @@ def check_inputs(config, positive: TextCond, negative: TextCond, image_cond: Ima
 
 def swap_resident_bytes(model) -> int:
     """Device bytes of a block-swapped transformer: all but the swapped blocks, plus two in flight."""
-    blocks = model.patcher.model.module.transformer_blocks
-    block_bytes = [sum(p.numel() * p.element_size() for p in block.parameters()) for block in blocks]
-    total = sum(p.numel() * p.element_size() for p in model.patcher.model.module.parameters())
-    return total - sum(block_bytes[len(blocks) - model.swap_blocks:]) + 2 * max(block_bytes)
+    transformer = model.patcher.model.module
+    block_bytes = [module_bytes(block) for block in transformer.transformer_blocks]
+    return module_bytes(transformer) - sum(block_bytes[len(block_bytes) - model.swap_blocks:]) + 2 * max(block_bytes)
 
 
 def sample_latent(model, positive: TextCond, negative: TextCond, image_cond: ImageCond, fps: int, steps: int,

@@ -5,7 +5,6 @@ The pack is imported as ComfyUI imports a custom node: its folder as a package, 
 ComfyUI-DropletVideo, so the nodes' relative imports of droplet_core work as they do there.
 """
 
-import importlib.util
 import json
 import os
 import sys
@@ -14,9 +13,7 @@ from pathlib import Path
 import pytest
 
 TESTS = Path(__file__).resolve().parent
-ROOT = TESTS.parent
 COMFYUI_PATH = os.environ.get("COMFYUI_PATH")
-PACK_NAME = "ComfyUI-DropletVideo"
 
 sys.path.insert(0, COMFYUI_PATH or str(TESTS / "comfy_stub"))
 if COMFYUI_PATH:
@@ -25,17 +22,9 @@ if COMFYUI_PATH:
 
     comfy.cli_args.args.cpu = not torch.cuda.is_available()  # what `main.py --cpu` sets
 
+import run_workflow  # noqa: E402 (tools/, on pytest's pythonpath; after the comfy modules are findable)
 
-def _import_pack():
-    spec = importlib.util.spec_from_file_location(PACK_NAME, ROOT / "__init__.py",
-                                                  submodule_search_locations=[str(ROOT)])
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[PACK_NAME] = module
-    spec.loader.exec_module(module)
-    return module
-
-
-PACK = _import_pack()
+PACK = run_workflow.load_pack(stub=False)  # the stand-in or COMFYUI_PATH is on sys.path already
 
 # The model names the shipped workflows use; empty stand-ins make them valid combo choices.
 SHIPPED_NAMES = {"DropletVideo": ("DropletVideo-V1.0-weights", "model_index.json"),

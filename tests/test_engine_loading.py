@@ -2,6 +2,7 @@
 
 import json
 import shutil
+from pathlib import Path
 
 import pytest
 import torch
@@ -77,22 +78,23 @@ def test_missing_folder(tmp_path):
         load_pipeline(tmp_path / "nowhere")
 
 
-def test_missing_config_field_is_named(tiny_ckpt, tmp_path):
-    folder = tmp_path / "transformer"
-    shutil.copytree(tiny_ckpt / "transformer", folder)
+def copy_with_config(source: Path, folder: Path, edit) -> Path:
+    """A copy of a component folder whose config.json went through `edit` (a dict -> None)."""
+    shutil.copytree(source, folder)
     config = json.loads((folder / "config.json").read_text())
-    del config["num_layers"]
+    edit(config)
     (folder / "config.json").write_text(json.dumps(config))
+    return folder
+
+
+def test_missing_config_field_is_named(tiny_ckpt, tmp_path):
+    folder = copy_with_config(tiny_ckpt / "transformer", tmp_path / "transformer", lambda c: c.pop("num_layers"))
     with pytest.raises(ValueError, match="'num_layers' is missing"):
         load_transformer(folder)
 
 
 def test_unknown_config_field_is_named(tiny_ckpt, tmp_path):
-    folder = tmp_path / "vae"
-    shutil.copytree(tiny_ckpt / "vae", folder)
-    config = json.loads((folder / "config.json").read_text())
-    config["magic_channels"] = 7
-    (folder / "config.json").write_text(json.dumps(config))
+    folder = copy_with_config(tiny_ckpt / "vae", tmp_path / "vae", lambda c: c.update(magic_channels=7))
     with pytest.raises(ValueError, match="unknown config field 'magic_channels' = 7"):
         load_vae(folder)
 
@@ -128,11 +130,7 @@ def test_corrupt_safetensors_header(tiny_ckpt, tmp_path):
 
 
 def test_weights_that_do_not_match_the_config(tiny_ckpt, tmp_path):
-    folder = tmp_path / "transformer"
-    shutil.copytree(tiny_ckpt / "transformer", folder)
-    config = json.loads((folder / "config.json").read_text())
-    config["num_layers"] = 3
-    (folder / "config.json").write_text(json.dumps(config))
+    folder = copy_with_config(tiny_ckpt / "transformer", tmp_path / "transformer", lambda c: c.update(num_layers=3))
     with pytest.raises(ValueError, match="do not match the config.*missing"):
         load_transformer(folder)
 

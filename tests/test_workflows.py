@@ -3,13 +3,13 @@ values that fit the inputs, links between matching types; their API conversion a
 headless demo."""
 
 import argparse
-import importlib.util
 import json
 import os
 from pathlib import Path
 
 import pytest
 import torch
+import run_workflow as tool
 from lora_files import random_factors, write_peft
 from node_fixtures import loaded  # noqa: F401
 
@@ -20,14 +20,6 @@ CONTROL_VALUES = {"fixed", "increment", "decrement", "randomize"}
 NODE_KEYS = {"id", "type", "pos", "size", "flags", "order", "mode", "inputs", "outputs", "properties", "widgets_values"}
 
 
-def _load_tool():
-    spec = importlib.util.spec_from_file_location("run_workflow", ROOT / "tools" / "run_workflow.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-tool = _load_tool()
 
 
 @pytest.fixture(scope="module")
