@@ -4,7 +4,8 @@ A swapped block lives in (pinned) CPU memory; its device copy is made just befor
 dropped right after. On CUDA the copy of the next swapped block runs on a side stream while
 the current block computes, so at most two swapped blocks are on the device at a time. The
 swap plugs into the transformer's `block_runner` hook and wraps any other runner (e.g. the
-step cache), so it composes with it: a skipped step still streams the blocks (correct, slower).
+step cache), so it composes with it; a runner with a `uses_block(index)` method (StepCache)
+is asked first, and a block it passes over is neither installed nor fetched.
 """
 
 import contextlib
@@ -53,12 +54,16 @@ class BlockSwap:
 
     def wrap(self, inner: BlockRunner = run_block) -> BlockRunner:
         """A block runner that streams swapped blocks around `inner`."""
+        uses_block = getattr(inner, "uses_block", lambda index: True)
+
         def runner(index, block, hidden, encoder_hidden, temb, rotary):
-            swapped = index in self.parked
+            used = uses_block(index)
+            swapped = used and index in self.parked
             if swapped:
                 self.parked[index].install(self._take(index))
             following = (index + 1) % len(self.transformer.transformer_blocks)
-            if following in self.parked and following not in self.pending and following != index:
+            wanted = used or following == 0  # a skipped step still needs block 0 next (the skip decision)
+            if wanted and following in self.parked and following not in self.pending and following != index:
                 self._prefetch(following)
             try:
                 return inner(index, block, hidden, encoder_hidden, temb, rotary)

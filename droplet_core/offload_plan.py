@@ -66,15 +66,18 @@ def module_bytes(module: torch.nn.Module) -> int:
     return _tensor_bytes([*module.parameters(), *module.buffers()])
 
 
-def component_bytes(transformer, text_encoder_model, vae) -> ModelBytes:
-    """Weight bytes of loaded (or meta-device) modules, in their current dtypes."""
+def component_bytes(transformer, text_encoder_model=None, vae=None) -> ModelBytes:
+    """Weight bytes of loaded (or meta-device) modules, in their current dtypes. A component left
+    out (None) counts 0: ComfyUI's nodes plan the transformer alone, it swaps the others itself."""
     blocks = transformer.transformer_blocks
     block = max(module_bytes(b) for b in blocks)
-    leaves = [m for part in (transformer, text_encoder_model) for m in part.modules() if not list(m.children())]
+    parts = [part for part in (transformer, text_encoder_model) if part is not None]
+    leaves = [m for part in parts for m in part.modules() if not list(m.children())]
     largest = max(_tensor_bytes(m.parameters(recurse=False)) for m in leaves)
     other = module_bytes(transformer) - block * len(blocks)
     return ModelBytes(block=block, num_blocks=len(blocks), transformer_other=other,
-                      text_encoder=module_bytes(text_encoder_model), vae=module_bytes(vae), largest_layer=largest)
+                      text_encoder=module_bytes(text_encoder_model) if text_encoder_model is not None else 0,
+                      vae=module_bytes(vae) if vae is not None else 0, largest_layer=largest)
 
 
 def transformer_activation_bytes(config, work: Workload) -> int:
@@ -113,14 +116,18 @@ def _gib(value: int) -> str:
     return f"{value / 2**30:.1f} GiB"
 
 
-def resolve_offload(mode: str, blocks_on_device, device, sizes: ModelBytes, config, work: Workload):
-    """(mode, blocks_on_device) with 'auto' and a missing block count decided from free VRAM.
-    Off CUDA there is no VRAM to plan for: auto is none, block_swap keeps half the blocks."""
+def resolve_offload(mode: str, blocks_on_device, device, sizes: ModelBytes, config, work: Workload,
+                    free_bytes=None):
+    """(mode, blocks_on_device) with 'auto' and a missing block count decided from free VRAM
+    (`free_bytes`, or else torch.cuda.mem_get_info). Off CUDA there is no VRAM to plan for: auto
+    is none, block_swap keeps half the blocks."""
     if mode not in ("auto", "block_swap") or (mode == "block_swap" and blocks_on_device is not None):
         return mode, blocks_on_device
     if torch.device(device).type != "cuda":
         return ("none", None) if mode == "auto" else (mode, sizes.num_blocks // 2)
-    plan = plan_offload(torch.cuda.mem_get_info(device)[0], sizes, config, work)
+    if free_bytes is None:
+        free_bytes = torch.cuda.mem_get_info(device)[0]
+    plan = plan_offload(free_bytes, sizes, config, work)
     logger.info("offload plan: %s", plan.reason)
     if mode == "block_swap":
         return mode, plan.blocks_on_device if plan.mode in ("block_swap", "sequential") else sizes.num_blocks

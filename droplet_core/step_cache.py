@@ -35,6 +35,11 @@ class StepCache:
         self.accumulated = 0.0
         return False
 
+    def uses_block(self, index: int) -> bool:
+        """Whether this call needs the block's weights: a skipped step only reads block 0 (its
+        norm1 decides the skip). Block swap asks, so a skipped step streams nothing."""
+        return index == 0 or not self.skipping
+
     def __call__(self, index, block, hidden, encoder_hidden, temb, rotary):
         if index == 0:
             self.skipping = self._skip(block.norm1(hidden, encoder_hidden, temb)[0])

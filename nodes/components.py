@@ -28,13 +28,13 @@ class ComponentHolder(torch.nn.Module):
         self.module = module
 
 
-def make_patcher(module: torch.nn.Module, stays_offloaded: bool = False):
-    """stays_offloaded: ComfyUI "loads" the module onto the offload device (applying any LoRA
-    patches there); the sampler streams its blocks to the GPU itself (block swap)."""
+def make_patcher(module: torch.nn.Module, load_device=None, offload_device=None):
+    """A patcher that loads onto ComfyUI's torch device and offloads to its offload device,
+    unless told otherwise (offload.py, the T5 loaders' device input)."""
     mm = comfy.model_management
-    load_device = mm.unet_offload_device() if stays_offloaded else mm.get_torch_device()
-    return comfy.model_patcher.ModelPatcher(ComponentHolder(module), load_device=load_device,
-                                            offload_device=mm.unet_offload_device())
+    return comfy.model_patcher.ModelPatcher(ComponentHolder(module),
+                                            load_device=load_device or mm.get_torch_device(),
+                                            offload_device=offload_device or mm.unet_offload_device())
 
 
 def load_for_compute(patcher, memory_required: int) -> torch.nn.Module:
@@ -58,7 +58,8 @@ class DropletModel:
     patcher: object
     scheduler_config: dict
     source: str
-    swap_blocks: int = 0  # block swap: this many blocks streamed from the offload device (0: off)
+    offload: str = "comfy_model_management"  # where the transformer lives while sampling (offload.py)
+    swap_blocks: int = 0  # offload block_swap: this many blocks streamed from the offload device
 
     @property
     def config(self) -> TransformerConfig:

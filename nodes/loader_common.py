@@ -2,12 +2,15 @@
 
 from pathlib import Path
 
+import torch
+
 from ..droplet_core.attention import ATTENTION_BACKENDS
 from ..droplet_core.engine_options import WEIGHT_FORMATS, EngineOptions, prepare_transformer
 from ..droplet_core.loading import load_transformer, load_vae
 from ..droplet_core.pipeline import DTYPES
 from ..droplet_core.text import load_text_encoder
 from .components import DropletModel, DropletTextEncoder, DropletVae, make_patcher
+from .offload import COMFY, check_offload, resolve_node_offload, transformer_patcher
 
 PRECISIONS = ("bf16", "fp16", "fp32")
 PRECISION_TOOLTIP = ("Weight and compute dtype. bf16 is the reference's; fp16 may overflow in T5; "
@@ -22,11 +25,14 @@ TRANSFORMER_OPTIONS = {
     "attention": (list(ATTENTION_BACKENDS), {"default": "sdpa", "tooltip": "sdpa: PyTorch's scaled_dot_product_"
                   "attention (flash/memory-efficient kernels on CUDA). sage: SageAttention (faster on recent GPUs; "
                   "needs `pip install sageattention`)."}),
-    "swap_blocks": ("INT", {"default": 0, "min": 0, "max": 64, "tooltip": "Block swap, for small GPUs: this many "
-                    "of the transformer's blocks (the release has 42) stay in CPU memory and are streamed to the GPU "
-                    "one block ahead while sampling. 0 = off (ComfyUI loads the whole transformer). More blocks: "
-                    "less VRAM, slower. Same output either way."}),
+    "swap_blocks": ("INT", {"default": 0, "min": 0, "max": 64, "tooltip": "With offload block_swap: this many of "
+                    "the transformer's blocks (the release has 42) stay in CPU memory and are streamed to the GPU "
+                    "one block ahead while sampling; 0 = picked from the GPU's memory. More blocks: less VRAM, "
+                    "slower. Same output either way."}),
 }
+TEXT_ENCODER_DEVICE_INPUT = (["default", "cpu"], {"default": "default", "tooltip": "default: T5 runs on the GPU "
+                             "while encoding (ComfyUI offloads it after). cpu: it stays in CPU memory and runs there "
+                             "(slower to encode, no VRAM; as Load CLIP's device cpu)."})
 _LAST = {}  # kind -> (key, loaded objects)
 
 
@@ -59,23 +65,26 @@ def transformer_options(weight_format, attention) -> EngineOptions:
 
 
 def build_model(transformer_path: Path, scheduler_config: dict, precision: str,
-                options: EngineOptions = EngineOptions(), swap_blocks: int = 0) -> DropletModel:
+                options: EngineOptions = EngineOptions(), offload: str = COMFY, swap_blocks: int = 0) -> DropletModel:
     dtype = dtype_for(precision)
+    check_offload(offload)  # before the slow part
     transformer = load_transformer(transformer_path, dtype, keep_fp8=options.keep_fp8)
-    blocks = len(transformer.transformer_blocks)
-    if not 0 <= swap_blocks <= blocks:
-        raise ValueError(f"swap_blocks {swap_blocks} is more than this transformer's {blocks} blocks: use 0 .. "
-                         f"{blocks}.")
-    prepare_transformer(transformer, options, dtype)
-    return DropletModel(make_patcher(transformer, stays_offloaded=swap_blocks > 0), scheduler_config,
-                        str(transformer_path), swap_blocks)
+    prepare_transformer(transformer, options, dtype)  # first: fp8 storage changes what the offload plan sees
+    offload, swap_blocks = resolve_node_offload(offload, swap_blocks, transformer, dtype)
+    return DropletModel(transformer_patcher(transformer, offload), scheduler_config, str(transformer_path), offload,
+                        swap_blocks)
 
 
 def build_vae(path: Path, precision: str) -> DropletVae:
     return DropletVae(make_patcher(load_vae(path, dtype_for(precision))), str(path))
 
 
-def build_text_encoder(encoder_folder: Path, tokenizer_folder: Path, precision: str) -> DropletTextEncoder:
+def build_text_encoder(encoder_folder: Path, tokenizer_folder: Path, precision: str,
+                       device: str = "default") -> DropletTextEncoder:
+    if device not in ("default", "cpu"):
+        raise ValueError(f"unknown text encoder device {device!r}: use default (the GPU while encoding) or cpu.")
     encoder = load_text_encoder(encoder_folder, tokenizer_folder, dtype_for(precision))
-    return DropletTextEncoder(make_patcher(encoder.model), encoder.tokenizer, str(encoder_folder))
+    cpu = torch.device("cpu") if device == "cpu" else None
+    return DropletTextEncoder(make_patcher(encoder.model, load_device=cpu, offload_device=cpu), encoder.tokenizer,
+                              str(encoder_folder))
 

@@ -5,11 +5,11 @@ weight, so ComfyUI applies it when it loads that clone and restores the original
 another clone (the plain model, other LoRAs) is loaded. Chain loaders to stack LoRAs.
 """
 
+import dataclasses
 import logging
 
 from ..droplet_core.fp8 import Fp8Linear
 from ..droplet_core.lora import Lora, read_lora
-from .components import DropletModel
 from .model_paths import resolve, weight_files
 
 try:  # ComfyUI 2025+: patches are adapter objects
@@ -80,5 +80,5 @@ class DropletVideoLoraLoader:
         patcher = model.patcher.clone()
         added = patcher.add_patches(patches, strength)
         assert len(added) == len(patches), "every patch key is a holder state-dict key"
-        return (DropletModel(patcher, model.scheduler_config, f"{model.source} + LoRA {lora_name} @ {strength}",
-                             model.swap_blocks),)
+        return (dataclasses.replace(model, patcher=patcher,
+                                    source=f"{model.source} + LoRA {lora_name} @ {strength}"),)

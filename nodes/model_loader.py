@@ -2,11 +2,10 @@
 
 from ..droplet_core.configs import read_json
 from ..droplet_core.loading import load_scheduler_config
-from .loader_common import (PRECISION_TOOLTIP, PRECISIONS, TRANSFORMER_OPTIONS, build_model, build_text_encoder,
-                            build_vae, cached, path_key, transformer_options)
+from .loader_common import (PRECISION_TOOLTIP, PRECISIONS, TEXT_ENCODER_DEVICE_INPUT, TRANSFORMER_OPTIONS,
+                            build_model, build_text_encoder, build_vae, cached, path_key, transformer_options)
 from .model_paths import DROPLET_FOLDER, folders_with, resolve
-
-OFFLOAD_MODES = ("comfy_model_management",)
+from .offload import OFFLOAD_INPUT
 
 
 class DropletVideoModelLoader:
@@ -26,23 +25,21 @@ class DropletVideoModelLoader:
                 "tooltip": "A folder under ComfyUI/models/DropletVideo/ that holds model_index.json "
                            "(the released DropletVideo-V1.0-weights)."}),
             "precision": (PRECISIONS, {"default": "bf16", "tooltip": PRECISION_TOOLTIP}),
-            "offload": (OFFLOAD_MODES, {
-                "default": "comfy_model_management",
-                "tooltip": "comfy_model_management: ComfyUI moves each model to the GPU while a node uses it "
-                           "and offloads it when memory is needed."}),
-        }, "optional": dict(TRANSFORMER_OPTIONS)}
+            "offload": OFFLOAD_INPUT,
+        }, "optional": {**TRANSFORMER_OPTIONS, "text_encoder_device": TEXT_ENCODER_DEVICE_INPUT}}
 
-    def load(self, model_folder, precision, offload, weight_format=None, attention=None, swap_blocks=None):
+    def load(self, model_folder, precision, offload, weight_format=None, attention=None, swap_blocks=None,
+             text_encoder_device=None):
         options = transformer_options(weight_format, attention)
-        if offload not in OFFLOAD_MODES:
-            raise ValueError(f"unknown offload mode {offload!r}: use one of {', '.join(OFFLOAD_MODES)}.")
         root = resolve(DROPLET_FOLDER, model_folder, "DropletVideo model folder")
         read_json(root / "model_index.json")  # a clear error if this is not a release folder
+        settings = (precision, options, offload, swap_blocks or 0, text_encoder_device or "default")
 
         def build():
             scheduler_config = load_scheduler_config(root / "scheduler")
-            return (build_model(root / "transformer", scheduler_config, precision, options, swap_blocks or 0),
+            return (build_model(root / "transformer", scheduler_config, precision, options, offload, swap_blocks or 0),
                     build_vae(root / "vae", precision),
-                    build_text_encoder(root / "text_encoder", root / "tokenizer", precision))
+                    build_text_encoder(root / "text_encoder", root / "tokenizer", precision,
+                                       text_encoder_device or "default"))
 
-        return cached("release", path_key(root / "model_index.json", precision, options, swap_blocks or 0), build)
+        return cached("release", path_key(root / "model_index.json", *settings), build)

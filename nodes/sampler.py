@@ -1,23 +1,21 @@
 """DropletVideoSampler: the denoising loop, with ComfyUI's progress bar and Cancel."""
 
-import contextlib
 import logging
 
 import comfy.model_management
 import torch
 
 from ..droplet_core import sampling
-from ..droplet_core.block_swap import BlockSwap
 from ..droplet_core.long_video import SlidingWindowTransformer
-from ..droplet_core.offload_plan import module_bytes
 from ..droplet_core.pipeline import initial_noise
 from ..droplet_core.positional import fps_tensor
 from ..droplet_core.sampling import SCHEDULERS, make_scheduler, timesteps_for
 from ..droplet_core.step_cache import StepCache
 from ..droplet_core.transformer import run_block
 from . import latent_layout
-from .components import ImageCond, TextCond, load_for_compute, module_dtype
+from .components import ImageCond, TextCond, module_dtype
 from .memory import transformer_memory
+from .offload import transformer_for_sampling
 from .progress import comfy_on_step
 
 logger = logging.getLogger(__name__)
@@ -64,13 +62,6 @@ def check_inputs(config, positive: TextCond, negative: TextCond, image_cond: Ima
                        config.add_noise_in_inpaint_model, augmented)
 
 
-def swap_resident_bytes(model) -> int:
-    """Device bytes of a block-swapped transformer: all but the swapped blocks, plus two in flight."""
-    transformer = model.patcher.model.module
-    block_bytes = [module_bytes(block) for block in transformer.transformer_blocks]
-    return module_bytes(transformer) - sum(block_bytes[len(block_bytes) - model.swap_blocks:]) + 2 * max(block_bytes)
-
-
 def sample_latent(model, positive: TextCond, negative: TextCond, image_cond: ImageCond, fps: int, steps: int,
                   cfg: float, seed: int, scheduler: str, use_dynamic_cfg: bool = False, denoise: float = 1.0,
                   latent=None, long_video: bool = False, window_overlap: int = 0, cache_threshold: float = 0.0) -> dict:
@@ -90,29 +81,20 @@ def sample_latent(model, positive: TextCond, negative: TextCond, image_cond: Ima
     window = min(frames, config.latent_frames) if long_video else frames
     memory = transformer_memory(config, (window, height, width), positive.embeds.shape[1], 2 if cfg > 1 else 1,
                                 dtype)
-    swap = None
-    if model.swap_blocks:  # the patcher keeps the module on the offload device; blocks visit the GPU here
-        # Room first (this may unload our own patcher on a CPU-only ComfyUI), then load: LoRA patches go in.
-        comfy.model_management.free_memory(memory + swap_resident_bytes(model), device)
-        transformer = load_for_compute(model.patcher, 0)
-        swap = BlockSwap(transformer, device, len(transformer.transformer_blocks) - model.swap_blocks)
-    else:
-        transformer = load_for_compute(model.patcher, memory)
     noise = initial_noise((1, frames, config.out_channels or config.in_channels, height, width), seed, device, dtype)
     video = None if video_latents is None or denoise >= 1.0 else video_latents.to(device, dtype)
     latents = sampling.start_latents(sched, timesteps, noise, video)
     inpaint = image_cond.inpaint_latents
     if inpaint is None:  # all frames masked: zeros, as the reference encodes them
         inpaint = torch.zeros(1, frames, config.in_channels - noise.shape[2], height, width)
-    if long_video:
-        transformer = SlidingWindowTransformer(transformer, overlap=window_overlap)
     runner = StepCache(cache_threshold, config.num_layers) if cache_threshold > 0 else run_block
-    with swap.on_device() if swap else contextlib.nullcontext():
+    with transformer_for_sampling(model, memory, device) as (transformer, wrap_runner):
+        if long_video:
+            transformer = SlidingWindowTransformer(transformer, overlap=window_overlap)
         latents = sampling.denoise(transformer, sched, latents, timesteps, positive.embeds.to(device, dtype),
                                    negative.embeds.to(device, dtype), inpaint.to(device, dtype), fps_tensor(fps),
                                    cfg, use_dynamic_cfg, torch.Generator(device=device).manual_seed(seed),
-                                   comfy_on_step(len(timesteps), image_cond.rgb_projection),
-                                   swap.wrap(runner) if swap else runner)
+                                   comfy_on_step(len(timesteps), image_cond.rgb_projection), wrap_runner(runner))
     return latent_layout.to_comfy(latents.to(comfy.model_management.intermediate_device()))
 
 

@@ -2,7 +2,8 @@
 
 from pathlib import Path
 
-from .loader_common import PRECISION_TOOLTIP, PRECISIONS, build_text_encoder, cached, path_key
+from .loader_common import (PRECISION_TOOLTIP, PRECISIONS, TEXT_ENCODER_DEVICE_INPUT, build_text_encoder, cached,
+                            path_key)
 from .model_paths import folders_with, resolve
 
 TOKENIZER_FILE = "spiece.model"
@@ -36,14 +37,15 @@ class DropletVideoT5Loader:
                 "tooltip": "A folder in ComfyUI/models/text_encoders/ with the release's text_encoder/ files "
                            "and tokenizer files (beside them or in tokenizer/)."}),
             "precision": (PRECISIONS, {"default": "bf16", "tooltip": PRECISION_TOOLTIP}),
-        }}
+        }, "optional": {"device": TEXT_ENCODER_DEVICE_INPUT}}
 
-    def load(self, text_encoder_name, precision):
+    def load(self, text_encoder_name, precision, device=None):
         folder = resolve("text_encoders", text_encoder_name, "text encoder folder")
         if not folder.is_dir():
             raise ValueError(f"{folder} is a file; the T5 loader takes a transformers folder (config.json + "
                              f"safetensors). For a single-file T5 use ComfyUI's Load CLIP (type cogvideox) and "
                              f"connect it to DropletVideoTextEncode's clip input.")
         tokenizer = tokenizer_folder(folder)
-        return cached("text_encoder", path_key(folder / "config.json", precision),
-                      lambda: (build_text_encoder(folder, tokenizer, precision),))
+        device = device or "default"
+        return cached("text_encoder", path_key(folder / "config.json", precision, device),
+                      lambda: (build_text_encoder(folder, tokenizer, precision, device),))

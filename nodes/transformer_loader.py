@@ -4,6 +4,7 @@ from ..droplet_core.sampling import RELEASE_SCHEDULER_CONFIG
 from .loader_common import (PRECISION_TOOLTIP, PRECISIONS, TRANSFORMER_OPTIONS, build_model, cached, path_key,
                             transformer_options)
 from .model_paths import components, resolve
+from .offload import COMFY, OFFLOAD_INPUT
 
 
 class DropletVideoTransformerLoader:
@@ -22,11 +23,12 @@ class DropletVideoTransformerLoader:
             "transformer_name": (components("diffusion_models"), {
                 "tooltip": "A .safetensors file or a folder with config.json in ComfyUI/models/diffusion_models/."}),
             "precision": (PRECISIONS, {"default": "bf16", "tooltip": PRECISION_TOOLTIP}),
-        }, "optional": dict(TRANSFORMER_OPTIONS)}
+        }, "optional": {**TRANSFORMER_OPTIONS, "offload": OFFLOAD_INPUT}}
 
-    def load(self, transformer_name, precision, weight_format=None, attention=None, swap_blocks=None):
+    def load(self, transformer_name, precision, weight_format=None, attention=None, swap_blocks=None,
+             offload=None):
         options = transformer_options(weight_format, attention)
         path = resolve("diffusion_models", transformer_name, "transformer")
-        return cached("transformer", path_key(path, precision, options, swap_blocks or 0),
-                      lambda: (build_model(path, dict(RELEASE_SCHEDULER_CONFIG), precision, options,
-                                           swap_blocks or 0),))
+        placement = (offload or COMFY, swap_blocks or 0)
+        return cached("transformer", path_key(path, precision, options, *placement),
+                      lambda: (build_model(path, dict(RELEASE_SCHEDULER_CONFIG), precision, options, *placement),))

@@ -19,6 +19,7 @@ from droplet_core.loading import load_transformer
 from droplet_core.offload_plan import Workload, component_bytes, plan_offload
 from droplet_core.pipeline import Request, load_pipeline
 from droplet_core.sequential_offload import attach_sequential_offload
+from droplet_core.step_cache import StepCache
 from droplet_core.transformer import DropletVideoTransformer3DModel, run_block
 from engine_fixtures import GOLDENS, tiny_ckpt  # noqa: F401
 
@@ -78,6 +79,19 @@ def test_block_swap_equals_plain_and_streams_the_swapped_blocks(tiny_ckpt, plain
     for index, parked in swap.parked.items():  # back in offload memory after use
         block = model.transformer_blocks[index]
         assert block.attn1.to_q.weight.data_ptr() == stored_pointer(parked, block.attn1.to_q)
+
+
+def test_block_swap_streams_no_skipped_block_on_a_step_the_cache_skips(tiny_ckpt, plain_output):
+    model = fresh_transformer(tiny_ckpt)
+    swap, cache = BlockSwap(model, "cpu", 0), StepCache(0.1, model.config.num_layers)
+    with swap.on_device():  # the same input three times: the cache computes once, then skips
+        outputs = [model(**transformer_inputs(model.config), block_runner=swap.wrap(cache)) for _ in range(3)]
+    assert (cache.computed_steps, cache.skipped_steps) == (1, 2)
+    for output in outputs:
+        torch.testing.assert_close(output, plain_output, atol=1e-5, rtol=0)
+    # Computed step: blocks 0 and 1, then block 0 for the next step (3). Each skipped step only
+    # needs block 0 (its norm1 decides the skip): 0 for the next step, plus block 1 once in flight.
+    assert swap.fetches == 3 + 2 + 1
 
 
 @pytest.mark.parametrize("blocks_on_device", [-1, 3, 1.5])

@@ -218,6 +218,17 @@ def test_split_loaders_load_the_same_components(pack, loaded, models_dir):
         run(pack, "DropletVideoT5Loader", text_encoder_name="t5-without-tokenizer", precision="fp32")
 
 
+def test_t5_on_the_cpu_stays_there_and_encodes_the_same(pack, loaded, monkeypatch):
+    on_cpu = run(pack, "DropletVideoT5Loader", text_encoder_name="tiny-t5", precision="fp32", device="cpu")[0]
+    cpu = torch.device("cpu")
+    assert (on_cpu.patcher.load_device, on_cpu.patcher.offload_device) == (cpu, cpu)
+    inputs = dict(prompt="a boat", negative_prompt="", append_quality_suffix=True, max_tokens=20)
+    monkeypatch.setattr(comfy.model_management, "get_torch_device", lambda: torch.device("cuda"))  # never asked
+    for ours, default in zip(run(pack, "DropletVideoTextEncode", text_encoder=on_cpu, **inputs),
+                             run(pack, "DropletVideoTextEncode", text_encoder=loaded[2], **inputs)):
+        torch.testing.assert_close(ours.embeds, default.embeds, atol=1e-6, rtol=0)
+
+
 # ComfyUI's CLIP input -----------------------------------------------------------------------------------
 
 class FakeClip:

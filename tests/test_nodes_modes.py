@@ -9,10 +9,12 @@ import comfy.model_management
 import pytest
 import torch
 
+from droplet_core.configs import RELEASE_TRANSFORMER
 from droplet_core.engine_options import EngineOptions
 from droplet_core.pipeline import load_pipeline
 from droplet_core.shapes import size_for_budget
 from droplet_core.tiny import TRANSFORMER
+from droplet_core.transformer import DropletVideoTransformer3DModel
 from lora_files import random_factors, write_peft
 from node_fixtures import (ATOL, as_image, conds, engine, engine_latent, image_cond, loaded, run, sample,  # noqa: F401
                            sample_and_decode, start_image)
@@ -138,17 +140,17 @@ def test_sage_attention_without_the_package_says_how_to_install_it(pack, monkeyp
 
 def test_block_swap_equals_the_whole_model_on_the_device_with_and_without_a_lora(pack, loaded, conds, small_cond,
                                                                                  models_dir, monkeypatch):
-    sampler = importlib.import_module(f"{pack.__name__}.nodes.sampler")
+    offload = importlib.import_module(f"{pack.__name__}.nodes.offload")
     swaps = []
 
-    class RecordedSwap(sampler.BlockSwap):
+    class RecordedSwap(offload.BlockSwap):
         def __init__(self, *args):
             super().__init__(*args)
             swaps.append(self)
 
-    monkeypatch.setattr(sampler, "BlockSwap", RecordedSwap)
+    monkeypatch.setattr(offload, "BlockSwap", RecordedSwap)
     swapped = run(pack, "DropletVideoModelLoader", model_folder="tiny", precision="fp32",
-                  offload="comfy_model_management", swap_blocks=1)[0]
+                  offload="block_swap", swap_blocks=1)[0]
     assert swapped.patcher.load_device == comfy.model_management.unet_offload_device()
     plain = sample(pack, loaded[0], conds, small_cond, steps=2)["samples"]
     torch.testing.assert_close(sample(pack, swapped, conds, small_cond, steps=2)["samples"], plain, atol=ATOL, rtol=0)
@@ -164,4 +166,53 @@ def test_block_swap_equals_the_whole_model_on_the_device_with_and_without_a_lora
     assert (expected - plain).abs().max() > 1e-3
     with pytest.raises(ValueError, match="swap_blocks 3 is more than this transformer's 2 blocks"):
         run(pack, "DropletVideoTransformerLoader", transformer_name="tiny-transformer", precision="fp32",
-            swap_blocks=3)
+            offload="block_swap", swap_blocks=3)
+
+
+def test_sequential_offload_equals_the_whole_model_and_detaches_after_sampling(pack, loaded, conds, small_cond):
+    sequential = run(pack, "DropletVideoTransformerLoader", transformer_name="tiny-transformer", precision="fp32",
+                     offload="sequential")[0]
+    assert sequential.patcher.load_device == comfy.model_management.unet_offload_device()
+    whole = run(pack, "DropletVideoTransformerLoader", transformer_name="tiny-transformer", precision="fp32")[0]
+    transformer = sequential.patcher.model.module
+    calls = []
+    handle = transformer.transformer_blocks[1].attn1.to_q.register_forward_pre_hook(
+        lambda module, args: calls.append(module._forward_pre_hooks.copy()))
+    latent = sample(pack, sequential, conds, small_cond, steps=2)["samples"]
+    handle.remove()
+    torch.testing.assert_close(latent, sample(pack, whole, conds, small_cond, steps=2)["samples"], atol=ATOL, rtol=0)
+    assert len(calls) == 2 and all(len(hooks) == 2 for hooks in calls)  # 2 steps; this hook and the offload's
+    leftover = [name for name, module in transformer.named_modules() if module._forward_pre_hooks or
+                module._forward_hooks]
+    assert leftover == []  # the hooks go with the sampling run
+
+
+def test_offload_none_keeps_the_transformer_on_the_device_and_auto_off_cuda_is_comfys(pack):
+    load = dict(transformer_name="tiny-transformer", precision="fp32")
+    resident = run(pack, "DropletVideoTransformerLoader", **load, offload="none")[0]
+    assert resident.patcher.offload_device == comfy.model_management.get_torch_device()
+    auto = run(pack, "DropletVideoTransformerLoader", **load, offload="auto")[0]
+    assert (auto.offload, auto.swap_blocks) == ("comfy_model_management", 0)  # no VRAM to plan for on the CPU
+    with pytest.raises(ValueError, match="swap_blocks 1 is for offload block_swap .*set offload to block_swap"):
+        run(pack, "DropletVideoTransformerLoader", **load, offload="sequential", swap_blocks=1)
+    with pytest.raises(ValueError, match="unknown offload mode 'fast': use one of comfy_model_management, none"):
+        run(pack, "DropletVideoTransformerLoader", **load, offload="fast")
+
+
+def test_auto_offload_plans_the_release_transformer_from_the_gpus_memory(pack, monkeypatch):
+    offload = importlib.import_module(f"{pack.__name__}.nodes.offload")
+    mm = comfy.model_management
+    monkeypatch.setattr(mm, "get_torch_device", lambda: torch.device("cuda", 0))
+    monkeypatch.setattr(mm, "extra_reserved_memory", lambda: 400 * 2**20)
+    with torch.device("meta"):
+        transformer = DropletVideoTransformer3DModel(RELEASE_TRANSFORMER).to(torch.bfloat16)
+
+    def plan(total_gib, mode="auto"):
+        monkeypatch.setattr(mm, "get_total_memory", lambda dev=None: total_gib * 2**30)
+        return offload.resolve_node_offload(mode, 0, transformer, torch.bfloat16)
+
+    assert plan(80) == plan(24) == ("comfy_model_management", 0)
+    (mode16, swapped16), (mode12, swapped12) = plan(16), plan(12)
+    assert mode16 == mode12 == "block_swap" and 0 < swapped16 < swapped12 < 42
+    assert plan(12, "block_swap") == plan(12)  # block_swap with swap_blocks 0: the planned count
+    assert plan(6) == ("sequential", 0)

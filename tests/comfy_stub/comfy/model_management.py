@@ -37,6 +37,17 @@ def dtype_size(dtype):
     return torch.empty((), dtype=dtype).element_size()
 
 
+def get_total_memory(dev=None):
+    dev = torch.device(dev or get_torch_device())
+    if dev.type == "cuda":
+        return torch.cuda.mem_get_info(dev)[1]
+    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+
+
+def extra_reserved_memory():
+    return 400 * 1024 * 1024  # ComfyUI's default on Linux
+
+
 def soft_empty_cache(force=False):
     if torch.cuda.is_available():
         torch.cuda.empty_cache()
