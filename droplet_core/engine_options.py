@@ -28,6 +28,7 @@ class EngineOptions:
     fuse_qkv: bool = False
     compile: bool = False
     compile_backend: str = "inductor"
+    text_encoder_on_cpu: bool = False  # T5 stays in CPU memory and encodes there (no VRAM for it)
 
     def check(self) -> "EngineOptions":
         check_offload_mode(self.offload)

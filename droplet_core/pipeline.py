@@ -87,19 +87,22 @@ def video_to_pixels(video: torch.Tensor, frames: int, width: int, height: int) -
 class DropletVideoPipeline:
     def __init__(self, transformer, vae, text_encoder: TextEncoder, scheduler_config: dict,
                  device="cpu", dtype=torch.float32, offload: Union[bool, str] = False,
-                 blocks_on_device: Optional[int] = None):
+                 blocks_on_device: Optional[int] = None, text_encoder_on_cpu: bool = False):
         """`offload`: none, model (True), block_swap (+ blocks_on_device) or sequential (placement.py)."""
         self.transformer, self.vae, self.text_encoder = transformer, vae, text_encoder
         self.scheduler_config = scheduler_config
         self.device, self.dtype, self.offload = torch.device(device), dtype, offload_mode(offload)
-        self.placement = Placement(self.offload, self.device, transformer, text_encoder.model, vae, blocks_on_device)
+        self.placement = Placement(self.offload, self.device, transformer, text_encoder.model, vae, blocks_on_device,
+                                   text_encoder_on_cpu)
+        self.text_device = torch.device("cpu") if text_encoder_on_cpu else self.device
         self.lora_unknown_keys: list = []
 
     def encode_prompts(self, request: Request):
         with self.placement.on_device(self.text_encoder.model):
             positive = self.text_encoder.encode(with_suffix(request.prompt, request.append_prompt_suffix),
-                                                request.max_sequence_length, self.device)
-            negative = (self.text_encoder.encode(request.negative_prompt, request.max_sequence_length, self.device)
+                                                request.max_sequence_length, self.text_device)
+            negative = (self.text_encoder.encode(request.negative_prompt, request.max_sequence_length,
+                                                 self.text_device)
                         if request.guidance_scale > 1.0 else None)
         cast = lambda x: None if x is None else x.to(self.device, self.dtype)  # noqa: E731
         return cast(positive), cast(negative)
@@ -190,9 +193,10 @@ def load_pipeline(ckpt, device="cpu", dtype: torch.dtype = torch.float32, offloa
     text_encoder = load_text_encoder(root / "text_encoder", root / "tokenizer", dtype)
     unknown = merge_loras(transformer, list(loras)) if loras else []
     prepare_transformer(transformer, options, dtype)
+    on_device_text = None if options.text_encoder_on_cpu else text_encoder.model
     mode, blocks = resolve_offload(options.offload, options.blocks_on_device, device,
-                                   component_bytes(transformer, text_encoder.model, vae), transformer.config, workload)
+                                   component_bytes(transformer, on_device_text, vae), transformer.config, workload)
     pipe = DropletVideoPipeline(transformer, vae, text_encoder, load_scheduler_config(root / "scheduler"),
-                                device, dtype, mode, blocks)
+                                device, dtype, mode, blocks, options.text_encoder_on_cpu)
     pipe.lora_unknown_keys = unknown
     return pipe

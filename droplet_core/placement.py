@@ -7,6 +7,7 @@
   the VAE as in model.
 - sequential: each layer of the transformer and T5 visits the device only for its own forward
   (sequential_offload.py); the VAE as in model.
+With `text_encoder_on_cpu` T5 never moves: it encodes on the CPU in every mode.
 """
 
 import contextlib
@@ -27,7 +28,8 @@ def check_offload_mode(mode: str) -> None:
 
 
 class Placement:
-    def __init__(self, mode: str, device, transformer, text_encoder_model, vae, blocks_on_device=None):
+    def __init__(self, mode: str, device, transformer, text_encoder_model, vae, blocks_on_device=None,
+                 text_encoder_on_cpu: bool = False):
         check_offload_mode(mode)
         if mode == "auto":
             raise ValueError("offload 'auto' must be resolved to a mode first (see offload_plan.plan_offload).")
@@ -35,23 +37,26 @@ class Placement:
         self.transformer = transformer
         self.swap = None
         self.hooked = ()
+        self.stays_on_cpu = (text_encoder_model,) if text_encoder_on_cpu else ()
         if mode == "none":
-            for module in (transformer, text_encoder_model, vae):
+            for module in (transformer, vae) + (() if text_encoder_on_cpu else (text_encoder_model,)):
                 module.to(self.device)
         elif mode == "block_swap":
             count = len(transformer.transformer_blocks) if blocks_on_device is None else blocks_on_device
             self.swap = BlockSwap(transformer, self.device, count)
         elif mode == "sequential":
             attach_sequential_offload(transformer, self.device)
-            attach_sequential_offload(text_encoder_model, self.device, groups=text_encoder_model.encoder.block)
-            self.hooked = (transformer, text_encoder_model)
+            self.hooked = (transformer,)
+            if not text_encoder_on_cpu:
+                attach_sequential_offload(text_encoder_model, self.device, groups=text_encoder_model.encoder.block)
+                self.hooked += (text_encoder_model,)
         elif blocks_on_device is not None:
             raise ValueError(f"blocks_on_device is for offload 'block_swap' only (offload is {mode!r}).")
 
     @contextlib.contextmanager
     def on_device(self, module):
         """`module` on the device for the duration of the block, as the mode says."""
-        if self.mode == "none" or any(module is hooked for hooked in self.hooked):
+        if self.mode == "none" or any(module is kept for kept in self.hooked + self.stays_on_cpu):
             yield module
             return
         swapping = self.swap is not None and module is self.transformer

@@ -109,6 +109,23 @@ def test_offload_modes_give_exactly_the_plain_video(tiny_ckpt, plain_frames, opt
     assert torch.equal(pipe.generate(Request(image=Image.open(GOLDENS / "start.png"), **SMALL)).frames, plain_frames)
 
 
+@pytest.mark.parametrize("offload", ["none", "model", "block_swap", "sequential"])
+def test_t5_on_the_cpu_never_moves_and_gives_the_same_video(tiny_ckpt, plain_frames, offload, monkeypatch):
+    from transformers import T5EncoderModel
+
+    moved = []
+    original = T5EncoderModel.to
+    monkeypatch.setattr(T5EncoderModel, "to", lambda self, *args, **kwargs: (moved.append(args),
+                                                                             original(self, *args, **kwargs))[1])
+    pipe = load_pipeline(tiny_ckpt, options=EngineOptions(offload=offload, text_encoder_on_cpu=True))
+    frames = pipe.generate(Request(image=Image.open(GOLDENS / "start.png"), **SMALL)).frames
+    assert torch.equal(frames, plain_frames)
+    assert moved == [] and not any(m._forward_pre_hooks for m in pipe.text_encoder.model.modules())
+    without = load_pipeline(tiny_ckpt, options=EngineOptions(offload=offload))  # the spy sees T5 move otherwise
+    without.generate(Request(image=Image.open(GOLDENS / "start.png"), **SMALL))
+    assert moved or any(m._forward_pre_hooks for m in without.text_encoder.model.modules())
+
+
 def test_block_swap_composes_with_the_step_cache(tiny_ckpt):
     request = Request(image=Image.open(GOLDENS / "start.png"), cache_threshold=0.5, **{**SMALL, "steps": 4})
     plain = load_pipeline(tiny_ckpt).generate(request).frames

@@ -157,6 +157,17 @@ def test_cli_writes_the_same_frames_as_the_engine(tiny_ckpt, pipe, tmp_path, sta
     np.testing.assert_array_equal(frames, expected.numpy())
 
 
+def test_cli_engine_flags_become_engine_options():
+    from droplet_core.cli import build_parser, engine_options_from_args
+    from droplet_core.engine_options import EngineOptions
+
+    flags = ["--offload", "block_swap", "--blocks_on_device", "10", "--fp8", "--fuse_qkv", "--t5_on_cpu"]
+    assert engine_options_from_args(build_parser().parse_args(["--ckpt", "tiny", *flags])) == EngineOptions(
+        offload="block_swap", blocks_on_device=10, weights="fp8_e4m3fn", fuse_qkv=True, text_encoder_on_cpu=True)
+    assert engine_options_from_args(build_parser().parse_args(["--ckpt", "tiny", "--offload"])) == EngineOptions(
+        offload="model")
+
+
 def test_cli_reports_bad_input_clearly(tiny_ckpt):
     completed = subprocess.run([sys.executable, "-m", "droplet_core", "--ckpt", str(tiny_ckpt), "--width", "500"],
                                cwd=ROOT, capture_output=True, text=True)
