@@ -175,7 +175,7 @@ def main(argv=None) -> int:
         request = request_from_args(args)
         fps_values = [float(v) for v in args.fps_sweep.split(",")] if args.fps_sweep else [args.fps]
         workload = Workload(request.width, request.height, request.frames, request.max_sequence_length,
-                            2 if request.guidance_scale > 1 else 1, dtype.itemsize)
+                            2 if request.guidance_scale > 1 else 1, dtype.itemsize, request.tiled_vae)
         pipe = load_pipeline(args.ckpt, args.device, dtype, options=engine_options_from_args(args),
                              loras=[parse_lora(spec) for spec in args.lora], workload=workload)
         unknown = pipe.lora_unknown_keys

@@ -3,14 +3,17 @@
 The estimate, per mode (bytes):
 - weights: measured from the loaded modules (`component_bytes`), or from a config built on the
   meta device (`transformer_bytes`); fp8 storage counts 1 byte per block Linear weight.
-- transformer activations: batch x tokens x act_bytes x (8 x inner_dim + 2 x ff_dim), tokens =
-  text tokens + latent frames x (h/16) x (w/16). That is the hidden and text states, q/k/v, the
-  attention output and the residuals (8 x dim) plus the feed-forward's 4 x dim inner activation
-  and its GELU output (2 x 4 x dim, written as 2 x ff_dim); SDPA's fused kernels keep no
-  tokens^2 matrix. batch is 2 with CFG.
-- VAE decode: 48 x the decoded frames' pixel count x act_bytes (the causal decoder's widest
-  activations at full resolution with this repo's cache trimming, rounded up).
-- a fixed margin of 1.5 GiB for the CUDA context, cuBLAS workspaces and fragmentation.
+- transformer activations: batch x tokens x act_bytes x 16 x inner_dim, tokens = text tokens +
+  latent frames x (h/16) x (w/16); batch is 2 with CFG. bench/vram_trace.py traces 12.8 x
+  inner_dim at the release defaults (the feed-forward's 4 x dim activation and its GELU output,
+  the hidden and text states, q/k/v and residuals; SDPA's fused kernels keep no tokens^2 matrix).
+- VAE decode, which needs more than the conditioning encode: 17,500 x H x W x act_bytes with
+  this repo's lean decode, whatever the frame count (the decoder works on 2 latent frames at a
+  time; traced 15,400), or with tiling 26,000 x the tile's pixels (at most 240 x 360; traced
+  about 20,000), plus the decoded video twice (the frame batches and their concatenation).
+  Measured on the CPU, peaks run 13% (VAE) and 20% (transformer) above the traced ones
+  (`bench/vram_trace.py --calibrate`); the factors above include that.
+- a fixed margin of 1.5 GiB for the CUDA context, kernel workspaces and fragmentation.
 The first mode that fits wins: none (everything resident), model (one component at a time),
 block_swap (resident non-block weights + N blocks + 2 blocks in flight), sequential.
 """
@@ -23,7 +26,10 @@ import torch
 logger = logging.getLogger(__name__)
 
 MARGIN_BYTES = int(1.5 * 2**30)
-VAE_DECODE_FACTOR = 48
+ACTIVATION_UNITS = 16  # x inner_dim bytes-per-element per token and batch entry
+VAE_DECODE_PER_PIXEL = 17_500
+VAE_TILED_DECODE_PER_PIXEL = 26_000
+VAE_TILE = (240, 360)  # diffusers' CogVideoX tile in pixels (sample size / 2)
 
 
 @dataclass(frozen=True)
@@ -48,6 +54,7 @@ class Workload:
     text_tokens: int = 400  # the reference CLI's max_sequence_length
     batch: int = 2  # CFG batches [negative, positive]
     act_bytes: int = 2  # bf16/fp16 activations
+    tiled_vae: bool = False
 
 
 @dataclass(frozen=True)
@@ -80,15 +87,25 @@ def component_bytes(transformer, text_encoder_model=None, vae=None) -> ModelByte
                       vae=module_bytes(vae) if vae is not None else 0, largest_layer=largest)
 
 
+def activation_bytes(config, tokens: int, batch: int, act_bytes: int) -> int:
+    """Peak activations of one transformer forward over `tokens` (text + video) tokens."""
+    return batch * tokens * act_bytes * ACTIVATION_UNITS * config.inner_dim
+
+
 def transformer_activation_bytes(config, work: Workload) -> int:
     latent_frames = (work.frames - 1) // 4 + 1
-    tokens = work.text_tokens + latent_frames * (work.height // 16) * (work.width // 16)
-    dim = config.inner_dim
-    return work.batch * tokens * work.act_bytes * (8 * dim + 2 * 4 * dim)
+    patch = config.patch_size * 8
+    tokens = work.text_tokens + latent_frames * (work.height // patch) * (work.width // patch)
+    return activation_bytes(config, tokens, work.batch, work.act_bytes)
 
 
 def vae_decode_bytes(work: Workload) -> int:
-    return VAE_DECODE_FACTOR * work.frames * work.height * work.width * work.act_bytes
+    if work.tiled_vae:
+        working = VAE_TILED_DECODE_PER_PIXEL * min(work.height, VAE_TILE[0]) * min(work.width, VAE_TILE[1])
+    else:
+        working = VAE_DECODE_PER_PIXEL * work.height * work.width
+    decoded_frames = 4 * ((work.frames - 1) // 4 + 1)  # quirk 3: 4 per latent frame (85 -> 88)
+    return (working + 2 * 3 * decoded_frames * work.height * work.width) * work.act_bytes
 
 
 def plan_offload(free_bytes: int, sizes: ModelBytes, config, work: Workload = Workload()) -> OffloadPlan:
@@ -109,7 +126,7 @@ def plan_offload(free_bytes: int, sizes: ModelBytes, config, work: Workload = Wo
                            f"block_swap: {blocks} of {sizes.num_blocks} blocks resident, {_gib(needed)} needed")
     needed = sizes.largest_layer + max(act, vae)
     return OffloadPlan("sequential", 0, needed, f"sequential: {_gib(needed)} needed "
-                       f"({'fits' if needed <= budget else 'may not fit; try --tiled_vae or a smaller size'})")
+                       f"({'fits' if needed <= budget else 'may not fit; try VAE tiling, T5 on the CPU or a smaller size'})")
 
 
 def _gib(value: int) -> str:

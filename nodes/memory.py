@@ -4,10 +4,10 @@ device memory before a node computes. They only need to be in the right range.""
 import torch
 
 from ..droplet_core.configs import TransformerConfig
+from ..droplet_core.offload_plan import activation_bytes
 
-# Activations per token and hidden unit in a CogVideoX block (attention + 4x feed-forward),
-# and in a T5 encoder block (the XXL feed-forward is 2.5x wider than the model).
-TRANSFORMER_ACTIVATIONS = 24
+# Activations per token and hidden unit in a T5 encoder block (the XXL feed-forward is 2.5x
+# wider than the model).
 TEXT_ACTIVATIONS = 64
 # ComfyUI's estimates for its CogVideoX VAE (comfy/sd.py, chunked variant): per output pixel.
 VAE_DECODE_PER_PIXEL = 2800
@@ -23,9 +23,10 @@ def _size(dtype: torch.dtype) -> int:
 
 def transformer_memory(config: TransformerConfig, latent_shape, text_tokens: int, batch: int,
                        dtype: torch.dtype) -> int:
+    """The offload planner's estimate (droplet_core/offload_plan.py), for the same latent grid."""
     frames, height, width = latent_shape
     tokens = text_tokens + frames * (height // config.patch_size) * (width // config.patch_size)
-    return batch * tokens * config.inner_dim * TRANSFORMER_ACTIVATIONS * _size(dtype)
+    return activation_bytes(config, tokens, batch, _size(dtype))
 
 
 def _pixels(frames: int, height: int, width: int, tiled: bool) -> int:

@@ -16,7 +16,8 @@ from droplet_core.block_swap import BlockSwap
 from droplet_core.configs import RELEASE_TRANSFORMER, VaeConfig
 from droplet_core.engine_options import EngineOptions
 from droplet_core.loading import load_transformer
-from droplet_core.offload_plan import Workload, component_bytes, plan_offload
+from droplet_core.offload_plan import (Workload, component_bytes, plan_offload, transformer_activation_bytes,
+                                       vae_decode_bytes)
 from droplet_core.pipeline import Request, load_pipeline
 from droplet_core.sequential_offload import attach_sequential_offload
 from droplet_core.step_cache import StepCache
@@ -204,6 +205,21 @@ def test_planner_needs_less_for_smaller_videos_and_fp8(release_bytes):
     assert small.mode == "block_swap" and small.blocks_on_device > 23
     fp8 = release_bytes.__class__(**{**release_bytes.__dict__, "block": release_bytes.block // 2 + 1})
     assert plan_offload(12 * 2**30, fp8, RELEASE_TRANSFORMER, Workload()).mode == "model"
+
+
+@pytest.mark.parametrize("size", [(672, 384, 85), (480, 272, 49)], ids=str)
+def test_planner_estimates_cover_the_traced_memory_of_the_release(size):
+    """The planner's activation and VAE estimates against bench/vram_trace.py's fake-tensor trace
+    of the real 5B transformer and VAE: at least 10% above (real peaks exceed traced ones by
+    13-20% on the CPU; the 1.5 GiB margin covers the rest), at most 60% above."""
+    from bench.vram_trace import trace_transformer, trace_vae
+
+    transformer, vae = trace_transformer(*size), trace_vae(*size, parts=("decode",))
+    pairs = [(transformer_activation_bytes(RELEASE_TRANSFORMER, Workload(*size)), transformer["activations"]),
+             (vae_decode_bytes(Workload(*size)), vae["decode"]),
+             (vae_decode_bytes(Workload(*size, tiled_vae=True)), vae["decode_tiled"])]
+    for estimate, traced in pairs:
+        assert 1.1 * traced <= estimate <= 1.6 * traced, (estimate / 2**30, traced / 2**30)
 
 
 def test_auto_on_cpu_keeps_everything_in_place(tiny_ckpt):
