@@ -29,6 +29,9 @@ TRANSFORMER_OPTIONS = {
                     "the transformer's blocks (the release has 42) stay in CPU memory and are streamed to the GPU "
                     "one block ahead while sampling; 0 = picked from the GPU's memory. More blocks: less VRAM, "
                     "slower. Same output either way."}),
+    "compile": ("BOOLEAN", {"default": False, "tooltip": "torch.compile each transformer block (inductor; on a GPU "
+                "it needs Triton). The first run compiles for a minute or more, later steps are faster. Not with "
+                "offload sequential."}),
 }
 TEXT_ENCODER_DEVICE_INPUT = (["default", "cpu"], {"default": "default", "tooltip": "default: T5 runs on the GPU "
                              "while encoding (ComfyUI offloads it after). cpu: it stays in CPU memory and runs there "
@@ -59,9 +62,10 @@ def dtype_for(precision: str):
     return DTYPES[precision]
 
 
-def transformer_options(weight_format, attention) -> EngineOptions:
+def transformer_options(weight_format, attention, compile_blocks=None) -> EngineOptions:
     """The loaders' optional inputs (None from a workflow saved before they existed: defaults)."""
-    return EngineOptions(weights=weight_format or "default", attention=attention or "sdpa").check()
+    return EngineOptions(weights=weight_format or "default", attention=attention or "sdpa",
+                         compile=bool(compile_blocks)).check()
 
 
 def build_model(transformer_path: Path, scheduler_config: dict, precision: str,
@@ -71,6 +75,9 @@ def build_model(transformer_path: Path, scheduler_config: dict, precision: str,
     transformer = load_transformer(transformer_path, dtype, keep_fp8=options.keep_fp8)
     prepare_transformer(transformer, options, dtype)  # first: fp8 storage changes what the offload plan sees
     offload, swap_blocks = resolve_node_offload(offload, swap_blocks, transformer, dtype)
+    if options.compile and offload == "sequential":
+        raise ValueError("compile and offload sequential cannot be combined (its per-layer hooks swap weights inside "
+                         "the compiled blocks): use offload block_swap with compile, or turn compile off.")
     return DropletModel(transformer_patcher(transformer, offload), scheduler_config, str(transformer_path), offload,
                         swap_blocks)
 

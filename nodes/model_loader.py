@@ -29,8 +29,8 @@ class DropletVideoModelLoader:
         }, "optional": {**TRANSFORMER_OPTIONS, "text_encoder_device": TEXT_ENCODER_DEVICE_INPUT}}
 
     def load(self, model_folder, precision, offload, weight_format=None, attention=None, swap_blocks=None,
-             text_encoder_device=None):
-        options = transformer_options(weight_format, attention)
+             compile=None, text_encoder_device=None):  # noqa: A002 (the input's name)
+        options = transformer_options(weight_format, attention, compile)
         root = resolve(DROPLET_FOLDER, model_folder, "DropletVideo model folder")
         read_json(root / "model_index.json")  # a clear error if this is not a release folder
         settings = (precision, options, offload, swap_blocks or 0, text_encoder_device or "default")

@@ -26,8 +26,8 @@ class DropletVideoTransformerLoader:
         }, "optional": {**TRANSFORMER_OPTIONS, "offload": OFFLOAD_INPUT}}
 
     def load(self, transformer_name, precision, weight_format=None, attention=None, swap_blocks=None,
-             offload=None):
-        options = transformer_options(weight_format, attention)
+             compile=None, offload=None):  # noqa: A002 (the input's name)
+        options = transformer_options(weight_format, attention, compile)
         path = resolve("diffusion_models", transformer_name, "transformer")
         placement = (offload or COMFY, swap_blocks or 0)
         return cached("transformer", path_key(path, precision, options, *placement),

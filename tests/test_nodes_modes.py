@@ -216,3 +216,23 @@ def test_auto_offload_plans_the_release_transformer_from_the_gpus_memory(pack, m
     assert mode16 == mode12 == "block_swap" and 0 < swapped16 < swapped12 < 42
     assert plan(12, "block_swap") == plan(12)  # block_swap with swap_blocks 0: the planned count
     assert plan(6) == ("sequential", 0)
+
+
+def test_compile_compiles_each_block_and_keeps_the_output(pack, conds, small_cond, monkeypatch):
+    engine_options = importlib.import_module(f"{pack.__name__}.droplet_core.engine_options")
+    graphs = []
+
+    def counting_backend(graph, example_inputs):  # what inductor would receive, run as is
+        graphs.append(graph)
+        return graph.forward
+
+    compile_blocks = engine_options.compile_blocks
+    monkeypatch.setattr(engine_options, "compile_blocks", lambda model, backend: compile_blocks(model, counting_backend))
+    load = dict(transformer_name="tiny-transformer", precision="fp32")
+    plain = sample(pack, run(pack, "DropletVideoTransformerLoader", **load)[0], conds, small_cond, steps=2)["samples"]
+    torch._dynamo.reset()
+    compiled = run(pack, "DropletVideoTransformerLoader", **load, compile=True)[0]
+    torch.testing.assert_close(sample(pack, compiled, conds, small_cond, steps=2)["samples"], plain, atol=ATOL, rtol=0)
+    assert len(graphs) >= len(compiled.patcher.model.module.transformer_blocks)
+    with pytest.raises(ValueError, match="compile and offload sequential cannot be combined"):
+        run(pack, "DropletVideoTransformerLoader", **load, compile=True, offload="sequential")
