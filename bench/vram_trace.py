@@ -36,7 +36,7 @@ sys.path.insert(0, str(ROOT))
 
 from droplet_core import shapes  # noqa: E402
 from droplet_core.configs import RELEASE_TRANSFORMER, TransformerConfig, VaeConfig  # noqa: E402
-from droplet_core.fp8 import quantize_blocks  # noqa: E402
+from droplet_core.fp8 import quantize_blocks, quantize_t5  # noqa: E402
 from droplet_core.offload_plan import MARGIN_BYTES, component_bytes, module_bytes  # noqa: E402
 from droplet_core.transformer import DropletVideoTransformer3DModel  # noqa: E402
 from droplet_core.vae_memory import decode_latents, trim_vae_memory  # noqa: E402
@@ -167,7 +167,9 @@ def trace_t5(text_tokens=400, dtype=torch.bfloat16) -> dict:
     with FakeTensorMode(allow_non_fake_inputs=True):
         model = fake_module(lambda: T5EncoderModel(T5Config(**T5_XXL)), dtype)
         ids = torch.zeros(1, text_tokens, dtype=torch.long)
-        return {"weights": module_bytes(model), "activations": activation_peak(model, lambda: model(ids), [ids])}
+        trace = {"weights": module_bytes(model), "activations": activation_peak(model, lambda: model(ids), [ids])}
+        quantize_t5(model)
+        return {**trace, "fp8_weights": module_bytes(model)}
 
 
 def gib(value) -> str:
@@ -257,7 +259,8 @@ def main(argv=None) -> None:
           f"{gib(tr_fp8['weights'])} + activations {gib(tr_fp8['activations'])}")
     print(f"VAE: weights {gib(vae['weights'])}; decode activations {gib(vae['decode'])} (tiled "
           f"{gib(vae['decode_tiled'])}), encode {gib(vae['encode'])} (tiled {gib(vae['encode_tiled'])})")
-    print(f"T5-XXL: weights {gib(t5['weights'])} + activations {gib(t5['activations'])}")
+    print(f"T5-XXL: weights {gib(t5['weights'])} (fp8: {gib(t5['fp8_weights'])}) + activations "
+          f"{gib(t5['activations'])}")
     print("\n| offload mode | traced peak + 1.5 GiB margin |\n|---|---|")
     for name, peak in mode_table(tr, tr_fp8, vae, t5):
         print(f"| {name} | {gib(peak)} |")

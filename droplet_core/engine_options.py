@@ -29,6 +29,7 @@ class EngineOptions:
     compile: bool = False
     compile_backend: str = "inductor"
     text_encoder_on_cpu: bool = False  # T5 stays in CPU memory and encodes there (no VRAM for it)
+    text_encoder_fp8: bool = False  # T5's Linear weights (but wo) stored in fp8
 
     def check(self) -> "EngineOptions":
         check_offload_mode(self.offload)

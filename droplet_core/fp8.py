@@ -1,4 +1,4 @@
-"""fp8 weight storage for the transformer blocks' Linear layers.
+"""fp8 weight storage for the transformer blocks' Linear layers (and T5's, on request).
 
 Weights are stored as float8_e4m3fn with a per-layer float32 `scale_weight` (ComfyUI's
 "scaled fp8" convention: real weight = weight.to(dtype) * scale_weight) and upcast to the
@@ -68,14 +68,25 @@ def _replace(root: nn.Module, name: str, new: nn.Module) -> None:
 
 
 @torch.no_grad()
-def quantize_blocks(transformer) -> int:
-    """Every Linear inside transformer_blocks to fp8 storage, one layer at a time; returns the count."""
+def quantize_linears(root: nn.Module, skip=()) -> int:
+    """Every Linear inside `root` (but those named in `skip`) to fp8 storage, one layer at a time;
+    returns the count."""
     count = 0
-    for name, module in list(transformer.transformer_blocks.named_modules()):
-        if isinstance(module, nn.Linear) and not isinstance(module, Fp8Linear):
-            _replace(transformer.transformer_blocks, name, Fp8Linear.from_dense(module.weight, module.bias))
+    for name, module in list(root.named_modules()):
+        if isinstance(module, nn.Linear) and not isinstance(module, Fp8Linear) and name.rpartition(".")[2] not in skip:
+            _replace(root, name, Fp8Linear.from_dense(module.weight, module.bias))
             count += 1
     return count
+
+
+def quantize_blocks(transformer) -> int:
+    return quantize_linears(transformer.transformer_blocks)
+
+
+def quantize_t5(model) -> int:
+    """T5's encoder blocks. `wo` stays as loaded (transformers keeps it in fp32, and T5's
+    feed-forward casts its input to wo's weight dtype, which must not be fp8)."""
+    return quantize_linears(model.encoder.block, skip=("wo",))
 
 
 def _scale_for(scale, weight: torch.Tensor, key: str, source: str) -> torch.Tensor:

@@ -16,6 +16,7 @@ from . import shapes
 from .conditioning import NOISE_AUG_STRENGTH, i2v_video_and_mask, inpaint_latents
 from .configs import read_json
 from .engine_options import EngineOptions, offload_mode, prepare_transformer
+from .fp8 import quantize_t5
 from .long_video import SlidingWindowTransformer
 from .loading import load_scheduler_config, load_transformer, load_vae
 from .lora import merge_loras
@@ -192,6 +193,8 @@ def load_pipeline(ckpt, device="cpu", dtype: torch.dtype = torch.float32, offloa
     vae = load_vae(root / "vae", dtype)
     text_encoder = load_text_encoder(root / "text_encoder", root / "tokenizer", dtype)
     unknown = merge_loras(transformer, list(loras)) if loras else []
+    if options.text_encoder_fp8:
+        logger.info("fp8 storage: %d T5 Linear layers", quantize_t5(text_encoder.model))
     prepare_transformer(transformer, options, dtype)
     on_device_text = None if options.text_encoder_on_cpu else text_encoder.model
     mode, blocks = resolve_offload(options.offload, options.blocks_on_device, device,

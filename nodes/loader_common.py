@@ -6,6 +6,7 @@ import torch
 
 from ..droplet_core.attention import ATTENTION_BACKENDS
 from ..droplet_core.engine_options import WEIGHT_FORMATS, EngineOptions, prepare_transformer
+from ..droplet_core.fp8 import quantize_t5
 from ..droplet_core.loading import load_transformer, load_vae
 from ..droplet_core.pipeline import DTYPES
 from ..droplet_core.text import load_text_encoder
@@ -33,6 +34,10 @@ TRANSFORMER_OPTIONS = {
                 "it needs Triton). The first run compiles for a minute or more, later steps are faster. Not with "
                 "offload sequential."}),
 }
+TEXT_ENCODER_WEIGHTS_INPUT = (list(WEIGHT_FORMATS), {"default": "default", "tooltip": "default: T5 in the precision "
+                               "above. fp8_e4m3fn: its Linear weights (but the feed-forward outputs) stored in fp8 "
+                               "with a per-layer scale, computed in the precision above: 5.7 GiB instead of "
+                               "9.1 GiB in bf16, with slightly less exact embeddings."})
 TEXT_ENCODER_DEVICE_INPUT = (["default", "cpu"], {"default": "default", "tooltip": "default: T5 runs on the GPU "
                              "while encoding (ComfyUI offloads it after). cpu: it stays in CPU memory and runs there "
                              "(slower to encode, no VRAM; as Load CLIP's device cpu)."})
@@ -87,10 +92,14 @@ def build_vae(path: Path, precision: str) -> DropletVae:
 
 
 def build_text_encoder(encoder_folder: Path, tokenizer_folder: Path, precision: str,
-                       device: str = "default") -> DropletTextEncoder:
+                       device: str = "default", weight_format: str = "default") -> DropletTextEncoder:
     if device not in ("default", "cpu"):
         raise ValueError(f"unknown text encoder device {device!r}: use default (the GPU while encoding) or cpu.")
+    if weight_format not in WEIGHT_FORMATS:
+        raise ValueError(f"unknown weight_format {weight_format!r}: use one of {', '.join(WEIGHT_FORMATS)}.")
     encoder = load_text_encoder(encoder_folder, tokenizer_folder, dtype_for(precision))
+    if weight_format == "fp8_e4m3fn":
+        quantize_t5(encoder.model)
     cpu = torch.device("cpu") if device == "cpu" else None
     return DropletTextEncoder(make_patcher(encoder.model, load_device=cpu, offload_device=cpu), encoder.tokenizer,
                               str(encoder_folder))

@@ -2,8 +2,8 @@
 
 from pathlib import Path
 
-from .loader_common import (PRECISION_TOOLTIP, PRECISIONS, TEXT_ENCODER_DEVICE_INPUT, build_text_encoder, cached,
-                            path_key)
+from .loader_common import (PRECISION_TOOLTIP, PRECISIONS, TEXT_ENCODER_DEVICE_INPUT, TEXT_ENCODER_WEIGHTS_INPUT,
+                            build_text_encoder, cached, path_key)
 from .model_paths import folders_with, resolve
 
 TOKENIZER_FILE = "spiece.model"
@@ -37,15 +37,15 @@ class DropletVideoT5Loader:
                 "tooltip": "A folder in ComfyUI/models/text_encoders/ with the release's text_encoder/ files "
                            "and tokenizer files (beside them or in tokenizer/)."}),
             "precision": (PRECISIONS, {"default": "bf16", "tooltip": PRECISION_TOOLTIP}),
-        }, "optional": {"device": TEXT_ENCODER_DEVICE_INPUT}}
+        }, "optional": {"device": TEXT_ENCODER_DEVICE_INPUT, "weight_format": TEXT_ENCODER_WEIGHTS_INPUT}}
 
-    def load(self, text_encoder_name, precision, device=None):
+    def load(self, text_encoder_name, precision, device=None, weight_format=None):
         folder = resolve("text_encoders", text_encoder_name, "text encoder folder")
         if not folder.is_dir():
             raise ValueError(f"{folder} is a file; the T5 loader takes a transformers folder (config.json + "
                              f"safetensors). For a single-file T5 use ComfyUI's Load CLIP (type cogvideox) and "
                              f"connect it to DropletVideoTextEncode's clip input.")
         tokenizer = tokenizer_folder(folder)
-        device = device or "default"
-        return cached("text_encoder", path_key(folder / "config.json", precision, device),
-                      lambda: (build_text_encoder(folder, tokenizer, precision, device),))
+        settings = (device or "default", weight_format or "default")
+        return cached("text_encoder", path_key(folder / "config.json", precision, *settings),
+                      lambda: (build_text_encoder(folder, tokenizer, precision, *settings),))

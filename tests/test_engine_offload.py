@@ -127,6 +127,17 @@ def test_t5_on_the_cpu_never_moves_and_gives_the_same_video(tiny_ckpt, plain_fra
     assert moved or any(m._forward_pre_hooks for m in without.text_encoder.model.modules())
 
 
+def test_t5_fp8_stores_all_but_wo_in_fp8_and_changes_the_video_only_slightly(tiny_ckpt, plain_frames):
+    pipe = load_pipeline(tiny_ckpt, options=EngineOptions(text_encoder_fp8=True, text_encoder_on_cpu=True))
+    linears = {name.rpartition(".")[2]: module.weight.dtype for name, module in pipe.text_encoder.model.named_modules()
+               if isinstance(module, torch.nn.Linear)}
+    assert linears == {"q": torch.float8_e4m3fn, "k": torch.float8_e4m3fn, "v": torch.float8_e4m3fn,
+                       "o": torch.float8_e4m3fn, "wi_0": torch.float8_e4m3fn, "wi_1": torch.float8_e4m3fn,
+                       "wo": torch.float32}
+    frames = pipe.generate(Request(image=Image.open(GOLDENS / "start.png"), **SMALL)).frames
+    assert 0 < (frames - plain_frames).abs().mean() < 0.01
+
+
 def test_block_swap_composes_with_the_step_cache(tiny_ckpt):
     request = Request(image=Image.open(GOLDENS / "start.png"), cache_threshold=0.5, **{**SMALL, "steps": 4})
     plain = load_pipeline(tiny_ckpt).generate(request).frames

@@ -161,9 +161,10 @@ def test_cli_engine_flags_become_engine_options():
     from droplet_core.cli import build_parser, engine_options_from_args
     from droplet_core.engine_options import EngineOptions
 
-    flags = ["--offload", "block_swap", "--blocks_on_device", "10", "--fp8", "--fuse_qkv", "--t5_on_cpu"]
+    flags = ["--offload", "block_swap", "--blocks_on_device", "10", "--fp8", "--fuse_qkv", "--t5_on_cpu", "--t5_fp8"]
     assert engine_options_from_args(build_parser().parse_args(["--ckpt", "tiny", *flags])) == EngineOptions(
-        offload="block_swap", blocks_on_device=10, weights="fp8_e4m3fn", fuse_qkv=True, text_encoder_on_cpu=True)
+        offload="block_swap", blocks_on_device=10, weights="fp8_e4m3fn", fuse_qkv=True, text_encoder_on_cpu=True,
+        text_encoder_fp8=True)
     assert engine_options_from_args(build_parser().parse_args(["--ckpt", "tiny", "--offload"])) == EngineOptions(
         offload="model")
 

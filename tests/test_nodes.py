@@ -16,9 +16,10 @@ from PIL import Image
 
 from droplet_core import preview
 from droplet_core.conditioning import i2v_video_and_mask, inpaint_latents
+from droplet_core.fp8 import quantize_t5
 from droplet_core.loading import load_transformer
 from droplet_core.pipeline import Request, load_pipeline
-from droplet_core.text import NEGATIVE_PROMPT
+from droplet_core.text import NEGATIVE_PROMPT, load_text_encoder, with_suffix
 from node_fixtures import (ATOL, GOLDENS, PROMPT, SAMPLING, SIZE, as_image, conds, engine, engine_frames,  # noqa: F401
                            image_cond, loaded, run, sample, sample_and_decode)
 
@@ -227,6 +228,22 @@ def test_t5_on_the_cpu_stays_there_and_encodes_the_same(pack, loaded, monkeypatc
     for ours, default in zip(run(pack, "DropletVideoTextEncode", text_encoder=on_cpu, **inputs),
                              run(pack, "DropletVideoTextEncode", text_encoder=loaded[2], **inputs)):
         torch.testing.assert_close(ours.embeds, default.embeds, atol=1e-6, rtol=0)
+
+
+def test_t5_fp8_weights_encode_as_the_engine_and_close_to_full_precision(pack, loaded, models_dir):
+    fp8 = run(pack, "DropletVideoT5Loader", text_encoder_name="tiny-t5", precision="fp32",
+              weight_format="fp8_e4m3fn")[0]
+    blocks = fp8.patcher.model.module.encoder.block
+    assert blocks[0].layer[0].SelfAttention.q.weight.dtype == torch.float8_e4m3fn
+    assert blocks[0].layer[1].DenseReluDense.wo.weight.dtype == torch.float32  # T5 casts its input to wo's dtype
+    inputs = dict(prompt="a boat", negative_prompt="", append_quality_suffix=True, max_tokens=20)
+    ours = run(pack, "DropletVideoTextEncode", text_encoder=fp8, **inputs)[0].embeds
+    folder = models_dir / "DropletVideo" / "tiny"
+    engine = load_text_encoder(folder / "text_encoder", folder / "tokenizer")
+    quantize_t5(engine.model)
+    torch.testing.assert_close(ours, engine.encode(with_suffix("a boat"), 20), atol=1e-6, rtol=0)
+    full = run(pack, "DropletVideoTextEncode", text_encoder=loaded[2], **inputs)[0].embeds
+    assert 0 < (ours - full).norm() / full.norm() < 0.1  # fp8 rounding (4% on the random tiny T5)
 
 
 # ComfyUI's CLIP input -----------------------------------------------------------------------------------
