@@ -4,9 +4,10 @@ The transformer only knows `config.latent_frames` latent frames. For longer vide
 predicts overlapping windows of that length and blends them with linear ramps over the
 overlap, so window borders carry no seam; the scheduler then steps the whole latent video.
 `SlidingWindowTransformer` has the transformer's call signature, so `denoise` takes it as is.
+`on_window(start)` is called before each window runs (the step cache keeps one history per window).
 """
 
-from typing import List
+from typing import Callable, List, Optional
 
 import torch
 
@@ -35,9 +36,10 @@ def blend_weights(start: int, window: int, frames: int, overlap: int) -> torch.T
 
 
 class SlidingWindowTransformer(torch.nn.Module):
-    def __init__(self, transformer, window: int = 0, overlap: int = 0):
+    def __init__(self, transformer, window: int = 0, overlap: int = 0,
+                 on_window: Optional[Callable[[int], None]] = None):
         super().__init__()
-        self.transformer = transformer
+        self.transformer, self.on_window = transformer, on_window
         self.config = transformer.config
         self.window = window or transformer.config.latent_frames
         self.overlap = overlap if overlap else self.window // 2
@@ -59,6 +61,8 @@ class SlidingWindowTransformer(torch.nn.Module):
         for start in starts:
             part = slice(start, start + self.window)
             inpaint = inpaint_latents[:, part] if inpaint_latents is not None else None
+            if self.on_window is not None:
+                self.on_window(start)
             prediction = self.transformer(hidden_states[:, part], encoder_hidden_states, timestep, fps, inpaint,
                                           image_rotary_emb=image_rotary_emb, **kwargs)
             weights = blend_weights(start, self.window, frames, self.overlap).to(prediction.device)

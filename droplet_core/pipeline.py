@@ -148,12 +148,12 @@ class DropletVideoPipeline:
             if on_step is not None:
                 on_step(i, total, step_result)
 
-        model = (SlidingWindowTransformer(self.transformer, overlap=request.window_overlap)
+        cache = (StepCache(request.cache_threshold, self.transformer.config.num_layers)
+                 if request.cache_threshold else None)
+        model = (SlidingWindowTransformer(self.transformer, overlap=request.window_overlap,
+                                          on_window=cache.select_window if cache else None)
                  if request.long_video else self.transformer)
-        if request.cache_threshold and request.long_video:
-            raise ValueError("step caching and long-video windows cannot be combined yet: turn one off.")
-        runner = self.placement.block_runner(StepCache(request.cache_threshold, self.transformer.config.num_layers)
-                                             if request.cache_threshold else run_block)
+        runner = self.placement.block_runner(cache or run_block)
         with self.placement.on_device(self.transformer):
             latents = denoise(model, scheduler, latents, timesteps, positive, negative, inpaint, fps,
                               request.guidance_scale, request.use_dynamic_cfg,

@@ -39,8 +39,7 @@ def check_video_latents(latents: torch.Tensor, cond: ImageCond) -> None:
 
 
 def check_inputs(config, positive: TextCond, negative: TextCond, image_cond: ImageCond, video_latents,
-                 denoise: float, long_video: bool = False, window_overlap: int = 0,
-                 cache_threshold: float = 0.0) -> None:
+                 denoise: float, long_video: bool = False, window_overlap: int = 0) -> None:
     for cond, name in ((positive, "positive"), (negative, "negative")):
         check_text(cond, name, config.text_embed_dim)
     if video_latents is not None:
@@ -48,9 +47,6 @@ def check_inputs(config, positive: TextCond, negative: TextCond, image_cond: Ima
     elif denoise < 1.0:
         raise ValueError(f"denoise {denoise} < 1 needs a latent input (video-to-video): connect "
                          f"DropletVideoVAEEncode to latent, or set denoise to 1.0.")
-    if long_video and cache_threshold > 0:
-        raise ValueError("cache_threshold (step caching) does not work with long_video windows yet: set "
-                         "cache_threshold to 0 or turn long_video off.")
     if long_video and window_overlap >= config.latent_frames:
         raise ValueError(f"window_overlap {window_overlap} must be below the model's window of "
                          f"{config.latent_frames} latent frames: use 0 (half a window) up to "
@@ -68,8 +64,7 @@ def sample_latent(model, positive: TextCond, negative: TextCond, image_cond: Ima
     """The sampler node's work (DropletVideoSampler, DropletVideoFPSSweep): a LATENT."""
     config = model.config
     video_latents = None if latent is None else latent_layout.from_comfy(latent)
-    check_inputs(config, positive, negative, image_cond, video_latents, denoise, long_video, window_overlap,
-                 cache_threshold)
+    check_inputs(config, positive, negative, image_cond, video_latents, denoise, long_video, window_overlap)
     device = comfy.model_management.get_torch_device()
     sched = make_scheduler(model.scheduler_config, scheduler)
     timesteps = timesteps_for(sched, steps, denoise, device)
@@ -87,14 +82,16 @@ def sample_latent(model, positive: TextCond, negative: TextCond, image_cond: Ima
     inpaint = image_cond.inpaint_latents
     if inpaint is None:  # all frames masked: zeros, as the reference encodes them
         inpaint = torch.zeros(1, frames, config.in_channels - noise.shape[2], height, width)
-    runner = StepCache(cache_threshold, config.num_layers) if cache_threshold > 0 else run_block
+    cache = StepCache(cache_threshold, config.num_layers) if cache_threshold > 0 else None
     with transformer_for_sampling(model, memory, device) as (transformer, wrap_runner):
         if long_video:
-            transformer = SlidingWindowTransformer(transformer, overlap=window_overlap)
+            transformer = SlidingWindowTransformer(transformer, overlap=window_overlap,
+                                                   on_window=cache.select_window if cache else None)
         latents = sampling.denoise(transformer, sched, latents, timesteps, positive.embeds.to(device, dtype),
                                    negative.embeds.to(device, dtype), inpaint.to(device, dtype), fps_tensor(fps),
                                    cfg, use_dynamic_cfg, torch.Generator(device=device).manual_seed(seed),
-                                   comfy_on_step(len(timesteps), image_cond.rgb_projection), wrap_runner(runner))
+                                   comfy_on_step(len(timesteps), image_cond.rgb_projection),
+                                   wrap_runner(cache or run_block))
     return latent_layout.to_comfy(latents.to(comfy.model_management.intermediate_device()))
 
 
@@ -141,8 +138,8 @@ class DropletVideoSampler:
                                    "window."}),
                 "cache_threshold": ("FLOAT", {"default": 0.0, "min": 0.0, "max": 1.0, "step": 0.01, "tooltip":
                                     "TeaCache-style step skipping: reuse the last step's transformer output while "
-                                    "its input changes less than this in total. 0 = off; try 0.05-0.2. Not with "
-                                    "long_video."}),
+                                    "its input changes less than this in total. 0 = off; try 0.05-0.2. With long_video "
+                                    "each window keeps its own history."}),
             },
         }
 

@@ -165,3 +165,27 @@ def test_step_cache_off_is_identical_and_on_skips_steps(tiny_ckpt, start_image):
     cached = pipe.generate(request).frames
     assert torch.equal(cached, pipe.generate(request).frames)  # deterministic
     assert (cached - plain).abs().mean() < 0.05
+
+
+def test_step_cache_keeps_one_history_per_long_video_window(tiny_ckpt, start_image):
+    from droplet_core.long_video import SlidingWindowTransformer
+    from droplet_core.step_cache import StepCache
+
+    pipe = load_pipeline(tiny_ckpt)
+    cache = StepCache(0.5, pipe.transformer.config.num_layers)
+    windowed = SlidingWindowTransformer(pipe.transformer, window=2, overlap=1, on_window=cache.select_window)
+    g = torch.Generator().manual_seed(0)
+    inputs = (torch.randn(2, 4, 16, 8, 8, generator=g), torch.randn(2, 7, pipe.transformer.config.text_embed_dim,
+                                                                       generator=g),
+              torch.tensor([900, 900]), torch.tensor([8]), torch.randn(2, 4, 17, 8, 8, generator=g))
+    with torch.no_grad():  # 4 latent frames: windows at 0, 1, 2, each seeing other frames
+        first = windowed(*inputs, block_runner=cache)
+        again = windowed(*inputs, block_runner=cache)  # the same input: each window reuses its own residual
+    assert sorted(cache.windows) == [0, 1, 2] and (cache.computed_steps, cache.skipped_steps) == (3, 3)
+    torch.testing.assert_close(again, first, atol=1e-5, rtol=0)
+
+    request = Request(prompt="a panda", image=start_image, width=64, height=64, steps=3, long_video=True,
+                      frames=2 * (pipe.transformer.config.max_video_frames - 1) + 1)
+    plain = pipe.generate(request).frames
+    request.cache_threshold = 1e-9  # on, but nothing is similar enough to skip
+    assert torch.equal(pipe.generate(request).frames, plain)

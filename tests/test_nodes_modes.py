@@ -82,13 +82,15 @@ def test_long_video_twice_the_trained_length_equals_the_engine(pack, loaded, con
     assert latent["samples"].shape == (1, 16, 43, 8, 8)
     expected = engine_latent(engine, image=start_image, **SMALL, frames=frames, steps=2, long_video=True)
     torch.testing.assert_close(latent["samples"], expected, atol=ATOL, rtol=0)
+    cached = sample(pack, loaded[0], conds, cond, steps=6, long_video=True, cache_threshold=0.3)["samples"]
+    expected = engine_latent(engine, image=start_image, **SMALL, frames=frames, steps=6, long_video=True,
+                             cache_threshold=0.3)
+    torch.testing.assert_close(cached, expected, atol=ATOL, rtol=0)
 
 
 def test_long_video_settings_that_cannot_work_are_refused(pack, loaded, conds, small_cond):
     with pytest.raises(ValueError, match="window_overlap 22 must be below the model's window of 22 latent frames"):
         sample(pack, loaded[0], conds, small_cond, long_video=True, window_overlap=22)
-    with pytest.raises(ValueError, match="cache_threshold .* does not work with long_video"):
-        sample(pack, loaded[0], conds, small_cond, long_video=True, cache_threshold=0.1)
 
 
 def test_step_cache_equals_the_engine_and_skips_steps(pack, loaded, conds, engine, small_cond, start_image,
