@@ -15,21 +15,36 @@ from torch.utils.hooks import RemovableHandle
 from .parked_tensors import ParkedTensors
 
 
-def attach_sequential_offload(root: nn.Module, device, groups: Iterable[nn.Module] = ()) -> List[RemovableHandle]:
-    """Installs the hooks; returns their handles (`handle.remove()` detaches)."""
+class SequentialOffload:
+    """The installed hooks; `remove()` takes them off and parks every weight again (a forward
+    that raised midway leaves its layer's device copy in place)."""
+
+    def __init__(self, handles: List[RemovableHandle], parked: List[ParkedTensors]):
+        self.handles, self.parked = handles, parked
+
+    def remove(self) -> None:
+        for handle in self.handles:
+            handle.remove()
+        for parked in self.parked:
+            parked.park()
+
+
+def attach_sequential_offload(root: nn.Module, device, groups: Iterable[nn.Module] = ()) -> SequentialOffload:
     device = torch.device(device)
     pin = device.type == "cuda"
-    handles, grouped = [], set()
+    handles, all_parked, grouped = [], [], set()
     for group in groups:
-        handles += _hook(group, ParkedTensors(group, recurse=True, pin=pin), device)
+        all_parked.append(ParkedTensors(group, recurse=True, pin=pin))
+        handles += _hook(group, all_parked[-1], device)
         grouped.update(id(m) for m in group.modules())
     for module in root.modules():
         if id(module) in grouped:
             continue
         parked = ParkedTensors(module, recurse=False, pin=pin)
         if parked:
+            all_parked.append(parked)
             handles += _hook(module, parked, device)
-    return handles
+    return SequentialOffload(handles, all_parked)
 
 
 def _hook(module: nn.Module, parked: ParkedTensors, device: torch.device) -> List[RemovableHandle]:

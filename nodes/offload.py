@@ -105,9 +105,8 @@ def transformer_for_sampling(model, memory_required: int, device):
         with swap.on_device():
             yield transformer, swap.wrap
         return
-    handles = attach_sequential_offload(transformer, device)
+    sequential = attach_sequential_offload(transformer, device)
     try:
         yield transformer, lambda runner: runner
     finally:
-        for handle in handles:
-            handle.remove()
+        sequential.remove()

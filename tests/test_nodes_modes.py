@@ -189,6 +189,24 @@ def test_sequential_offload_equals_the_whole_model_and_detaches_after_sampling(p
     assert leftover == []  # the hooks go with the sampling run
 
 
+def test_sequential_offload_interrupted_midway_leaves_every_weight_parked(pack, conds, small_cond):
+    sequential = run(pack, "DropletVideoTransformerLoader", transformer_name="tiny-transformer", precision="fp32",
+                     offload="sequential")[0]
+    transformer = sequential.patcher.model.module
+    before = {name: p.data_ptr() for name, p in transformer.named_parameters()}
+
+    def cancel(module, args, output):  # runs before the offload's own post-hook, which then never runs
+        raise comfy.model_management.InterruptProcessingException()
+
+    handle = transformer.transformer_blocks[1].attn1.to_q.register_forward_hook(cancel)
+    with pytest.raises(comfy.model_management.InterruptProcessingException):
+        sample(pack, sequential, conds, small_cond, steps=2)
+    handle.remove()
+    after = {name: p.data_ptr() for name, p in transformer.named_parameters()}
+    assert after == before  # the interrupted layer's device copy is gone too
+    assert not any(m._forward_pre_hooks or m._forward_hooks for m in transformer.modules())
+
+
 def test_offload_none_keeps_the_transformer_on_the_device_and_auto_off_cuda_is_comfys(pack):
     load = dict(transformer_name="tiny-transformer", precision="fp32")
     resident = run(pack, "DropletVideoTransformerLoader", **load, offload="none")[0]
