@@ -9,8 +9,8 @@ The estimate, per mode (bytes):
   the hidden and text states, q/k/v and residuals; SDPA's fused kernels keep no tokens^2 matrix).
 - VAE decode, which needs more than the conditioning encode: 17,500 x H x W x act_bytes with
   this repo's lean decode, whatever the frame count (the decoder works on 2 latent frames at a
-  time; traced 15,400), or with tiling 26,000 x the tile's pixels (at most 240 x 360; traced
-  about 20,000), plus the decoded video twice (the frame batches and their concatenation).
+  time; traced 13,900), or with tiling 26,000 x the tile's pixels (at most 240 x 360; traced
+  about 19,000), plus the decoded video twice (the frame batches and their concatenation).
   Measured on the CPU, peaks run 13% (VAE) and 20% (transformer) above the traced ones
   (`bench/vram_trace.py --calibrate`); the factors above include that.
 - a fixed margin of 1.5 GiB for the CUDA context, kernel workspaces and fragmentation.

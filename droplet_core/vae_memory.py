@@ -11,11 +11,18 @@ activation more than the reference's AutoencoderKLDropletVideo holds (128 channe
 frames: 250 MB at 320x192, 1 GB at 672x384 in fp32). `LeanSpatialNorm3D` does the same operations in the
 same order of rounding, multiplying and adding in place so each full-size temporary dies as
 soon as it has been used.
+
+3. diffusers' CogVideoXResnetBlock3D keeps its SiLU input alive next to the SiLU output, and
+each causal conv's unpadded input alive (the caller still holds it) while the padded copy and
+the output exist: four full-size tensors at every convolution. `LeanResnetBlock3D` runs SiLU
+and the residual add in place on fresh tensors and hands each conv its input without keeping a
+reference (`_causal_conv`), so the unpadded input dies before the output is allocated: three.
 """
 
 import torch
 import torch.nn.functional as F
-from diffusers.models.autoencoders.autoencoder_kl_cogvideox import CogVideoXSpatialNorm3D
+from diffusers.models.autoencoders.autoencoder_kl_cogvideox import CogVideoXResnetBlock3D, CogVideoXSpatialNorm3D
+from torch import nn
 
 
 class _ReadOnce(dict):
@@ -64,8 +71,45 @@ class LeanSpatialNorm3D(CogVideoXSpatialNorm3D):
         return out.add_(shift), new_conv_cache
 
 
+def _causal_conv(conv, holder: list, conv_cache):
+    """CogVideoXCausalConv3d.forward on `holder.pop()`: the caller keeps no reference, so the
+    unpadded input is freed once padded, before the convolution allocates its output."""
+    padded = conv.fake_context_parallel_forward(holder.pop(), conv_cache)
+    new_cache = None if conv.pad_mode == "replicate" else padded[:, :, -conv.time_kernel_size + 1:].clone()
+    return conv.conv(padded), new_cache
+
+
+class LeanResnetBlock3D(CogVideoXResnetBlock3D):
+    def forward(self, inputs, temb=None, zq=None, conv_cache=None):
+        if self.training or temb is not None or type(self.nonlinearity) is not nn.SiLU:
+            return super().forward(inputs, temb, zq, conv_cache)  # not the VAE's inference path
+        conv_cache = conv_cache or {}
+        new_conv_cache = {}
+        for index in (1, 2):
+            norm = getattr(self, f"norm{index}")
+            source = inputs if index == 1 else hidden
+            if zq is not None:
+                hidden, new_conv_cache[f"norm{index}"] = norm(source, zq, conv_cache=conv_cache.get(f"norm{index}"))
+            else:
+                hidden = norm(source)
+            holder = [F.silu(hidden, inplace=True)]  # the norm's output is fresh: nobody else reads it
+            del hidden, source  # the conv gets the only reference (dropout is the identity in eval)
+            hidden, new_conv_cache[f"conv{index}"] = _causal_conv(getattr(self, f"conv{index}"), holder,
+                                                                  conv_cache.get(f"conv{index}"))
+        if self.in_channels != self.out_channels:
+            if self.use_conv_shortcut:
+                inputs, new_conv_cache["conv_shortcut"] = self.conv_shortcut(
+                    inputs, conv_cache=conv_cache.get("conv_shortcut"))
+            else:
+                inputs = self.conv_shortcut(inputs)
+        return hidden.add_(inputs), new_conv_cache
+
+
 def trim_vae_memory(vae) -> None:
-    """Swaps every spatial norm of a loaded VAE for the lean one (same parameters and keys)."""
+    """Swaps every spatial norm and resnet block of a loaded VAE for the lean ones (same
+    parameters and keys)."""
     for module in vae.modules():
         if type(module) is CogVideoXSpatialNorm3D:
             module.__class__ = LeanSpatialNorm3D
+        elif type(module) is CogVideoXResnetBlock3D:
+            module.__class__ = LeanResnetBlock3D

@@ -106,21 +106,32 @@ def test_quirk3_even_latent_count_decodes_to_four_frames_per_latent(tiny_ckpt):
         assert video.shape[2] == expected == decoded_frames(latent_count)
 
 
-@pytest.mark.parametrize("latent_frames", [1, 2, 3, 5, 6])
-def test_lean_vae_decode_equals_diffusers_bit_for_bit(tiny_ckpt, latent_frames):
-    """vae_memory's frame-batch loop and in-place spatial norm change memory, not numbers."""
-    from diffusers.models.autoencoders.autoencoder_kl_cogvideox import CogVideoXSpatialNorm3D
+def stock_vae(tiny_ckpt):
+    """The tiny VAE with diffusers' own modules in place of vae_memory's lean ones."""
+    from diffusers.models.autoencoders.autoencoder_kl_cogvideox import CogVideoXResnetBlock3D, CogVideoXSpatialNorm3D
 
     from droplet_core.loading import load_vae
-    from droplet_core.vae_memory import LeanSpatialNorm3D, decode_latents
+    from droplet_core.vae_memory import LeanResnetBlock3D, LeanSpatialNorm3D
 
-    lean = load_vae(tiny_ckpt / "vae")
-    stock = load_vae(tiny_ckpt / "vae")
-    norms = [m for m in stock.modules() if isinstance(m, CogVideoXSpatialNorm3D)]
-    assert norms and all(type(m) is LeanSpatialNorm3D for m in norms)
-    for module in norms:
-        module.__class__ = CogVideoXSpatialNorm3D
+    vae = load_vae(tiny_ckpt / "vae")
+    swapped = {LeanSpatialNorm3D: CogVideoXSpatialNorm3D, LeanResnetBlock3D: CogVideoXResnetBlock3D}
+    lean = [m for m in vae.modules() if type(m) in swapped]
+    assert {type(m) for m in lean} == set(swapped)  # load_vae put both lean kinds in
+    for module in lean:
+        module.__class__ = swapped[type(module)]
+    return vae
+
+
+@pytest.mark.parametrize("latent_frames", [1, 2, 3, 5, 6])
+def test_lean_vae_decode_and_encode_equal_diffusers_bit_for_bit(tiny_ckpt, latent_frames):
+    """vae_memory's frame-batch loop, in-place spatial norm and resnet blocks change memory, not numbers."""
+    from droplet_core.loading import load_vae
+    from droplet_core.vae_memory import decode_latents
+
+    lean, stock = load_vae(tiny_ckpt / "vae"), stock_vae(tiny_ckpt)
     z = torch.randn(1, 16, latent_frames, 6, 8, generator=torch.Generator().manual_seed(latent_frames))
     with torch.no_grad():
         expected = stock.decode(z).sample
-    assert torch.equal(decode_latents(lean, z), expected)
+        assert torch.equal(decode_latents(lean, z), expected)
+        video = expected[:, :, :4 * latent_frames - 3]  # 4k+1 frames, as encoded
+        assert torch.equal(lean.encode(video).latent_dist.mode(), stock.encode(video).latent_dist.mode())
