@@ -1,8 +1,23 @@
 """DropletVideoEmptyConditioning: text-to-video (every frame masked) without a VAE."""
 
 from ..droplet_core import shapes
-from .components import ImageCond
+from ..droplet_core.preview import color_pattern, fit_rgb_projection
+from ..droplet_core.vae_ops import encode_mode
+from .components import ImageCond, load_for_compute, module_dtype
 from .image_encode import SIZE
+from .memory import vae_encode_memory
+
+PATTERN_SIZE = 128
+
+
+def pattern_projection(vae):
+    """The latent-to-RGB preview map, fitted on the VAE's encoding of the built-in colour pattern."""
+    module = vae.patcher.model.module
+    module = load_for_compute(vae.patcher, vae_encode_memory(1, PATTERN_SIZE, PATTERN_SIZE, module_dtype(module),
+                                                             False))
+    pattern = color_pattern(PATTERN_SIZE)
+    latents = encode_mode(module, (pattern * 2 - 1)[None, :, None]) * module.config.scaling_factor
+    return fit_rgb_projection(latents[0, :, 0], pattern)
 
 
 class DropletVideoEmptyConditioning:
@@ -21,8 +36,13 @@ class DropletVideoEmptyConditioning:
             "height": ("INT", {"default": 384, **SIZE, "tooltip": "Video height, a multiple of 16 (default 384)."}),
             "frames": ("INT", {"default": 85, "min": 1, "max": 1024, "step": 4, "tooltip": "Video length; rounded "
                                "down to 4k+1 (1, 5, ... 85)."}),
+        }, "optional": {
+            "vae": ("DROPLET_VAE", {"tooltip": "Only for progress previews: the sampler's preview pictures need a "
+                                    "latent-to-RGB map, fitted on this VAE's encoding of a built-in colour pattern. "
+                                    "The video is the same with or without it."}),
         }}
 
-    def build(self, width, height, frames):
+    def build(self, width, height, frames, vae=None):
         shapes.check_size(width, height)
-        return (ImageCond(None, width, height, shapes.round_frames(frames)),)
+        projection = None if vae is None else pattern_projection(vae)
+        return (ImageCond(None, width, height, shapes.round_frames(frames), rgb_projection=projection),)

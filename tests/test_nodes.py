@@ -183,7 +183,20 @@ def test_progress_previews_the_middle_frame_through_the_fitted_projection(pack, 
         assert np.abs(np.array(picture).astype(int) - expected).max() <= 1
     previews.clear()
     sample(pack, loaded[0], conds, run(pack, "DropletVideoEmptyConditioning", **{**SIZE, "frames": 9})[0])
-    assert previews == [None] * 3  # text-to-video: no image to fit a projection on
+    assert previews == [None] * 3  # text-to-video without a VAE: nothing to fit a projection on
+    t2v = run(pack, "DropletVideoEmptyConditioning", **{**SIZE, "frames": 9}, vae=loaded[1])[0]
+    pattern = preview.color_pattern(128)
+    with torch.no_grad():
+        latent = engine.vae.encode((pattern * 2 - 1)[None, :, None]).latent_dist.mode()[0, :, 0]
+    expected_projection = preview.fit_rgb_projection(latent * engine.vae.config.scaling_factor, pattern)
+    for ours, theirs in zip(t2v.rgb_projection, expected_projection):
+        torch.testing.assert_close(ours, theirs, atol=1e-4, rtol=0)
+    previews.clear()
+    latent = sample(pack, loaded[0], conds, t2v)["samples"]
+    assert len(previews) == 3 and all(p is not None for p in previews)
+    last = latent[0, :, latent.shape[2] // 2]  # ComfyUI's [B, C, F, H, W]: the middle frame's channels
+    expected = preview.latents_to_rgb(last, t2v.rgb_projection).numpy()
+    assert np.abs(np.array(previews[-1][1]).astype(int) - expected).max() <= 1
 
 
 # Model management, Cancel ------------------------------------------------------------------------------
