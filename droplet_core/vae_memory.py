@@ -12,7 +12,13 @@ frames: 250 MB at 320x192, 1 GB at 672x384 in fp32). `LeanSpatialNorm3D` does th
 same order of rounding, multiplying and adding in place so each full-size temporary dies as
 soon as it has been used.
 
-3. diffusers' CogVideoXResnetBlock3D keeps its SiLU input alive next to the SiLU output, and
+3. diffusers' `_encode` feeds the encoder 8 frames at a time (the first batch takes the
+remainder too: 13 frames at once for a 13-frame video); the reference's AutoencoderKLDropletVideo
+feeds it 4 (the first batch 4 + the remainder). `encode_moments` runs the reference's batches
+with read-once caches, which the causal convolutions and the first-frame-apart time
+downsampling make equal to one pass over the whole video.
+
+4. diffusers' CogVideoXResnetBlock3D keeps its SiLU input alive next to the SiLU output, and
 each causal conv's unpadded input alive (the caller still holds it) while the padded copy and
 the output exist: four full-size tensors at every convolution. `LeanResnetBlock3D` runs SiLU
 and the residual add in place on fresh tensors and hands each conv its input without keeping a
@@ -51,6 +57,26 @@ def decode_latents(vae, z: torch.Tensor) -> torch.Tensor:
         batch, cache = vae.decoder(batch, conv_cache=cache)
         decoded.append(batch)
     return torch.cat(decoded, dim=2)
+
+
+REFERENCE_ENCODE_FRAMES = 4
+
+
+@torch.no_grad()
+def encode_moments(vae, x: torch.Tensor) -> torch.Tensor:
+    """The encoder's output (mean and log-variance channels) without tiling, in the reference's
+    frame batches."""
+    frames, cache, encoded = x.shape[2], None, []
+    batch = REFERENCE_ENCODE_FRAMES
+    bounds = [(0, frames)] if frames < batch else [
+        (0 if i == 0 else batch * i + frames % batch, batch * (i + 1) + frames % batch) for i in range(frames // batch)]
+    for start, end in bounds:
+        cache = _read_once(cache)
+        moments, cache = vae.encoder(x[:, :, start:end], conv_cache=cache)
+        if vae.quant_conv is not None:
+            moments = vae.quant_conv(moments)
+        encoded.append(moments)
+    return torch.cat(encoded, dim=2)
 
 
 class LeanSpatialNorm3D(CogVideoXSpatialNorm3D):

@@ -8,7 +8,9 @@ from typing import Optional
 
 import torch
 
-from .vae_memory import decode_latents
+from diffusers.models.autoencoders.vae import DiagonalGaussianDistribution
+
+from .vae_memory import decode_latents, encode_moments
 
 
 def _device_and_dtype(vae):
@@ -23,12 +25,20 @@ def set_tiling(vae, tiled: bool) -> None:
         vae.disable_tiling()
 
 
+def _posteriors(vae, pixels: torch.Tensor, tiled: bool):
+    """The latent distribution of each video in the batch (diffusers' tiling, or the
+    reference's frame batches: vae_memory.encode_moments)."""
+    device, dtype = _device_and_dtype(vae)
+    set_tiling(vae, tiled)
+    for x in pixels.split(1):
+        x = x.to(device, dtype)
+        yield vae.encode(x)[0] if tiled else DiagonalGaussianDistribution(encode_moments(vae, x))
+
+
 @torch.no_grad()
 def encode_mode(vae, pixels: torch.Tensor, tiled: bool = False) -> torch.Tensor:
     """The distribution's mode, one video at a time (conditioning encodes)."""
-    device, dtype = _device_and_dtype(vae)
-    set_tiling(vae, tiled)
-    return torch.cat([vae.encode(x.to(device, dtype))[0].mode() for x in pixels.split(1)])
+    return torch.cat([posterior.mode() for posterior in _posteriors(vae, pixels, tiled)])
 
 
 @torch.no_grad()
@@ -36,9 +46,7 @@ def encode_sample(vae, pixels: torch.Tensor, generator: Optional[torch.Generator
                   tiled: bool = False) -> torch.Tensor:
     """A sample of the distribution (V2V latents). The reference draws it from the global RNG;
     a generator seeded with the same seed on the same device gives the same numbers."""
-    device, dtype = _device_and_dtype(vae)
-    set_tiling(vae, tiled)
-    return torch.cat([vae.encode(x.to(device, dtype))[0].sample(generator=generator) for x in pixels.split(1)])
+    return torch.cat([posterior.sample(generator=generator) for posterior in _posteriors(vae, pixels, tiled)])
 
 
 def encode_video_latents(vae, pixels: torch.Tensor, generator: Optional[torch.Generator],
