@@ -69,7 +69,7 @@ class LiveBytes(TorchDispatchMode):
     def free(self, size: int) -> None:
         self.live -= size
 
-    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+    def __torch_dispatch__(self, func, _types, args=(), kwargs=None):
         out = func(*args, **(kwargs or {}))
         for leaf in tree_leaves(out):
             if isinstance(leaf, torch.Tensor):

@@ -111,17 +111,11 @@ class LeanResnetBlock3D(CogVideoXResnetBlock3D):
             return super().forward(inputs, temb, zq, conv_cache)  # not the VAE's inference path
         conv_cache = conv_cache or {}
         new_conv_cache = {}
-        for index in (1, 2):
-            norm = getattr(self, f"norm{index}")
-            source = inputs if index == 1 else hidden
-            if zq is not None:
-                hidden, new_conv_cache[f"norm{index}"] = norm(source, zq, conv_cache=conv_cache.get(f"norm{index}"))
-            else:
-                hidden = norm(source)
-            holder = [F.silu(hidden, inplace=True)]  # the norm's output is fresh: nobody else reads it
-            del hidden, source  # the conv gets the only reference (dropout is the identity in eval)
-            hidden, new_conv_cache[f"conv{index}"] = _causal_conv(getattr(self, f"conv{index}"), holder,
-                                                                  conv_cache.get(f"conv{index}"))
+        holder = [self._norm_silu("norm1", inputs, zq, conv_cache, new_conv_cache)]
+        hidden, new_conv_cache["conv1"] = _causal_conv(self.conv1, holder, conv_cache.get("conv1"))
+        holder = [self._norm_silu("norm2", hidden, zq, conv_cache, new_conv_cache)]
+        del hidden  # conv2 gets the only reference to its input (dropout is the identity in eval)
+        hidden, new_conv_cache["conv2"] = _causal_conv(self.conv2, holder, conv_cache.get("conv2"))
         if self.in_channels != self.out_channels:
             if self.use_conv_shortcut:
                 inputs, new_conv_cache["conv_shortcut"] = self.conv_shortcut(
@@ -129,6 +123,14 @@ class LeanResnetBlock3D(CogVideoXResnetBlock3D):
             else:
                 inputs = self.conv_shortcut(inputs)
         return hidden.add_(inputs), new_conv_cache
+
+    def _norm_silu(self, name, x, zq, conv_cache, new_conv_cache):
+        norm = getattr(self, name)
+        if zq is not None:
+            x, new_conv_cache[name] = norm(x, zq, conv_cache=conv_cache.get(name))
+        else:
+            x = norm(x)
+        return F.silu(x, inplace=True)  # the norm's output is fresh: nobody else reads it
 
 
 def trim_vae_memory(vae) -> None:
