@@ -172,3 +172,14 @@ def test_fps_sweep_workflow_puts_the_fps_values_side_by_side(pack, info, tmp_pat
     assert frames.shape == (8, 64, 4 * 64, 3)
     panels = frames.split(64, dim=2)
     assert all((a - b).abs().max() > 1e-3 for a, b in zip(panels, panels[1:]))  # each fps its own motion
+
+
+def test_low_vram_workflow_turns_the_memory_settings_on_and_keeps_the_video(pack, info, tmp_path):
+    workflow = json.loads((ROOT / "workflows" / "droplet_i2v_low_vram.json").read_text())
+    api = tool.ui_to_api(workflow, info)
+    inputs = {node["class_type"]: node["inputs"] for node in api.values()}
+    assert (inputs["DropletVideoModelLoader"]["offload"], inputs["DropletVideoModelLoader"]["text_encoder_device"]) \
+        == ("auto", "cpu")
+    assert inputs["DropletVideoImageEncode"]["vae_tiling"] and inputs["DropletVideoVAEDecode"]["tiling"]
+    torch.testing.assert_close(run_graph("droplet_i2v_low_vram", pack, info, tmp_path),
+                               run_graph("droplet_i2v", pack, info, tmp_path), atol=1e-6, rtol=0)
