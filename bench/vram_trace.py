@@ -40,6 +40,7 @@ from droplet_core.fp8 import quantize_blocks, quantize_t5  # noqa: E402
 from droplet_core.offload_plan import MARGIN_BYTES, component_bytes, module_bytes  # noqa: E402
 from droplet_core.transformer import DropletVideoTransformer3DModel  # noqa: E402
 from droplet_core.vae_memory import decode_latents, encode_moments, trim_vae_memory  # noqa: E402
+from droplet_core.vae_ops import set_tiling  # noqa: E402
 
 GIB = 2**30
 T5_XXL = dict(d_model=4096, d_ff=10240, d_kv=64, num_layers=24, num_heads=64, feed_forward_proj="gated-gelu",
@@ -152,7 +153,7 @@ def trace_vae(width=672, height=384, frames=85, dtype=torch.bfloat16, parts=("de
         peaks = {"weights": module_bytes(vae)}
         for tiled in (False, True):
             suffix = "_tiled" if tiled else ""
-            vae.enable_tiling() if tiled else vae.disable_tiling()
+            set_tiling(vae, tiled)
             decode = (lambda: vae.decode(latents).sample) if tiled else (lambda: decode_latents(vae, latents))
             encode = (lambda: vae.encode(video)[0].mode()) if tiled else (lambda: encode_moments(vae, video))
             if "decode" in parts:

@@ -21,8 +21,35 @@ def _device_and_dtype(vae):
 def set_tiling(vae, tiled: bool) -> None:
     if tiled:
         vae.enable_tiling()
+        align_tiles(vae)
     else:
         vae.disable_tiling()
+
+
+def _tiles_line_up(sample: int, latent: int, factor: float, scale: int) -> bool:
+    """Whether diffusers' tiled encode and decode, with these tile sizes and overlap factor, step
+    by exactly the rows each tile keeps (their own expressions, float rounding included)."""
+    encode_step, encode_kept = int(sample * (1 - factor)), latent - int(latent * factor)
+    decode_step, decode_kept = int(latent * (1 - factor)), sample - int(sample * factor)
+    return sample == scale * latent and encode_step == scale * encode_kept and scale * decode_step == decode_kept
+
+
+def align_tiles(vae) -> None:
+    """diffusers' CogVideoX tiling assumes the tile stride in pixels is 8x the latent rows a tile
+    keeps. The release's tiles (240 x 360 px, overlap 1/6 and 1/5) line up; other sample sizes
+    (the tiny test VAE's 64 px tiles with 1/6) do not, and then tiled encodes come out the wrong
+    size or hit 1-pixel tiles. This picks the overlap k / tile nearest the configured one that
+    lines up (k = 0, no blending, always does)."""
+    scale = 2 ** (len(vae.config.block_out_channels) - 1)
+    for axis in ("height", "width"):
+        sample, latent = getattr(vae, f"tile_sample_min_{axis}"), getattr(vae, f"tile_latent_min_{axis}")
+        factor = getattr(vae, f"tile_overlap_factor_{axis}")
+        if _tiles_line_up(sample, latent, factor, scale):
+            continue
+        for overlap in sorted(range(latent), key=lambda k: abs(k - latent * factor)):
+            if _tiles_line_up(sample, latent, overlap / latent, scale):
+                setattr(vae, f"tile_overlap_factor_{axis}", overlap / latent)
+                break
 
 
 def _posteriors(vae, pixels: torch.Tensor, tiled: bool):

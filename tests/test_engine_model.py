@@ -136,3 +136,19 @@ def test_lean_vae_decode_and_encode_equal_diffusers_bit_for_bit(tiny_ckpt, laten
         assert torch.equal(decode_latents(lean, z), expected)
         video = expected[:, :, :4 * latent_frames - 3]  # 4k+1 frames (1 .. 21), as encoded
         assert torch.equal(encode_moments(lean, video), stock.encode(video).latent_dist.parameters)
+
+
+@pytest.mark.parametrize("height, width", [(384, 672), (272, 480), (80, 592)])
+def test_tiled_vae_keeps_the_video_size_with_any_tile_config(tiny_ckpt, height, width):
+    """The test VAE's 64 px tiles with diffusers' 1/6 overlap do not line up (tiled encodes came out
+    50 x 92 instead of 48 x 84 at 384 x 672); align_tiles picks an overlap that does."""
+    from droplet_core.loading import load_vae
+    from droplet_core.vae_ops import decode_to_frames, encode_mode
+
+    vae = load_vae(tiny_ckpt / "vae")
+    video = torch.rand(1, 3, 5, height, width, generator=torch.Generator().manual_seed(0)) * 2 - 1
+    latents = encode_mode(vae, video, tiled=True)
+    assert latents.shape == (1, 16, 2, height // 8, width // 8)
+    frames = decode_to_frames(vae, latents.permute(0, 2, 1, 3, 4), tiled=True)
+    assert frames.shape == (1, 3, 8, height, width)
+    assert vae.tile_sample_min_height < height  # the tiled path really ran

@@ -183,3 +183,6 @@ def test_low_vram_workflow_turns_the_memory_settings_on_and_keeps_the_video(pack
     assert inputs["DropletVideoImageEncode"]["vae_tiling"] and inputs["DropletVideoVAEDecode"]["tiling"]
     torch.testing.assert_close(run_graph("droplet_i2v_low_vram", pack, info, tmp_path),
                                run_graph("droplet_i2v", pack, info, tmp_path), atol=1e-6, rtol=0)
+    # At the real size the VAE works in tiles (64 px ones for the test VAE): the video keeps its size.
+    frames = run_graph("droplet_i2v_low_vram", pack, info, tmp_path, width=672, height=384, steps=1)
+    assert frames.shape == (8, 384, 672, 3)
