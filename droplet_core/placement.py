@@ -36,8 +36,7 @@ class Placement:
         self.mode, self.device = mode, torch.device(device)
         self.transformer = transformer
         self.swap = None
-        self.hooked = ()
-        self.stays_on_cpu = (text_encoder_model,) if text_encoder_on_cpu else ()
+        self.left_in_place = (text_encoder_model,) if text_encoder_on_cpu else ()  # on_device does not move these
         if mode == "none":
             for module in (transformer, vae) + (() if text_encoder_on_cpu else (text_encoder_model,)):
                 module.to(self.device)
@@ -46,17 +45,17 @@ class Placement:
             self.swap = BlockSwap(transformer, self.device, count)
         elif mode == "sequential":
             attach_sequential_offload(transformer, self.device)
-            self.hooked = (transformer,)
+            self.left_in_place += (transformer,)
             if not text_encoder_on_cpu:
                 attach_sequential_offload(text_encoder_model, self.device, groups=text_encoder_model.encoder.block)
-                self.hooked += (text_encoder_model,)
+                self.left_in_place += (text_encoder_model,)
         elif blocks_on_device is not None:
             raise ValueError(f"blocks_on_device is for offload 'block_swap' only (offload is {mode!r}).")
 
     @contextlib.contextmanager
     def on_device(self, module):
         """`module` on the device for the duration of the block, as the mode says."""
-        if self.mode == "none" or any(module is kept for kept in self.hooked + self.stays_on_cpu):
+        if self.mode == "none" or any(module is kept for kept in self.left_in_place):
             yield module
             return
         swapping = self.swap is not None and module is self.transformer

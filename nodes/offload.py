@@ -83,10 +83,6 @@ def swap_resident_bytes(transformer, swap_blocks: int) -> int:
     return module_bytes(transformer) - sum(block_bytes[len(block_bytes) - swap_blocks:]) + 2 * max(block_bytes)
 
 
-def largest_layer_bytes(transformer) -> int:
-    return component_bytes(transformer).largest_layer
-
-
 @contextlib.contextmanager
 def transformer_for_sampling(model, memory_required: int, device):
     """(transformer, wrap_runner) for the denoising loop, placed as model.offload says;
@@ -96,7 +92,7 @@ def transformer_for_sampling(model, memory_required: int, device):
         return
     module = model.patcher.model.module
     resident = (swap_resident_bytes(module, model.swap_blocks) if model.offload == "block_swap"
-                else largest_layer_bytes(module))
+                else component_bytes(module).largest_layer)
     # Room first (this may unload our own patcher on a CPU-only ComfyUI), then load: LoRA patches go in.
     comfy.model_management.free_memory(memory_required + resident, device)
     transformer = load_for_compute(model.patcher, 0)

@@ -186,8 +186,9 @@ def release_bytes():
     from diffusers import AutoencoderKLCogVideoX
     from transformers import T5Config, T5EncoderModel
 
-    t5_xxl = T5Config(d_model=4096, d_ff=10240, d_kv=64, num_layers=24, num_heads=64, feed_forward_proj="gated-gelu",
-                      is_encoder_decoder=False)
+    from bench.vram_trace import T5_XXL
+
+    t5_xxl = T5Config(**T5_XXL)
     with torch.device("meta"):
         transformer = DropletVideoTransformer3DModel(RELEASE_TRANSFORMER).to(torch.bfloat16)
         text = T5EncoderModel(t5_xxl).to(torch.bfloat16)

@@ -93,17 +93,22 @@ def test_long_video_settings_that_cannot_work_are_refused(pack, loaded, conds, s
         sample(pack, loaded[0], conds, small_cond, long_video=True, window_overlap=22)
 
 
-def test_step_cache_equals_the_engine_and_skips_steps(pack, loaded, conds, engine, small_cond, start_image,
-                                                      monkeypatch):
-    sampler = importlib.import_module(f"{pack.__name__}.nodes.sampler")
-    caches = []
+def record_instances(monkeypatch, module, name: str) -> list:
+    """Every instance of `module.name` (a class) made while the test runs."""
+    made, cls = [], getattr(module, name)
 
-    class RecordedCache(sampler.StepCache):
+    class Recorded(cls):
         def __init__(self, *args):
             super().__init__(*args)
-            caches.append(self)
+            made.append(self)
 
-    monkeypatch.setattr(sampler, "StepCache", RecordedCache)
+    monkeypatch.setattr(module, name, Recorded)
+    return made
+
+
+def test_step_cache_equals_the_engine_and_skips_steps(pack, loaded, conds, engine, small_cond, start_image,
+                                                      monkeypatch):
+    caches = record_instances(monkeypatch, importlib.import_module(f"{pack.__name__}.nodes.sampler"), "StepCache")
     latent = sample(pack, loaded[0], conds, small_cond, steps=8, seed=2, cache_threshold=0.3)
     expected = engine_latent(engine, image=start_image, **SMALL, frames=5, steps=8, seed=2, cache_threshold=0.3)
     torch.testing.assert_close(latent["samples"], expected, atol=ATOL, rtol=0)
@@ -142,15 +147,7 @@ def test_sage_attention_without_the_package_says_how_to_install_it(pack, monkeyp
 
 def test_block_swap_equals_the_whole_model_on_the_device_with_and_without_a_lora(pack, loaded, conds, small_cond,
                                                                                  models_dir, monkeypatch):
-    offload = importlib.import_module(f"{pack.__name__}.nodes.offload")
-    swaps = []
-
-    class RecordedSwap(offload.BlockSwap):
-        def __init__(self, *args):
-            super().__init__(*args)
-            swaps.append(self)
-
-    monkeypatch.setattr(offload, "BlockSwap", RecordedSwap)
+    swaps = record_instances(monkeypatch, importlib.import_module(f"{pack.__name__}.nodes.offload"), "BlockSwap")
     swapped = run(pack, "DropletVideoModelLoader", model_folder="tiny", precision="fp32",
                   offload="block_swap", swap_blocks=1)[0]
     assert swapped.patcher.load_device == comfy.model_management.unet_offload_device()
