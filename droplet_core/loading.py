@@ -86,7 +86,7 @@ def _fit_patch_weight(state: dict, model_shape: torch.Size) -> None:
     state[PATCH_WEIGHT] = fitted
 
 
-def _assign_strict(model: torch.nn.Module, state: dict, source: str) -> None:
+def assign_strict(model: torch.nn.Module, state: dict, source: str) -> None:
     expected = model.state_dict()
     missing = [k for k in expected if k not in state]
     unexpected = [k for k in state if k not in expected]
@@ -100,12 +100,11 @@ def _assign_strict(model: torch.nn.Module, state: dict, source: str) -> None:
     model.load_state_dict(state, strict=True, assign=True)
 
 
-def load_transformer(path: PathLike, dtype: torch.dtype = torch.float32, config_overrides: Optional[dict] = None,
-                     keep_fp8: bool = False) -> DropletVideoTransformer3DModel:
-    """Transformer from a folder (config.json + safetensors) or a single .safetensors file.
-
-    float8 files (ComfyUI's `*_fp8_e4m3fn.safetensors`, scaled or not) are dequantized to `dtype`,
-    or with `keep_fp8` keep their block Linear weights in fp8 (fp8.py)."""
+def read_transformer(path: PathLike, dtype: torch.dtype = torch.float32, config_overrides: Optional[dict] = None,
+                     keep_fp8: bool = False):
+    """(config, state dict, fp8 layers, source) of a transformer folder or single file, each tensor
+    already in `dtype` (memory-mapped when the file has that dtype); what load_transformer and
+    ComfyUI's native model (nodes/native) build from."""
     config_dict, source, files = _component_files(Path(path))
     if config_dict is None:
         shapes = {}
@@ -114,11 +113,23 @@ def load_transformer(path: PathLike, dtype: torch.dtype = torch.float32, config_
         config_dict = infer_transformer_config(shapes, source)
     config = config_from_dict(TransformerConfig, {**config_dict, **(config_overrides or {})}, source)
     with torch.device("meta"):
-        model = DropletVideoTransformer3DModel(config)
+        patch_shape = DropletVideoTransformer3DModel(config).patch_embed.proj.weight.shape
     state = load_tensors(files, dtype, KEY_PREFIXES, keep_float8=True)
     fp8_layers = take_fp8_layers(state, dtype, keep_fp8, source)
-    _fit_patch_weight(state, model.state_dict()[PATCH_WEIGHT].shape)
-    _assign_strict(model, state, source)
+    _fit_patch_weight(state, patch_shape)
+    return config, state, fp8_layers, source
+
+
+def load_transformer(path: PathLike, dtype: torch.dtype = torch.float32, config_overrides: Optional[dict] = None,
+                     keep_fp8: bool = False) -> DropletVideoTransformer3DModel:
+    """Transformer from a folder (config.json + safetensors) or a single .safetensors file.
+
+    float8 files (ComfyUI's `*_fp8_e4m3fn.safetensors`, scaled or not) are dequantized to `dtype`,
+    or with `keep_fp8` keep their block Linear weights in fp8 (fp8.py)."""
+    config, state, fp8_layers, source = read_transformer(path, dtype, config_overrides, keep_fp8)
+    with torch.device("meta"):
+        model = DropletVideoTransformer3DModel(config)
+    assign_strict(model, state, source)
     adopt_fp8_layers(model, fp8_layers)
     model.init_buffers(dtype=dtype)
     return model.eval().requires_grad_(False)
@@ -133,7 +144,7 @@ def load_vae(path: PathLike, dtype: torch.dtype = torch.float32) -> AutoencoderK
     config = config_from_dict(VaeConfig, config_dict, source)
     with torch.device("meta"):
         vae = AutoencoderKLCogVideoX(**config.diffusers_kwargs())
-    _assign_strict(vae, load_tensors(files, dtype, KEY_PREFIXES), source)
+    assign_strict(vae, load_tensors(files, dtype, KEY_PREFIXES), source)
     vae.num_sample_frames_batch_size = REFERENCE_ENCODE_FRAMES
     trim_vae_memory(vae)
     return vae.eval().requires_grad_(False)

@@ -61,20 +61,11 @@ class DropletVideoTransformer3DModel(nn.Module):
                                      norm_elementwise_affine=config.norm_elementwise_affine,
                                      norm_eps=config.norm_eps, chunk_dim=1)
         self.proj_out = nn.Linear(dim, config.patch_size**2 * (config.out_channels or config.in_channels))
-        self._positions_cache = {}
 
     def init_buffers(self, device=None, dtype=None):
         """(Re)builds the non-persistent sin-cos table; call after loading onto the meta device."""
         table = sincos_table_3d(self.config) if not self.config.use_rotary_positional_embeddings else torch.empty(0)
         self.pos_table = table.to(device=device, dtype=dtype)
-        self._positions_cache = {}
-
-    def _positions(self, text_len: int, frames: int, rows: int, cols: int) -> torch.Tensor:
-        table = self.pos_table
-        key = (text_len, frames, rows, cols, table.dtype, table.device)
-        if key not in self._positions_cache:
-            self._positions_cache = {key: positional_rows(table, self.config, text_len, frames, rows, cols)}
-        return self._positions_cache[key]
 
     def rotary(self, frames: int, height: int, width: int, device=None):
         """RoPE for a latent grid, or None on the sin-cos path."""
@@ -88,9 +79,13 @@ class DropletVideoTransformer3DModel(nn.Module):
         fps_emb = self.fps_proj(fps).to(dtype=dtype)
         return self.time_embedding(t_emb, condition=None) + self.fps_embedding(fps_emb, condition=None)
 
-    def forward(self, hidden_states: torch.Tensor, encoder_hidden_states: torch.Tensor,
+    def forward(self, *args, **kwargs) -> torch.Tensor:
+        return self.predict(*args, **kwargs)
+
+    def predict(self, hidden_states: torch.Tensor, encoder_hidden_states: torch.Tensor,
                 timestep: torch.Tensor, fps: torch.Tensor, inpaint_latents: Optional[torch.Tensor] = None,
                 image_rotary_emb=None, block_runner: BlockRunner = run_block) -> torch.Tensor:
+        """The engine's call (also `forward`; ComfyUI's native model overrides forward and calls this)."""
         batch, frames, channels, height, width = hidden_states.shape
         p = self.config.patch_size
 
@@ -105,7 +100,9 @@ class DropletVideoTransformer3DModel(nn.Module):
         # 3. Positions (sin-cos path only; the rotary path passes image_rotary_emb to the blocks).
         text_len = encoder_hidden_states.shape[1]
         if not self.config.use_rotary_positional_embeddings:
-            hidden_states = hidden_states + self._positions(text_len, frames, height // p, width // p)
+            # Sliced from the table each call: a cached copy would outlive the module's moves between devices.
+            hidden_states = hidden_states + positional_rows(self.pos_table, self.config, text_len, frames,
+                                                            height // p, width // p)
             hidden_states = self.embedding_dropout(hidden_states)
         encoder_hidden_states, hidden_states = hidden_states[:, :text_len], hidden_states[:, text_len:]
 
