@@ -34,6 +34,27 @@ SHIPPED_NAMES = {"DropletVideo": ("DropletVideo-V1.0-weights", "model_index.json
 SHIPPED_FILES = {"loras": "droplet_lora.safetensors"}
 
 
+class PackRootIsAFolder:
+    """Collects the pack's root as a plain folder, not as a test package.
+
+    The root has an `__init__.py` (ComfyUI's entry point), so pytest would collect it as a
+    package and import that file before the first test. In a clone named as the README says
+    (ComfyUI-DropletVideo, not a Python name), the import runs without a parent package and its
+    relative import fails: every test errors. Registered as a plugin because a conftest's
+    collection hooks never see the folder above it.
+    """
+
+    @pytest.hookimpl(tryfirst=True)
+    def pytest_collect_directory(self, path, parent):
+        if path == TESTS.parent:
+            return pytest.Dir.from_parent(parent, path=path)
+        return None
+
+
+def pytest_configure(config):
+    config.pluginmanager.register(PackRootIsAFolder(), "droplet-pack-root-is-a-folder")
+
+
 @pytest.fixture(scope="session")
 def pack():
     return PACK
