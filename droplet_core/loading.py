@@ -26,6 +26,8 @@ KEY_PREFIXES = ("model.diffusion_model.", "diffusion_model.", "transformer.", "v
 PATCH_WEIGHT = "patch_embed.proj.weight"
 # The reference encodes 4 frames at a time (first chunk takes the remainder); diffusers uses 8.
 REFERENCE_ENCODE_FRAMES = 4
+# DropletVideo-V1.0-weights/vae/config.json, for a VAE file that comes without its config.
+RELEASE_VAE_CONFIG = Path(__file__).parent / "assets" / "release_vae_config.json"
 
 PathLike = Union[str, Path]
 
@@ -138,9 +140,8 @@ def load_transformer(path: PathLike, dtype: torch.dtype = torch.float32, config_
 def load_vae(path: PathLike, dtype: torch.dtype = torch.float32) -> AutoencoderKLCogVideoX:
     """The CogVideoX VAE (the reference's AutoencoderKLDropletVideo maps onto it key for key)."""
     config_dict, source, files = _component_files(Path(path))
-    if config_dict is None:
-        raise ValueError(f"{source}: a VAE needs its config.json beside the weights (or a 'config' "
-                         f"metadata entry); copy vae/config.json from the released folder.")
+    if config_dict is None:  # a single file as users download them: the release VAE's config
+        config_dict, source = read_json(RELEASE_VAE_CONFIG), f"{source} with the release VAE config"
     config = config_from_dict(VaeConfig, config_dict, source)
     with torch.device("meta"):
         vae = AutoencoderKLCogVideoX(**config.diffusers_kwargs())

@@ -1,7 +1,7 @@
 """The whole image-to-video path: prompt -> conditioning -> denoising -> frames.
 
 `DropletVideoPipeline.generate` is what the CLI and the tests call; the ComfyUI nodes call
-the same steps one by one (encode_prompts, encode_conditioning, initial_latents, denoise).
+the same steps (sampling.start_run, sampling.denoise) on ComfyUI's native model.
 """
 
 import logging
@@ -23,7 +23,7 @@ from .lora import merge_loras
 from .offload_plan import Workload, component_bytes, resolve_offload
 from .placement import Placement
 from .positional import fps_tensor
-from .sampling import StepCallback, denoise, make_scheduler, start_latents, timesteps_for
+from .sampling import StepCallback, denoise, start_run
 from .transformer import run_block
 from .step_cache import StepCache
 from .text import MAX_SEQUENCE_LENGTH, NEGATIVE_PROMPT, TextEncoder, load_text_encoder, with_suffix
@@ -69,12 +69,6 @@ class Result:
     step_latents: list = field(default_factory=list)
 
 
-def initial_noise(shape, seed: int, device, dtype) -> torch.Tensor:
-    """Quirk 8: randn from a generator on the run device (a CUDA run differs from a CPU run)."""
-    generator = torch.Generator(device=device).manual_seed(seed)
-    return torch.randn(shape, generator=generator, device=device, dtype=dtype)
-
-
 def video_to_pixels(video: torch.Tensor, frames: int, width: int, height: int) -> torch.Tensor:
     """[F, H, W, 3] 0..1 -> [1, 3, F', H, W] -1..1 with F' = the first `frames` frames."""
     if video.ndim != 4 or video.shape[-1] != 3 or video.shape[0] == 0:
@@ -97,6 +91,7 @@ class DropletVideoPipeline:
                                    text_encoder_on_cpu)
         self.text_device = torch.device("cpu") if text_encoder_on_cpu else self.device
         self.lora_unknown_keys: list = []
+        self.parallel = None  # parallel.ParallelRun when several processes share each step (parallel/run.py)
 
     def encode_prompts(self, request: Request):
         with self.placement.on_device(self.text_encoder.model):
@@ -136,10 +131,13 @@ class DropletVideoPipeline:
 
     def _denoise_and_decode(self, request, fps, positive, negative, inpaint, latent_shape, frames, source_video,
                             on_step, keep_step_latents) -> Result:
-        scheduler = make_scheduler(self.scheduler_config, request.scheduler)
-        timesteps = timesteps_for(scheduler, request.steps, request.strength, self.device)
         with self.placement.on_device(self.vae):
-            latents = self.initial_latents(request, scheduler, timesteps, latent_shape, frames, source_video)
+            video_latents = self.video_latents(request, frames, source_video)
+        config = self.transformer.config
+        noise_shape = (1, latent_shape[0], config.out_channels or config.in_channels, *latent_shape[1:])
+        scheduler, timesteps, latents = start_run(self.scheduler_config, request.scheduler, request.steps,
+                                                  request.strength, noise_shape, request.seed, self.device,
+                                                  self.dtype, video_latents)
         step_latents = []
 
         def step_hook(i, total, step_result):
@@ -153,26 +151,27 @@ class DropletVideoPipeline:
         model = (SlidingWindowTransformer(self.transformer, overlap=request.window_overlap,
                                           on_window=cache.select_window if cache else None)
                  if request.long_video else self.transformer)
+        model = self.parallel.wrap(model, request) if self.parallel is not None else model
         runner = self.placement.block_runner(cache or run_block)
         with self.placement.on_device(self.transformer):
             latents = denoise(model, scheduler, latents, timesteps, positive, negative, inpaint, fps,
                               request.guidance_scale, request.use_dynamic_cfg,
                               torch.Generator(device=self.device).manual_seed(request.seed), step_hook, runner)
+        if self.parallel is not None and not self.parallel.decodes:
+            return Result(torch.empty(0), latents.cpu(), step_latents)  # rank 0 alone decodes and writes
         with self.placement.on_device(self.vae):
             video = decode_to_frames(self.vae, latents, request.tiled_vae)[0]
         if request.trim_to_requested_frames:
             video = video[:, :frames]
         return Result(video.permute(1, 2, 3, 0).cpu(), latents.cpu(), step_latents)
 
-    def initial_latents(self, request: Request, scheduler, timesteps, latent_shape, frames,
-                        source_video: torch.Tensor) -> torch.Tensor:
-        noise = initial_noise((1, latent_shape[0], 16, *latent_shape[1:]), request.seed, self.device, self.dtype)
+    def video_latents(self, request: Request, frames, source_video: torch.Tensor) -> Optional[torch.Tensor]:
+        """V2V (strength < 1): the source video's latents, sampled with the run's seed; else None."""
         if request.strength >= 1.0:
-            return start_latents(scheduler, timesteps, noise)
+            return None
         pixels = video_to_pixels(source_video, frames, request.width, request.height)
         generator = torch.Generator(device=self.device).manual_seed(request.seed)
-        video_latents = encode_video_latents(self.vae, pixels, generator, request.tiled_vae)
-        return start_latents(scheduler, timesteps, noise, video_latents.to(self.device, self.dtype))
+        return encode_video_latents(self.vae, pixels, generator, request.tiled_vae)
 
 
 def load_pipeline(ckpt, device="cpu", dtype: torch.dtype = torch.float32, offload: Union[bool, str] = False,

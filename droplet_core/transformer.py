@@ -9,6 +9,7 @@ What is DropletVideo's own: `fps_proj`/`fps_embedding` and the positional-table 
 from typing import Callable, Optional
 
 import torch
+from diffusers.models._modeling_parallel import ContextParallelInput, ContextParallelOutput
 from diffusers.models.embeddings import CogVideoXPatchEmbed, TimestepEmbedding, Timesteps
 from diffusers.models.normalization import AdaLayerNorm
 from diffusers.models.transformers.cogvideox_transformer_3d import CogVideoXBlock
@@ -27,6 +28,15 @@ def run_block(index, block, hidden, encoder_hidden, temb, rotary):
 
 
 class DropletVideoTransformer3DModel(nn.Module):
+    # Sequence parallel (parallel/sequence.py, diffusers' context-parallel hooks): the video tokens
+    # are split at the first block, each block takes the same rows of the RoPE table, the video
+    # tokens are gathered after proj_out; the text tokens stay whole (parallel/joint_attention.py).
+    _cp_plan = {
+        "transformer_blocks.0": {"hidden_states": ContextParallelInput(split_dim=1, expected_dims=3)},
+        "transformer_blocks.*": {"image_rotary_emb": [ContextParallelInput(split_dim=0, expected_dims=2)] * 2},
+        "proj_out": ContextParallelOutput(gather_dim=1, expected_dims=3),
+    }
+
     def __init__(self, config: TransformerConfig):
         super().__init__()
         self.config = config
@@ -101,8 +111,9 @@ class DropletVideoTransformer3DModel(nn.Module):
         text_len = encoder_hidden_states.shape[1]
         if not self.config.use_rotary_positional_embeddings:
             # Sliced from the table each call: a cached copy would outlive the module's moves between devices.
-            hidden_states = hidden_states + positional_rows(self.pos_table, self.config, text_len, frames,
-                                                            height // p, width // p)
+            # The table may sit on the offload device when ComfyUI loads the model partially.
+            table = self.pos_table.to(hidden_states.device)
+            hidden_states = hidden_states + positional_rows(table, self.config, text_len, frames, height // p, width // p)
             hidden_states = self.embedding_dropout(hidden_states)
         encoder_hidden_states, hidden_states = hidden_states[:, :text_len], hidden_states[:, text_len:]
 

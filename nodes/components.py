@@ -1,21 +1,18 @@
-"""What travels between the nodes: the typed objects behind DROPLET_* sockets, and how models
-are handed to ComfyUI's model management.
+"""The VAE and T5 behind the DROPLET_VAE and DROPLET_TEXT_ENCODER sockets, and how they are
+handed to ComfyUI's model management. (The transformer is a native ComfyUI MODEL: native/.)
 
-Each model (transformer, VAE, T5) sits in a `comfy.model_patcher.ModelPatcher`; a node asks
-`load_for_compute` for it, which calls `comfy.model_management.load_models_gpu` and returns the
-module on `patcher.load_device`. Nothing else moves models between devices.
+Each sits in a `comfy.model_patcher.ModelPatcher` on ComfyUI's devices for its kind (VAE:
+vae_device / vae_offload_device, so --cpu-vae holds; T5: text_encoder_device /
+text_encoder_offload_device). A node asks `load_for_compute` for the module, which calls
+`comfy.model_management.load_models_gpu`; ComfyUI unloads and frees them as it does its own.
 """
 
 from dataclasses import dataclass
-from typing import Optional
 
 import comfy.model_management
 import comfy.model_patcher
 import torch
 
-from ..droplet_core import shapes
-from ..droplet_core.configs import TransformerConfig
-from ..droplet_core.preview import Projection
 from ..droplet_core.text import TextEncoder
 
 
@@ -28,20 +25,29 @@ class ComponentHolder(torch.nn.Module):
         self.module = module
 
 
-def make_patcher(module: torch.nn.Module, load_device=None, offload_device=None):
-    """A patcher that loads onto ComfyUI's torch device and offloads to its offload device,
-    unless told otherwise (offload.py, the T5 loaders' device input)."""
+def make_patcher(module: torch.nn.Module, load_device, offload_device):
+    return comfy.model_patcher.ModelPatcher(ComponentHolder(module.to(offload_device)), load_device=load_device,
+                                            offload_device=offload_device)
+
+
+def vae_patcher(module: torch.nn.Module):
     mm = comfy.model_management
-    return comfy.model_patcher.ModelPatcher(ComponentHolder(module),
-                                            load_device=load_device or mm.get_torch_device(),
-                                            offload_device=offload_device or mm.unet_offload_device())
+    return make_patcher(module, mm.vae_device(), mm.vae_offload_device())
+
+
+def text_encoder_patcher(module: torch.nn.Module, on_cpu: bool):
+    mm = comfy.model_management
+    if on_cpu:
+        return make_patcher(module, torch.device("cpu"), torch.device("cpu"))
+    return make_patcher(module, mm.text_encoder_device(), mm.text_encoder_offload_device())
 
 
 def load_for_compute(patcher, memory_required: int) -> torch.nn.Module:
     """The patcher's module, on patcher.load_device.
 
-    force_full_load: these are plain torch modules without ComfyUI's cast-on-the-fly layers, so a
-    partial (lowvram) load would leave some weights on the offload device.
+    force_full_load: the VAE and T5 are plain torch modules without ComfyUI's cast-on-the-fly
+    layers, so a partial load would leave some of their weights on the offload device. Both are
+    small next to the transformer, which ComfyUI does load partially.
     """
     comfy.model_management.load_models_gpu([patcher], memory_required=memory_required, force_full_load=True)
     return patcher.model.module
@@ -52,26 +58,15 @@ def module_dtype(module: torch.nn.Module) -> torch.dtype:
 
 
 @dataclass(frozen=True, eq=False)
-class DropletModel:
-    """DROPLET_MODEL: the transformer and the scheduler config it was released with."""
-
-    patcher: object
-    scheduler_config: dict
-    source: str
-    offload: str = "comfy_model_management"  # where the transformer lives while sampling (offload.py)
-    swap_blocks: int = 0  # offload block_swap: this many blocks streamed from the offload device
-
-    @property
-    def config(self) -> TransformerConfig:
-        return self.patcher.model.module.config
-
-
-@dataclass(frozen=True, eq=False)
 class DropletVae:
     """DROPLET_VAE: the CogVideoX-family causal 3D VAE (diffusers AutoencoderKLCogVideoX)."""
 
     patcher: object
     source: str
+
+    @property
+    def scaling_factor(self) -> float:
+        return self.patcher.model.module.config.scaling_factor
 
 
 @dataclass(frozen=True, eq=False)
@@ -84,38 +79,3 @@ class DropletTextEncoder:
 
     def on_device(self, memory_required: int) -> TextEncoder:
         return TextEncoder(self.tokenizer, load_for_compute(self.patcher, memory_required))
-
-
-@dataclass(frozen=True, eq=False)
-class TextCond:
-    """DROPLET_COND: one prompt's embeddings [1, tokens, hidden] and what produced them."""
-
-    embeds: torch.Tensor
-    source: str
-
-
-@dataclass(frozen=True, eq=False)
-class ImageCond:
-    """DROPLET_IMAGE_COND: the inpaint latents [1, F_lat, 1 + 16, H/8, W/8] (mask, then the
-    VAE-encoded masked video) for a width x height x frames video.
-
-    inpaint_latents None means "every frame masked" (text-to-video): the sampler uses zeros
-    with the model's channel count, as the reference does for an all-masked video.
-    """
-
-    inpaint_latents: Optional[torch.Tensor]
-    width: int
-    height: int
-    frames: int
-    noise_aug_strength: Optional[float] = None
-    rgb_projection: Optional[Projection] = None  # latents -> RGB for progress previews (preview.py)
-
-    @property
-    def latent_shape(self):
-        return latent_shape(self.width, self.height, self.frames)
-
-
-def latent_shape(width: int, height: int, frames: int):
-    """(latent frames, latent height, latent width) of a video."""
-    scale = shapes.SPATIAL_COMPRESSION
-    return shapes.latent_frames(frames), height // scale, width // scale

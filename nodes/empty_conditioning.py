@@ -3,9 +3,10 @@
 from ..droplet_core import shapes
 from ..droplet_core.preview import color_pattern, fit_rgb_projection
 from ..droplet_core.vae_ops import encode_mode
-from .components import ImageCond, load_for_compute, module_dtype
-from .image_encode import SIZE
+from .components import load_for_compute, module_dtype
+from .image_encode import CONDITIONING_INPUTS, FPS_INPUT, SIZE_INPUTS, latent_shape
 from .memory import vae_encode_memory
+from .native.conditioning import video_conditioning
 
 PATTERN_SIZE = 128
 
@@ -21,28 +22,26 @@ def pattern_projection(vae):
 
 
 class DropletVideoEmptyConditioning:
-    DESCRIPTION = ("Text-to-video conditioning: every frame masked, which the reference encodes as zeros. Also the "
-                   "conditioning for video-to-video (DropletVideoVAEEncode + the sampler's latent input).")
+    DESCRIPTION = ("Text-to-video conditioning: every frame masked, which the reference encodes as zeros, and the "
+                   "FPS condition, on positive and negative. Also the conditioning for video-to-video (connect "
+                   "DropletVideo VAE Encode's latent to the sampler instead of this node's).")
     CATEGORY = "DropletVideo"
-    RETURN_TYPES = ("DROPLET_IMAGE_COND",)
-    RETURN_NAMES = ("image_cond",)
-    OUTPUT_TOOLTIPS = ("All-masked conditioning and the video size, for DropletVideoSampler.",)
+    RETURN_TYPES = ("CONDITIONING", "CONDITIONING", "LATENT")
+    RETURN_NAMES = ("positive", "negative", "latent")
+    OUTPUT_TOOLTIPS = ("The prompt with the FPS condition.", "The negative prompt with the FPS condition.",
+                       "An empty video latent of this size, for a sampler (DropletVideo Sampler or KSampler).")
     FUNCTION = "build"
 
     @classmethod
     def INPUT_TYPES(cls):
-        return {"required": {
-            "width": ("INT", {"default": 672, **SIZE, "tooltip": "Video width, a multiple of 16 (default 672)."}),
-            "height": ("INT", {"default": 384, **SIZE, "tooltip": "Video height, a multiple of 16 (default 384)."}),
-            "frames": ("INT", {"default": 85, "min": 1, "max": 1024, "step": 4, "tooltip": "Video length; rounded "
-                               "down to 4k+1 (1, 5, ... 85)."}),
-        }, "optional": {
+        return {"required": {**CONDITIONING_INPUTS, **SIZE_INPUTS, "fps": FPS_INPUT}, "optional": {
             "vae": ("DROPLET_VAE", {"tooltip": "Only for progress previews: the sampler's preview pictures need a "
                                     "latent-to-RGB map, fitted on this VAE's encoding of a built-in colour pattern. "
                                     "The video is the same with or without it."}),
         }}
 
-    def build(self, width, height, frames, vae=None):
+    def build(self, positive, negative, width, height, frames, fps, vae=None):
         shapes.check_size(width, height)
         projection = None if vae is None else pattern_projection(vae)
-        return (ImageCond(None, width, height, shapes.round_frames(frames), rgb_projection=projection),)
+        return video_conditioning(positive, negative, latent_shape(width, height, shapes.round_frames(frames)), fps,
+                                  projection=projection)

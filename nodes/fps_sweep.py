@@ -4,6 +4,7 @@ from typing import List
 
 import torch
 
+from .image_encode import FPS_INPUT
 from .sampler import DropletVideoSampler, sample_latent
 from .vae_decode import DropletVideoVAEDecode
 
@@ -12,7 +13,7 @@ LAYOUTS = ("side_by_side", "batch")
 
 def parse_fps_values(text: str) -> List[int]:
     """"4, 8,16" -> [4, 8, 16]; each a whole number within the sampler's fps range."""
-    low, high = (DropletVideoSampler.INPUT_TYPES()["required"]["fps"][1][k] for k in ("min", "max"))
+    low, high = (FPS_INPUT[1][k] for k in ("min", "max"))
     values = []
     for part in (p.strip() for p in text.split(",")):
         if not part:
@@ -36,7 +37,7 @@ def arrange(videos: List[torch.Tensor], layout: str) -> torch.Tensor:
 class DropletVideoFPSSweep:
     DESCRIPTION = ("Renders the same prompt, image and seed at several FPS conditions (the motion-speed control) "
                    "and returns the frames side by side, left to right in the order given, or one video after "
-                   "another. Each panel equals DropletVideoSampler + DropletVideoVAEDecode at that fps.")
+                   "another. Each panel equals DropletVideoSampler + DropletVideoVAEDecode at that fps (the conditioning's own FPS is replaced).")
     CATEGORY = "DropletVideo"
     RETURN_TYPES = ("IMAGE",)
     RETURN_NAMES = ("frames",)
@@ -49,7 +50,7 @@ class DropletVideoFPSSweep:
         decode = DropletVideoVAEDecode.INPUT_TYPES()["required"]
         return {"required": {
             "model": sampler["model"], "vae": decode["vae"], "positive": sampler["positive"],
-            "negative": sampler["negative"], "image_cond": sampler["image_cond"],
+            "negative": sampler["negative"], "latent": sampler["latent"],
             "fps_values": ("STRING", {"default": "4,8,16,32", "tooltip": "FPS conditions to render, separated by "
                                       "commas (each 1..60); the video is rendered once per value."}),
             "steps": sampler["steps"], "cfg": sampler["cfg"], "seed": sampler["seed"],
@@ -59,13 +60,13 @@ class DropletVideoFPSSweep:
             "vae_tiling": ("BOOLEAN", {"default": False, "tooltip": decode["tiling"][1]["tooltip"]}),
         }}
 
-    def sweep(self, model, vae, positive, negative, image_cond, fps_values, steps, cfg, seed, scheduler, layout,
+    def sweep(self, model, vae, positive, negative, latent, fps_values, steps, cfg, seed, scheduler, layout,
               vae_tiling):
         fps_list = parse_fps_values(fps_values)
         if layout not in LAYOUTS:
             raise ValueError(f"unknown layout {layout!r}: use one of {', '.join(LAYOUTS)}.")
         # All sampling first, then all decoding: each model is loaded once, not once per value.
-        latents = [sample_latent(model, positive, negative, image_cond, fps, steps, cfg, seed, scheduler)
+        latents = [sample_latent(model, positive, negative, latent, seed, steps, cfg, scheduler, fps=fps)
                    for fps in fps_list]
         decoder = DropletVideoVAEDecode()
-        return (arrange([decoder.decode(vae, latent, vae_tiling, False)[0] for latent in latents], layout),)
+        return (arrange([decoder.decode(vae, video, vae_tiling, False)[0] for video in latents], layout),)

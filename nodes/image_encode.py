@@ -1,4 +1,5 @@
-"""DropletVideoImageEncode: start (and end) frame to the inpaint latents (DROPLET_IMAGE_COND)."""
+"""DropletVideoImageEncode: start (and end) frame to the inpaint conditioning and the FPS, on
+positive and negative CONDITIONING (native/conditioning.py)."""
 
 import comfy.model_management
 import torch
@@ -6,33 +7,55 @@ import torch
 from ..droplet_core import shapes
 from ..droplet_core.conditioning import NOISE_AUG_STRENGTH, i2v_video_and_mask, inpaint_latents
 from ..droplet_core.preview import fit_rgb_projection
-from .components import ImageCond, latent_shape, load_for_compute, module_dtype
+from .components import load_for_compute, module_dtype
 from .images import RESIZE_MODES, first_image, fit
 from .memory import vae_encode_memory
+from .native.conditioning import video_conditioning
 
 SIZE = {"min": 16, "max": 2048, "step": 16}
+CONDITIONING_INPUTS = {
+    "positive": ("CONDITIONING", {"tooltip": "The prompt (DropletVideo Text Encode, or core CLIP Text Encode with "
+                                  "Load CLIP type cogvideox)."}),
+    "negative": ("CONDITIONING", {"tooltip": "The negative prompt (used when cfg > 1)."}),
+}
+SIZE_INPUTS = {
+    "width": ("INT", {"default": 672, **SIZE, "tooltip": "Video width, a multiple of 16 (default 672)."}),
+    "height": ("INT", {"default": 384, **SIZE, "tooltip": "Video height, a multiple of 16 (default 384)."}),
+    "frames": ("INT", {"default": 85, "min": 1, "max": 1024, "step": 4, "tooltip": "Video length; rounded down to "
+                       "4k+1 (1, 5, ... 85). The model's positional table sets the maximum (85 for the release) "
+                       "unless the sampler's long_video is on."}),
+}
+FPS_INPUT = ("INT", {"default": 8, "min": 1, "max": 60, "tooltip": "FPS condition: how fast things move (the "
+                     "official samples use 4, 8, 16, 32). Not the playback rate of the file."})
+
+
+def latent_shape(width: int, height: int, frames: int):
+    """(latent frames, latent height, latent width) of a video."""
+    scale = shapes.SPATIAL_COMPRESSION
+    return shapes.latent_frames(frames), height // scale, width // scale
 
 
 class DropletVideoImageEncode:
-    DESCRIPTION = ("Builds the image-to-video conditioning: the start image held on the first frame (and an end image "
-                   "on the last), the other frames masked, VAE-encoded as the reference does. Without images it "
-                   "gives the all-masked (text-to-video) conditioning.")
+    DESCRIPTION = ("Image-to-video conditioning: the start image held on the first frame (and an end image on the "
+                   "last), the other frames masked, VAE-encoded as the reference does, plus the FPS condition, "
+                   "attached to positive and negative. Without images it gives the all-masked (text-to-video) "
+                   "conditioning.")
     CATEGORY = "DropletVideo"
-    RETURN_TYPES = ("DROPLET_IMAGE_COND",)
-    RETURN_NAMES = ("image_cond",)
-    OUTPUT_TOOLTIPS = ("Inpaint latents and the video size, for DropletVideoSampler.",)
+    RETURN_TYPES = ("CONDITIONING", "CONDITIONING", "LATENT")
+    RETURN_NAMES = ("positive", "negative", "latent")
+    OUTPUT_TOOLTIPS = ("The prompt with the image and FPS conditions.", "The negative prompt with the same "
+                       "conditions.", "An empty video latent of this size, for a sampler (DropletVideo Sampler or "
+                       "KSampler).")
     FUNCTION = "encode"
 
     @classmethod
     def INPUT_TYPES(cls):
         return {
             "required": {
+                **CONDITIONING_INPUTS,
                 "vae": ("DROPLET_VAE", {"tooltip": "From a DropletVideo loader."}),
-                "width": ("INT", {"default": 672, **SIZE, "tooltip": "Video width, a multiple of 16 (default 672)."}),
-                "height": ("INT", {"default": 384, **SIZE, "tooltip": "Video height, a multiple of 16 (default 384)."}),
-                "frames": ("INT", {"default": 85, "min": 1, "max": 1024, "step": 4, "tooltip": "Video length; "
-                                   "rounded down to 4k+1 (1, 5, ... 85). The model's positional table sets the "
-                                   "maximum."}),
+                **SIZE_INPUTS,
+                "fps": FPS_INPUT,
                 "resize_mode": (RESIZE_MODES, {"default": "stretch", "tooltip": "How images meet the video size: "
                                                "stretch (the reference's plain resize), crop (centre), pad (black)."}),
                 "noise_augmentation": ("BOOLEAN", {"default": False, "tooltip": "Add noise to the conditioning "
@@ -51,8 +74,8 @@ class DropletVideoImageEncode:
             },
         }
 
-    def encode(self, vae, width, height, frames, resize_mode, noise_augmentation, noise_aug_strength, noise_aug_seed,
-               vae_tiling, start_image=None, end_image=None):
+    def encode(self, positive, negative, vae, width, height, frames, fps, resize_mode, noise_augmentation,
+               noise_aug_strength, noise_aug_seed, vae_tiling, start_image=None, end_image=None):
         shapes.check_size(width, height)
         frames = shapes.round_frames(frames)
         if end_image is not None and start_image is None:
@@ -65,9 +88,10 @@ class DropletVideoImageEncode:
         module = vae.patcher.model.module
         memory = vae_encode_memory(frames, height, width, module_dtype(module), vae_tiling)
         module = load_for_compute(vae.patcher, memory)
-        # float32 here; the sampler casts to the model's dtype, as the engine's single cast does.
-        latents = inpaint_latents(module, video, mask, latent_shape(width, height, frames), torch.float32, strength,
+        # float32 here; the model casts to its dtype, as the engine's single cast does.
+        grid = latent_shape(width, height, frames)
+        latents = inpaint_latents(module, video, mask, grid, torch.float32, strength,
                                   torch.Generator().manual_seed(noise_aug_seed), vae_tiling)
-        out = comfy.model_management.intermediate_device()
         projection = None if start is None else fit_rgb_projection(latents[0, 0, 1:], video[0, :, 0])
-        return (ImageCond(latents.to(out), width, height, frames, strength, projection),)
+        latents = latents.to(comfy.model_management.intermediate_device())
+        return video_conditioning(positive, negative, grid, fps, latents, module.config.scaling_factor, projection)

@@ -4,9 +4,9 @@ ComfyUI's video latents are `{"samples": [B, C, F, H, W]}` (channels, then frame
 core video models use them. The engine (droplet_core) and its transformer work in
 [B, F, C, H, W] (frames, then channels). Nodes convert with these two functions only.
 
-Values are in the transformer's space: VAE latents x the VAE's scaling_factor (1.15258426 for
-the release), as the engine keeps them. ComfyUI's core CogVideoX nodes keep LATENT unscaled,
-so DropletVideo latents go to DropletVideo nodes (VAEDecode, Sampler) only.
+Values are the VAE's latents unscaled, as ComfyUI keeps them; the native model's latent format
+multiplies by the VAE's scaling_factor (1.15258426 for the release) on the way in, so core
+latent nodes and samplers work on them.
 """
 
 import torch

@@ -1,66 +1,82 @@
-"""DropletVideoLoraLoader: a LoRA from ComfyUI/models/loras/ as ModelPatcher weight patches.
+"""DropletVideoLoraLoader: a LoRA from ComfyUI/models/loras/ as ComfyUI weight patches on the MODEL.
 
-The LoRA is not merged: the node clones the model's ModelPatcher and adds one patch per Linear
-weight, so ComfyUI applies it when it loads that clone and restores the original weights when
-another clone (the plain model, other LoRAs) is loaded. Chain loaders to stack LoRAs.
+It is core LoraLoaderModelOnly with DropletVideo's key names added: core maps kohya
+(`lora_unet_transformer_blocks_0_attn1_to_q`) and ComfyUI (`diffusion_model.…`) keys of any
+model, but not the diffusers/peft names CogVideoX LoRAs are usually saved with
+(`transformer.transformer_blocks.0.attn1.to_q`), which only core's own model classes map. The
+patches are core's adapters (LoRA, LoHa, LoKr, DoRA), applied by ComfyUI when it loads the
+model, on fp8 weights too; chain loaders to stack LoRAs.
 """
 
-import dataclasses
-import logging
+import comfy.lora
+import comfy.lora_convert
+import torch
 
-from ..droplet_core.fp8 import Fp8Linear
-from ..droplet_core.lora import Lora, read_lora
+from ..droplet_core.weights import load_tensors
 from .model_paths import resolve, weight_files
 
-try:  # ComfyUI 2025+: patches are adapter objects
-    from comfy.weight_adapter import LoRAAdapter
-except ImportError:  # older ComfyUI: ("lora", factors) tuples
-    LoRAAdapter = None
-
-logger = logging.getLogger(__name__)
 LORA_FOLDER = "loras"
-HOLDER_PREFIX = "module."  # the transformer sits in a ComponentHolder: state-dict keys are module.<param>
+MODEL_PREFIX = "diffusion_model."
+# Text-encoder parts some trainers save beside the transformer's: not this node's to apply.
+TEXT_ENCODER_PREFIXES = ("lora_te", "text_encoder.", "te.")
 
 
-def lora_patch(up, down, alpha):
-    """One weight patch in ComfyUI's format: (up, down, alpha, mid, dora_scale, reshape)."""
-    factors = (up, down, alpha, None, None, None)
-    return LoRAAdapter(set(), factors) if LoRAAdapter is not None else ("lora", factors)
+def droplet_key_map(base_model) -> dict:
+    """Core's key map plus the diffusers/peft (transformer., base_model.model., bare) and
+    OneTrainer (lora_transformer_) names of every weight of the diffusion model."""
+    key_map = comfy.lora.model_lora_keys_unet(base_model, {})
+    for key in base_model.state_dict():
+        if key.startswith(MODEL_PREFIX) and key.endswith(".weight"):
+            name = key[len(MODEL_PREFIX):-len(".weight")]
+            for alias in (f"transformer.{name}", f"base_model.model.{name}", name,
+                          f"lora_transformer_{name.replace('.', '_')}"):
+                key_map.setdefault(alias, key)
+    return key_map
 
 
-def lora_patches(lora: Lora, transformer, name: str) -> dict:
-    """{holder state-dict key: patch}, each layer shape-checked against the model's weight."""
-    patches = {}
-    for layer_name, layer in lora.layers.items():
-        linear = transformer.get_submodule(layer_name)
-        if isinstance(linear, Fp8Linear):  # ComfyUI would add the delta to the unscaled fp8 numbers
-            raise ValueError(f"LoRA {name!r}: this model keeps its weights in fp8, which ComfyUI's weight patches "
-                             f"cannot update: set weight_format to default on the DropletVideo loader.")
-        weight = linear.weight
-        shape = (layer.up.shape[0], layer.down.shape[1])
-        if layer.up.shape[1] != layer.down.shape[0] or shape != tuple(weight.shape):
-            raise ValueError(f"LoRA {name!r}, layer {layer_name}: up {tuple(layer.up.shape)} x down "
-                             f"{tuple(layer.down.shape)} does not fit the weight {tuple(weight.shape)}; the LoRA "
-                             f"was trained for a model of another size: use one made for this DropletVideo/CogVideoX "
-                             f"transformer.")
-        patches[f"{HOLDER_PREFIX}{layer_name}.weight"] = lora_patch(layer.up, layer.down, layer.alpha)
+def check_finite(tensors: dict, name: str) -> None:
+    for key, tensor in tensors.items():
+        if tensor.is_floating_point() and not torch.isfinite(tensor).all():
+            raise ValueError(f"LoRA {name!r}: tensor {key} holds NaN or inf values; the file is damaged or was saved "
+                             f"from a diverged training run: re-download it or use another checkpoint of it.")
+
+
+def unused_keys(tensors: dict, patches: dict) -> list:
+    used = set()
+    for adapter in patches.values():
+        used.update(getattr(adapter, "loaded_keys", ()))
+    return [key for key in tensors if key not in used and not key.endswith(".alpha")
+            and not key.startswith(TEXT_ENCODER_PREFIXES)]
+
+
+def lora_patches(model, path, name: str) -> dict:
+    """{model key: adapter} of the LoRA file at `path` for this MODEL; errors name the file."""
+    tensors = load_tensors([path])
+    check_finite(tensors, name)
+    tensors = comfy.lora_convert.convert_lora(tensors)
+    patches = comfy.lora.load_lora(tensors, droplet_key_map(model.model), log_missing=False)
+    unused = unused_keys(tensors, patches)
+    if not patches or unused:
+        raise ValueError(f"LoRA {name!r}: {len(unused)} of its {len(tensors)} keys match no layer of this DropletVideo "
+                         f"transformer (first: {unused[0] if unused else 'none'}); it was made for another model: "
+                         f"use a LoRA trained for DropletVideo or CogVideoX-5B.")
     return patches
 
 
 class DropletVideoLoraLoader:
-    DESCRIPTION = ("Applies a LoRA (diffusers/peft lora_A/lora_B or kohya lora_down/lora_up keys, with alpha) from "
-                   "ComfyUI/models/loras/ to the DropletVideo transformer, as ComfyUI weight patches: the original "
-                   "weights come back when the model is used without it. Chain loaders to stack LoRAs.")
+    DESCRIPTION = ("Applies a LoRA from ComfyUI/models/loras/ to the DropletVideo MODEL as ComfyUI weight patches "
+                   "(diffusers/peft, kohya and ComfyUI key names; LoRA, LoHa, LoKr, DoRA): the original weights "
+                   "come back when the model is used without it. Chain loaders to stack LoRAs.")
     CATEGORY = "DropletVideo"
-    RETURN_TYPES = ("DROPLET_MODEL",)
+    RETURN_TYPES = ("MODEL",)
     RETURN_NAMES = ("model",)
-    OUTPUT_TOOLTIPS = ("The model with the LoRA patched in (for DropletVideoSampler or another LoRA loader).",)
+    OUTPUT_TOOLTIPS = ("The model with the LoRA patched in.",)
     FUNCTION = "load_lora"
 
     @classmethod
     def INPUT_TYPES(cls):
         return {"required": {
-            "model": ("DROPLET_MODEL", {"tooltip": "From a DropletVideo loader (or another LoRA loader)."}),
+            "model": ("MODEL", {"tooltip": "From a DropletVideo loader (or another LoRA loader)."}),
             "lora_name": (weight_files(LORA_FOLDER), {
                 "tooltip": "A .safetensors LoRA in ComfyUI/models/loras/ trained for DropletVideo (or CogVideoX-5B)."}),
             "strength": ("FLOAT", {"default": 1.0, "min": -10.0, "max": 10.0, "step": 0.01, "tooltip":
@@ -70,15 +86,8 @@ class DropletVideoLoraLoader:
     def load_lora(self, model, lora_name, strength):
         if strength == 0:  # as ComfyUI's LoraLoader: the model unchanged
             return (model,)
-        path = resolve(LORA_FOLDER, lora_name, "LoRA")
-        transformer = model.patcher.model.module
-        lora = read_lora(path, transformer)
-        if lora.unknown_keys:
-            logger.warning("DropletVideoLoraLoader: %d keys of %s match no layer of the DropletVideo transformer "
-                            "and were skipped (first: %s)", len(lora.unknown_keys), lora_name, lora.unknown_keys[0])
-        patches = lora_patches(lora, transformer, lora_name)
-        patcher = model.patcher.clone()
-        added = patcher.add_patches(patches, strength)
-        assert len(added) == len(patches), "every patch key is a holder state-dict key"
-        return (dataclasses.replace(model, patcher=patcher,
-                                    source=f"{model.source} + LoRA {lora_name} @ {strength}"),)
+        patches = lora_patches(model, resolve(LORA_FOLDER, lora_name, "LoRA"), lora_name)
+        patched = model.clone()
+        added = patched.add_patches(patches, strength)
+        assert len(added) == len(patches), "every key-map target is a model state-dict key"
+        return (patched,)

@@ -3,7 +3,7 @@
 from pathlib import Path
 
 from .loader_common import (PRECISION_TOOLTIP, PRECISIONS, TEXT_ENCODER_DEVICE_INPUT, TEXT_ENCODER_WEIGHTS_INPUT,
-                            build_text_encoder, cached, path_key)
+                            build_text_encoder)
 from .model_paths import folders_with, resolve
 
 TOKENIZER_FILE = "spiece.model"
@@ -46,6 +46,4 @@ class DropletVideoT5Loader:
                              f"safetensors). For a single-file T5 use ComfyUI's Load CLIP (type cogvideox) and "
                              f"connect it to DropletVideoTextEncode's clip input.")
         tokenizer = tokenizer_folder(folder)
-        settings = (device or "default", weight_format or "default")
-        return cached("text_encoder", path_key(folder / "config.json", precision, *settings),
-                      lambda: (build_text_encoder(folder, tokenizer, precision, *settings),))
+        return (build_text_encoder(folder, tokenizer, precision, device or "default", weight_format or "default"),)

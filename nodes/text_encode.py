@@ -1,11 +1,11 @@
-"""DropletVideoTextEncode: prompt and negative prompt to T5 embeddings (DROPLET_COND)."""
+"""DropletVideoTextEncode: prompt and negative prompt to T5 embeddings (CONDITIONING)."""
 
 import logging
 
 import comfy.model_management
 
 from ..droplet_core.text import MAX_SEQUENCE_LENGTH, NEGATIVE_PROMPT, with_suffix
-from .components import TextCond, module_dtype
+from .components import module_dtype
 from .memory import text_memory
 
 logger = logging.getLogger(__name__)
@@ -25,9 +25,10 @@ class DropletVideoTextEncode:
                    "quality suffix appended to the prompt). Takes DropletVideo's T5 loader output, or a ComfyUI CLIP "
                    "(Load CLIP, type cogvideox, t5xxl weights) instead.")
     CATEGORY = "DropletVideo"
-    RETURN_TYPES = ("DROPLET_COND", "DROPLET_COND")
+    RETURN_TYPES = ("CONDITIONING", "CONDITIONING")
     RETURN_NAMES = ("positive", "negative")
-    OUTPUT_TOOLTIPS = ("The prompt's embeddings.", "The negative prompt's embeddings (used when cfg > 1).")
+    OUTPUT_TOOLTIPS = ("The prompt's embeddings (connect to DropletVideo Image Encode or Empty Conditioning, which add "
+                       "the image and the FPS).", "The negative prompt's embeddings (used when cfg > 1).")
     FUNCTION = "encode"
 
     @classmethod
@@ -59,12 +60,10 @@ class DropletVideoTextEncode:
             encoder = text_encoder.on_device(text_memory(max_tokens, hidden, dtype))
             device = text_encoder.patcher.load_device
             embeds = [encoder.encode(text, max_tokens, device=device) for text in texts]
-            source = f"DropletVideo T5 ({text_encoder.source})"
         elif clip is not None:
             embeds = [encode_with_clip(clip, text, max_tokens) for text in texts]
-            source = "ComfyUI CLIP input"
         else:
             raise ValueError("DropletVideoTextEncode needs a text encoder: connect text_encoder (DropletVideo "
                              "loader) or clip (Load CLIP, type cogvideox).")
         out = comfy.model_management.intermediate_device()
-        return tuple(TextCond(e.to(out), source) for e in embeds)
+        return tuple([[e.to(out), {}]] for e in embeds)

@@ -1,20 +1,18 @@
 """DropletVideoTransformerLoader: the transformer alone, from ComfyUI/models/diffusion_models/."""
 
-from ..droplet_core.sampling import RELEASE_SCHEDULER_CONFIG
-from .loader_common import (PRECISION_TOOLTIP, PRECISIONS, TRANSFORMER_OPTIONS, build_model, cached, path_key,
-                            transformer_options)
+from .loader_common import PRECISION_TOOLTIP, PRECISIONS, TRANSFORMER_OPTIONS, build_model
 from .model_paths import components, resolve
-from .offload import COMFY, OFFLOAD_INPUT
 
 
 class DropletVideoTransformerLoader:
-    DESCRIPTION = ("Loads the DropletVideo transformer from ComfyUI/models/diffusion_models/: a folder with "
-                   "config.json and safetensors (the release's transformer/), or one .safetensors file (with a "
-                   "config.json beside it, or its config read off the weights). Uses the release's DDIM scheduler.")
+    DESCRIPTION = ("Loads the DropletVideo transformer from ComfyUI/models/diffusion_models/ as a native ComfyUI "
+                   "MODEL: a folder with config.json and safetensors (the release's transformer/), or one "
+                   ".safetensors file (with a config.json beside it, or its config read off the weights). Samples "
+                   "with the release's DDIM schedule; latents are scaled by the release VAE's factor.")
     CATEGORY = "DropletVideo"
-    RETURN_TYPES = ("DROPLET_MODEL",)
+    RETURN_TYPES = ("MODEL",)
     RETURN_NAMES = ("model",)
-    OUTPUT_TOOLTIPS = ("The DropletVideo transformer with the release's scheduler config.",)
+    OUTPUT_TOOLTIPS = ("The DropletVideo transformer as a ComfyUI MODEL.",)
     FUNCTION = "load"
 
     @classmethod
@@ -23,12 +21,8 @@ class DropletVideoTransformerLoader:
             "transformer_name": (components("diffusion_models"), {
                 "tooltip": "A .safetensors file or a folder with config.json in ComfyUI/models/diffusion_models/."}),
             "precision": (PRECISIONS, {"default": "bf16", "tooltip": PRECISION_TOOLTIP}),
-        }, "optional": {**TRANSFORMER_OPTIONS, "offload": OFFLOAD_INPUT}}
+        }, "optional": dict(TRANSFORMER_OPTIONS)}
 
-    def load(self, transformer_name, precision, weight_format=None, attention=None, swap_blocks=None,
-             compile=None, offload=None):  # noqa: A002 (the input's name)
-        options = transformer_options(weight_format, attention, compile)
+    def load(self, transformer_name, precision, weight_format=None, attention=None):
         path = resolve("diffusion_models", transformer_name, "transformer")
-        placement = (offload or COMFY, swap_blocks or 0)
-        return cached("transformer", path_key(path, precision, options, *placement),
-                      lambda: (build_model(path, dict(RELEASE_SCHEDULER_CONFIG), precision, options, *placement),))
+        return (build_model(path, precision, weight_format, attention),)

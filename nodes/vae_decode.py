@@ -24,7 +24,7 @@ class DropletVideoVAEDecode:
     def INPUT_TYPES(cls):
         return {"required": {
             "vae": ("DROPLET_VAE", {"tooltip": "From a DropletVideo loader."}),
-            "latent": ("LATENT", {"tooltip": "From DropletVideoSampler (or DropletVideoVAEEncode)."}),
+            "latent": ("LATENT", {"tooltip": "From DropletVideo Sampler, KSampler, or DropletVideo VAE Encode."}),
             "tiling": ("BOOLEAN", {"default": False, "tooltip": "Decode in spatial tiles: much less memory, "
                                    "faint seams possible."}),
             "trim_to_frames": ("BOOLEAN", {"default": False, "tooltip": "Keep (latent frames - 1) * 4 + 1 frames "
@@ -32,7 +32,8 @@ class DropletVideoVAEDecode:
         }}
 
     def decode(self, vae, latent, tiling, trim_to_frames):
-        latents = latent_layout.from_comfy(latent)  # [B, F, C, h, w]
+        # LATENT is unscaled (ComfyUI's convention); decode_to_frames takes the transformer's space.
+        latents = latent_layout.from_comfy(latent) * vae.scaling_factor  # [B, F, C, h, w]
         module = vae.patcher.model.module
         scale = shapes.SPATIAL_COMPRESSION
         memory = vae_decode_memory(latents.shape[1], latents.shape[3] * scale, latents.shape[4] * scale,

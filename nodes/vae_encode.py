@@ -46,5 +46,5 @@ class DropletVideoVAEEncode:
         module = vae.patcher.model.module
         module = load_for_compute(vae.patcher, vae_encode_memory(frames, height, width, module_dtype(module), tiling))
         generator = torch.Generator(device=vae.patcher.load_device).manual_seed(seed)
-        latents = encode_video_latents(module, pixels, generator, tiling)
+        latents = encode_video_latents(module, pixels, generator, tiling) / vae.scaling_factor  # LATENT: unscaled
         return (latent_layout.to_comfy(latents.to(comfy.model_management.intermediate_device())),)

@@ -1,13 +1,13 @@
 """DropletVideoVAELoader: the VAE alone, from ComfyUI/models/vae/."""
 
-from .loader_common import PRECISION_TOOLTIP, PRECISIONS, build_vae, cached, path_key
+from .loader_common import PRECISION_TOOLTIP, PRECISIONS, build_vae
 from .model_paths import components, resolve
 
 
 class DropletVideoVAELoader:
     DESCRIPTION = ("Loads the DropletVideo (CogVideoX-family) VAE from ComfyUI/models/vae/: a folder with "
-                   "config.json and safetensors (the release's vae/), or a .safetensors file with the release's "
-                   "vae/config.json copied beside it.")
+                   "config.json and safetensors (the release's vae/), or a single .safetensors file (its config "
+                   "beside it, or the release VAE's config, which the pack ships).")
     CATEGORY = "DropletVideo"
     RETURN_TYPES = ("DROPLET_VAE",)
     RETURN_NAMES = ("vae",)
@@ -18,11 +18,9 @@ class DropletVideoVAELoader:
     def INPUT_TYPES(cls):
         return {"required": {
             "vae_name": (components("vae"), {
-                "tooltip": "A folder with config.json, or a .safetensors file with config.json beside it, "
-                           "in ComfyUI/models/vae/."}),
+                "tooltip": "A folder with config.json, or a .safetensors file, in ComfyUI/models/vae/."}),
             "precision": (PRECISIONS, {"default": "bf16", "tooltip": PRECISION_TOOLTIP}),
         }}
 
     def load(self, vae_name, precision):
-        path = resolve("vae", vae_name, "VAE")
-        return cached("vae", path_key(path, precision), lambda: (build_vae(path, precision),))
+        return (build_vae(resolve("vae", vae_name, "VAE"), precision),)

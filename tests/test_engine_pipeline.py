@@ -1,5 +1,7 @@
 """The sampler with a fake model, determinism, modes, the CLI, and ComfyUI-free imports."""
 
+import inspect
+import math
 import subprocess
 import sys
 from pathlib import Path
@@ -7,9 +9,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from diffusers import (CogVideoXDDIMScheduler, CogVideoXDPMScheduler, DDIMScheduler, DPMSolverMultistepScheduler,
+                       EulerDiscreteScheduler, UniPCMultistepScheduler)
 
-from droplet_core.pipeline import Request, initial_noise, load_pipeline
-from droplet_core.sampling import SCHEDULERS, denoise, dynamic_guidance, make_scheduler, timesteps_for
+from droplet_core.pipeline import Request, load_pipeline
+from droplet_core.sampling import initial_noise
+from droplet_core.sampling import (SCHEDULERS, denoise, dynamic_guidance, make_scheduler, start_latents,
+                                   timesteps_for)
 from droplet_core.tiny import SCHEDULER
 from engine_fixtures import end_image, start_image, tiny_ckpt  # noqa: F401
 
@@ -32,13 +38,13 @@ class FakeModel(torch.nn.Module):
         return x * 0 + text[:, :1, :1, None, None]  # negative rows predict their text value
 
 
-def run_fake(guidance, steps=4, on_step=None):
+def run_fake(guidance, steps=4, on_step=None, use_dynamic_cfg=False):
     model, scheduler = FakeModel(), make_scheduler(SCHEDULER)
     timesteps = timesteps_for(scheduler, steps)
     negative, positive = torch.full((1, 3, 4), -1.0), torch.full((1, 3, 4), 2.0)
     latents = torch.zeros(1, 2, 16, 4, 4)
     out = denoise(model, scheduler, latents, timesteps, positive, negative, None, torch.tensor([8]), guidance,
-                  on_step=on_step)
+                  use_dynamic_cfg, on_step=on_step)
     return model, out
 
 
@@ -74,9 +80,26 @@ def test_on_step_can_abort():
         run_fake(6.0, steps=5, on_step=stop_at_two)
 
 
+def reference_dynamic_guidance(scale, steps, t):
+    """CogVideoX's pipeline line as DropletVideo's inference.py runs it: `t` is the timestep value."""
+    return 1 + scale * ((1 - math.cos(math.pi * ((steps - t) / steps) ** 5.0)) / 2)
+
+
 def test_dynamic_cfg_uses_the_timestep_value_as_the_reference():
     assert dynamic_guidance(6.0, 50, 50) == 1.0
-    assert dynamic_guidance(6.0, 50, 999) != dynamic_guidance(6.0, 50, 979)
+    for t in (999, 979, 500, 1):
+        assert dynamic_guidance(6.0, 50, t) == reference_dynamic_guidance(6.0, 50, t)
+    # Through the loop: each step's guidance from its timestep (999, 749, ...), not its index (0, 1, ...).
+    steps, scale = 4, 6.0
+    scheduler = make_scheduler(SCHEDULER)
+    expected = torch.zeros(1, 2, 16, 4, 4)
+    for t in timesteps_for(scheduler, steps):
+        guidance = reference_dynamic_guidance(scale, steps, t.item())
+        prediction = torch.full_like(expected, -1 + guidance * (2 - -1))  # the fake's uncond -1, cond 2
+        expected = scheduler.step(prediction, t, expected, eta=0.0).prev_sample
+    _, out = run_fake(scale, steps, use_dynamic_cfg=True)
+    torch.testing.assert_close(out, expected, atol=1e-6, rtol=1e-6)
+    assert not torch.allclose(out, run_fake(scale, steps)[1])
 
 
 def test_strength_cuts_the_schedule():
@@ -128,12 +151,70 @@ def test_v2v_strength_zero_returns_the_input(pipe):
     torch.testing.assert_close(result.frames, expected)
 
 
+# What each scheduler name must be, written out here, independently of sampling.SCHEDULERS.
+DIFFUSERS_SCHEDULERS = {
+    "ddim": (DDIMScheduler, {}), "cogvideox_ddim": (CogVideoXDDIMScheduler, {}),
+    "cogvideox_dpm": (CogVideoXDPMScheduler, {}),
+    "dpmpp_2m": (DPMSolverMultistepScheduler, {"algorithm_type": "dpmsolver++", "solver_order": 2}),
+    "euler": (EulerDiscreteScheduler, {}), "unipc": (UniPCMultistepScheduler, {})}
+
+
+class LatentModel(FakeModel):
+    """A prediction that depends on the latents and the timestep, as a real model's does."""
+
+    def forward(self, x, text, timestep, fps, inpaint_latents=None, image_rotary_emb=None, block_runner=None):
+        return 0.3 * x + text[:, :1, :1, None, None] + timestep.float()[:, None, None, None, None] / 1000
+
+
+def diffusers_loop(name, noise, text, steps, guidance):
+    """diffusers' CogVideoX pipeline loop, with the scheduler built here from the release config."""
+    cls, extra = DIFFUSERS_SCHEDULERS[name]
+    scheduler = cls.from_config(SCHEDULER, **extra)
+    scheduler.set_timesteps(steps)
+    accepted = inspect.signature(scheduler.step).parameters
+    kwargs = {k: v for k, v in {"eta": 0.0, "generator": torch.Generator().manual_seed(0)}.items() if k in accepted}
+    latents, old_pred_original, model = noise * scheduler.init_noise_sigma, None, LatentModel()
+    for i, t in enumerate(scheduler.timesteps):
+        model_input = scheduler.scale_model_input(torch.cat([latents] * 2), t)
+        uncond, cond = model(model_input, text, t.expand(2), None).chunk(2)
+        prediction = uncond + guidance * (cond - uncond)
+        if isinstance(scheduler, CogVideoXDPMScheduler):
+            latents, old_pred_original = scheduler.step(prediction, old_pred_original, t,
+                                                        scheduler.timesteps[i - 1] if i > 0 else None, latents,
+                                                        **kwargs, return_dict=False)
+        else:
+            latents = scheduler.step(prediction, t, latents, **kwargs, return_dict=False)[0]
+    return latents
+
+
 @pytest.mark.parametrize("name", sorted(SCHEDULERS))
-def test_every_scheduler_runs_deterministically(pipe, start_image, name):
-    request = Request(prompt="a panda", image=start_image, scheduler=name, seed=5, **SMALL)
-    first = pipe.generate(request).frames
-    assert torch.isfinite(first).all()
-    assert torch.equal(first, pipe.generate(request).frames)
+def test_every_scheduler_equals_diffusers_loop_on_the_release_config(name):
+    scheduler = make_scheduler(SCHEDULER, name)
+    assert type(scheduler) is DIFFUSERS_SCHEDULERS[name][0]
+    # The release config is used: v-prediction, zero terminal SNR, trailing spacing (starts at 999, not 750).
+    assert scheduler.config.prediction_type == "v_prediction" and scheduler.config.rescale_betas_zero_snr
+    assert scheduler.alphas_cumprod[-1] < 1e-6
+    timesteps = timesteps_for(scheduler, 4)
+    assert timesteps[0].item() == 999 and len(timesteps) == 4 * scheduler.order
+    noise = torch.randn(1, 2, 16, 4, 4, generator=torch.Generator().manual_seed(3))
+    negative, positive = torch.full((1, 3, 4), -1.0), torch.full((1, 3, 4), 2.0)
+    ours = denoise(LatentModel(), scheduler, start_latents(scheduler, timesteps, noise), timesteps, positive,
+                   negative, None, torch.tensor([8]), 3.0, generator=torch.Generator().manual_seed(0))
+    expected = diffusers_loop(name, noise, torch.cat([negative, positive]), 4, 3.0)
+    torch.testing.assert_close(ours, expected, atol=1e-5, rtol=1e-5)
+
+
+def test_every_scheduler_runs_deterministically_and_each_gives_its_own_video(pipe, start_image):
+    # 3 steps: with 2, cogvideox_dpm's first and last steps are both its first-order (DDIM) step.
+    requests = {name: Request(prompt="a panda", image=start_image, scheduler=name, seed=5, **{**SMALL, "steps": 3})
+                for name in sorted(SCHEDULERS)}
+    videos = {name: pipe.generate(request).frames for name, request in requests.items()}
+    assert all(torch.isfinite(video).all() for video in videos.values())
+    assert torch.equal(videos["cogvideox_dpm"], pipe.generate(requests["cogvideox_dpm"]).frames)  # draws noise
+    names = sorted(videos)
+    for i, a in enumerate(names):  # the request's scheduler is the one that runs
+        for b in names[i + 1:]:
+            assert not torch.equal(videos[a], videos[b]), (a, b)
 
 
 def test_trim_to_requested_frames(pipe, start_image):

@@ -99,11 +99,11 @@ def test_i2v_graph_equals_engine_with_model_management_and_progress(pack, loaded
     torch.testing.assert_close(frames, expected, atol=ATOL, rtol=0)
 
     model, vae, _ = loaded
-    assert [models for models, _ in calls] == [[vae.patcher], [model.patcher], [vae.patcher]]
+    assert [models for models, _ in calls] == [[vae.patcher], [model], [vae.patcher]]
     assert all(kwargs["memory_required"] > 0 for _, kwargs in calls)
     assert updates == [(1, 3), (2, 3), (3, 3)]
     loaded_now = comfy.model_management.loaded_models()
-    assert model.patcher in loaded_now and vae.patcher in loaded_now
+    assert model in loaded_now and vae.patcher in loaded_now
 
 
 def test_start_and_end_frame_graph_equals_engine(pack, loaded, conds, engine):
@@ -130,8 +130,7 @@ def test_noise_augmentation_equals_engine(pack, loaded, conds, models_dir):
 
 
 def test_t2v_graph_equals_engine(pack, loaded, conds, engine):
-    cond = run(pack, "DropletVideoEmptyConditioning", **SIZE)[0]
-    frames = sample_and_decode(pack, loaded, conds, cond, seed=5)
+    frames = sample_and_decode(pack, loaded, conds, empty_cond(), seed=5)
     torch.testing.assert_close(frames, engine_frames(engine, seed=5), atol=ATOL, rtol=0)
 
 
@@ -139,8 +138,7 @@ def test_v2v_graph_equals_engine(pack, loaded, conds, engine):
     video = torch.rand(13, 128, 128, 3, generator=torch.Generator().manual_seed(0))
     latent = run(pack, "DropletVideoVAEEncode", vae=loaded[1], image=video, tiling=False, seed=9)[0]
     assert latent["samples"].shape == (1, 16, 4, 16, 16)
-    cond = run(pack, "DropletVideoEmptyConditioning", **SIZE)[0]
-    frames = sample_and_decode(pack, loaded, conds, cond, seed=9, steps=5, denoise=0.6, latent=latent)
+    frames = sample_and_decode(pack, loaded, conds, empty_cond(), seed=9, steps=5, denoise=0.6, latent=latent)
     expected = engine_frames(engine, video=video, strength=0.6, steps=5, seed=9)
     torch.testing.assert_close(frames, expected, atol=ATOL, rtol=0)
 

@@ -1,4 +1,5 @@
-"""Stand-in for comfy.lora.calculate_weight: applies a key's patch list to a weight.
+"""Stand-in for comfy.lora: the generic LoRA key map, load_lora, and calculate_weight, which
+applies a key's patch list to a weight.
 
 Each patch is (strength, value, strength_model, offset, function) as ModelPatcher.add_patches
 stores it; value is a weight_adapter object (ComfyUI 2025+) or a legacy tuple: ("lora", (up,
@@ -33,3 +34,33 @@ def calculate_weight(patches, weight, key, intermediate_dtype=torch.float32, ori
         else:
             logging.warning("patch type not recognized %s %s", v[0], key)
     return weight
+
+
+def model_lora_keys_unet(model, key_map={}):
+    """ComfyUI's generic map for a model it has no special case for: kohya lora_unet_<a_b_c> and
+    diffusion_model.<a.b.c> names of every diffusion_model weight."""
+    for k in model.state_dict().keys():
+        if k.startswith("diffusion_model.") and k.endswith(".weight"):
+            key_map["lora_unet_{}".format(k[len("diffusion_model."):-len(".weight")].replace(".", "_"))] = k
+            key_map[k[:-len(".weight")]] = k
+    return key_map
+
+
+def load_lora(lora, to_load, log_missing=True):
+    """{model key: adapter} for the layers of `to_load` (LoRA key -> model key) found in `lora`."""
+    patch_dict, loaded_keys = {}, set()
+    for x in to_load:
+        alpha_name = f"{x}.alpha"
+        alpha = lora[alpha_name].item() if alpha_name in lora else None
+        if alpha is not None:
+            loaded_keys.add(alpha_name)
+        for adapter_cls in weight_adapter.adapters:
+            adapter = adapter_cls.load(x, lora, alpha, None, loaded_keys)
+            if adapter is not None:
+                patch_dict[to_load[x]] = adapter
+                loaded_keys.update(adapter.loaded_keys)
+    if log_missing:
+        for x in lora:
+            if x not in loaded_keys:
+                logging.warning("lora key not loaded: %s", x)
+    return patch_dict

@@ -25,6 +25,22 @@ def unet_offload_device():
     return torch.device("cpu")
 
 
+def vae_device():
+    return get_torch_device()
+
+
+def vae_offload_device():
+    return torch.device("cpu")
+
+
+def text_encoder_device():
+    return get_torch_device()
+
+
+def text_encoder_offload_device():
+    return torch.device("cpu")
+
+
 def intermediate_device():
     return torch.device("cpu")
 

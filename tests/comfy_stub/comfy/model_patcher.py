@@ -6,9 +6,10 @@ add_patches stores (strength, value, strength_model, offset, function) per state
 gives the clone a new patches_uuid; loading writes patched weights (computed in float32 by
 comfy.lora.calculate_weight) as new Parameters after backing up the originals, and
 unpatch_model puts the originals back. partially_load re-patches when the module carries
-another clone's patches (model.current_weight_patches_uuid). No partial (lowvram) loading, no
-hooks or object patches. Like ComfyUI's, it writes `model.device`, so wrapping a module whose
-`device` is a read-only property fails here too.
+another clone's patches (model.current_weight_patches_uuid). load(lowvram_model_memory=N)
+is ComfyUI's partial (lowvram) path: layers beyond N bytes keep their weights on the offload
+device and cast them per call. No hooks or object patches. Like ComfyUI's, it writes
+`model.device`, so wrapping a module whose `device` is a read-only property fails here too.
 """
 
 import collections
@@ -110,11 +111,31 @@ class ModelPatcher:
     def load(self, device_to=None, lowvram_model_memory=0, force_patch_weights=False, full_load=False):
         for key in self.model.state_dict():
             self.patch_weight_to_device(key, device_to=device_to)
-        if device_to is not None:
-            self.model.to(device_to)
-            self.model.device = device_to
-        self.model.model_loaded_weight_memory = self.model_size()
+        if 0 < lowvram_model_memory < self.model_size() and not full_load:
+            self._load_partially(device_to, lowvram_model_memory)
+        else:
+            if device_to is not None:
+                self.model.to(device_to)
+                self.model.device = device_to
+            self.model.model_loaded_weight_memory = self.model_size()
         self.model.current_weight_patches_uuid = self.patches_uuid
+
+    def _load_partially(self, device_to, budget):
+        """ComfyUI's lowvram path: layers with comfy_cast_weights move to the device while they fit
+        in the budget; the rest keep their weights on the offload device and cast them per call."""
+        loaded = 0
+        for _, module in self.model.named_modules():
+            if not hasattr(module, "comfy_cast_weights"):
+                continue
+            size = comfy.model_management.module_size(module)
+            if loaded + size <= budget:
+                module.to(device_to)
+                loaded += size
+            else:
+                module.prev_comfy_cast_weights = module.comfy_cast_weights
+                module.comfy_cast_weights = True
+        self.model.model_lowvram = True
+        self.model.model_loaded_weight_memory = loaded
 
     def patch_model(self, device_to=None, lowvram_model_memory=0, load_weights=True, force_patch_weights=False):
         if load_weights:
@@ -142,6 +163,12 @@ class ModelPatcher:
                 comfy.utils.set_attr_param(self.model, key, backup.weight)
         self.backup.clear()
         self.model.current_weight_patches_uuid = None
+        if self.model.model_lowvram:
+            for _, module in self.model.named_modules():
+                if hasattr(module, "prev_comfy_cast_weights"):
+                    module.comfy_cast_weights = module.prev_comfy_cast_weights
+                    del module.prev_comfy_cast_weights
+            self.model.model_lowvram = False
         if device_to is not None:
             self.model.to(device_to)
             self.model.device = device_to

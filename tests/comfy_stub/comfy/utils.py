@@ -58,3 +58,11 @@ def set_attr_param(obj, attr, value):
 def copy_to_param(obj, attr, value):
     obj, name = resolve_attr(obj, attr)
     getattr(obj, name).data.copy_(value)
+
+
+def repeat_to_batch_size(tensor, batch_size, dim=0):
+    if tensor.shape[dim] > batch_size:
+        return tensor.narrow(dim, 0, batch_size)
+    if tensor.shape[dim] < batch_size:
+        return tensor.repeat(dim * [1] + [-(-batch_size // tensor.shape[dim])] + [1] * (len(tensor.shape) - 1 - dim)).narrow(dim, 0, batch_size)
+    return tensor

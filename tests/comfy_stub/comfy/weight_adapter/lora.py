@@ -13,6 +13,15 @@ class LoRAAdapter(WeightAdapterBase):
         self.loaded_keys = loaded_keys
         self.weights = weights  # (up, down, alpha, mid, dora_scale, reshape)
 
+    @classmethod
+    def load(cls, x, lora, alpha, dora_scale, loaded_keys=None):
+        """The factors of layer `x` in kohya (lora_up/lora_down) or peft (lora_B/lora_A) names."""
+        for up_name, down_name in ((f"{x}.lora_up.weight", f"{x}.lora_down.weight"),
+                                   (f"{x}.lora_B.weight", f"{x}.lora_A.weight")):
+            if up_name in lora and down_name in lora:
+                return cls({up_name, down_name}, (lora[up_name], lora[down_name], alpha, None, dora_scale, None))
+        return None
+
     def calculate_weight(self, weight, key, strength, strength_model, offset, function,
                          intermediate_dtype=torch.float32, original_weight=None):
         up, down, alpha, mid, dora_scale, reshape = self.weights

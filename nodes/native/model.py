@@ -1,0 +1,97 @@
+"""DropletVideo's ComfyUI model type: latent format, model config and BaseModel.
+
+Sampling is the release scheduler's: v-prediction on linear betas 0.00085-0.012 (1000 steps)
+rescaled to zero terminal SNR. LATENT holds the VAE's latents unscaled, [B, 16, F, H, W], as
+ComfyUI's video models keep them; the latent format multiplies by the VAE's scaling_factor on
+the way in and divides on the way out.
+"""
+
+import comfy.conds
+import comfy.latent_formats
+import comfy.model_base
+import comfy.supported_models_base
+import torch
+
+from ...droplet_core.configs import VaeConfig
+from ...droplet_core.positional import fps_tensor
+from ..memory import transformer_memory
+from .diffusion_model import ComfyDropletTransformer
+
+MASK_CHANNELS = 1
+DEFAULT_TEXT_TOKENS = 226  # for memory estimates when the prompt's length is not known yet
+
+
+class DropletVideoLatentFormat(comfy.latent_formats.LatentFormat):
+    latent_channels = 16
+    latent_dimensions = 3
+    temporal_downscale_ratio = 4
+    spacial_downscale_ratio = 8
+
+    def __init__(self, scale_factor: float = VaeConfig().scaling_factor):
+        self.scale_factor = scale_factor
+
+
+class DropletVideoModelConfig(comfy.supported_models_base.BASE):
+    """`unet_config` = {"droplet_config": transformer/config.json}; the pack builds the model itself
+    (loading.py), so this config is never matched against ComfyUI's detected checkpoints."""
+
+    unet_config = {"image_model": "dropletvideo"}
+    unet_extra_config = {}
+    sampling_settings = {"linear_start": 0.00085, "linear_end": 0.012, "beta_schedule": "linear", "zsnr": True}
+    latent_format = DropletVideoLatentFormat
+    supported_inference_dtypes = [torch.bfloat16, torch.float16, torch.float32]
+    memory_usage_factor = 2.0
+
+    def get_model(self, state_dict=None, prefix="", device=None):
+        return DropletVideoModel(self, device=device)
+
+
+class DropletVideoModel(comfy.model_base.BaseModel):
+    def __init__(self, model_config, device=None):
+        super().__init__(model_config, comfy.model_base.ModelType.V_PREDICTION, device=device,
+                         unet_model=ComfyDropletTransformer)
+
+    @property
+    def droplet_config(self):
+        return self.diffusion_model.config
+
+    def concat_cond(self, **kwargs):
+        """[mask ; masked-video latents x scaling_factor] (17 channels) for the inpaint model, from
+        the conditioning's concat_mask / concat_latent_image; zeros (every frame masked, the
+        reference's text-to-video input) when the conditioning has none."""
+        noise = kwargs["noise"]
+        extra = self.droplet_config.in_channels - noise.shape[1]
+        if extra <= 0:
+            return None
+        image, mask = kwargs.get("concat_latent_image"), kwargs.get("concat_mask")
+        if image is None:
+            return torch.zeros((noise.shape[0], extra, *noise.shape[2:]), dtype=noise.dtype, device=noise.device)
+        check_concat_shape(image, mask, noise, extra)
+        device = kwargs.get("device", noise.device)
+        concat = torch.cat([mask.to(device, image.dtype), self.process_latent_in(image.to(device))], dim=1)
+        return concat.expand(noise.shape[0], *concat.shape[1:])
+
+    def extra_conds(self, **kwargs):
+        out = super().extra_conds(**kwargs)
+        fps = kwargs.get("fps")
+        if fps is not None:
+            out["fps"] = comfy.conds.CONDRegular(fps_tensor(fps))
+        return out
+
+    def memory_required(self, input_shape, cond_shapes={}):
+        """The offload planner's activation estimate (droplet_core/offload_plan.py) for this latent
+        grid; input_shape is [batch, channels, frames, height, width]."""
+        batch, _, frames, height, width = input_shape
+        text = cond_shapes.get("c_crossattn") if cond_shapes else None
+        tokens = text[0][1] if text else DEFAULT_TEXT_TOKENS
+        dtype = self.manual_cast_dtype or self.get_dtype()
+        return transformer_memory(self.droplet_config, (frames, height, width), tokens, batch, dtype)
+
+
+def check_concat_shape(image, mask, noise, extra_channels: int) -> None:
+    if mask is None or image.shape[1] + MASK_CHANNELS != extra_channels or image.shape[2:] != noise.shape[2:]:
+        raise ValueError(
+            f"the image conditioning ({None if image is None else tuple(image.shape)} latents, mask "
+            f"{None if mask is None else tuple(mask.shape)}) does not fit the sampled latent {tuple(noise.shape)}: "
+            f"give the conditioning node and the latent the same width, height and frame count (use the latent "
+            f"output of DropletVideo Image Encode).")
