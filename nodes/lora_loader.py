@@ -49,6 +49,21 @@ def unused_keys(tensors: dict, patches: dict) -> list:
             and not key.startswith(TEXT_ENCODER_PREFIXES)]
 
 
+def check_shapes(patches: dict, base_model, name: str) -> None:
+    """LoRA factors must fit their weight (ComfyUI would only log and skip a mismatch at load)."""
+    weights = base_model.state_dict()
+    for key, adapter in patches.items():
+        if getattr(adapter, "name", None) != "lora":
+            continue
+        up, down = adapter.weights[0], adapter.weights[1]
+        shape = weights[key].shape
+        if (up.shape[0], down.flatten(1).shape[1]) != (shape[0], shape[1:].numel()):
+            layer = key[len(MODEL_PREFIX):-len(".weight")]
+            raise ValueError(f"LoRA {name!r}, layer {layer}: up {tuple(up.shape)} x down {tuple(down.shape)} does not "
+                             f"fit the weight {tuple(shape)}; the LoRA was trained for a model of another size: use "
+                             f"one made for this DropletVideo/CogVideoX transformer.")
+
+
 def lora_patches(model, path, name: str) -> dict:
     """{model key: adapter} of the LoRA file at `path` for this MODEL; errors name the file."""
     tensors = load_tensors([path])
@@ -60,6 +75,7 @@ def lora_patches(model, path, name: str) -> dict:
         raise ValueError(f"LoRA {name!r}: {len(unused)} of its {len(tensors)} keys match no layer of this DropletVideo "
                          f"transformer (first: {unused[0] if unused else 'none'}); it was made for another model: "
                          f"use a LoRA trained for DropletVideo or CogVideoX-5B.")
+    check_shapes(patches, model.model, name)
     return patches
 
 

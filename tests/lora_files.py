@@ -13,9 +13,9 @@ def random_factors(transformer, seed, rank=4, scale=0.3):
             if isinstance(m, torch.nn.Linear) and name.startswith("transformer_blocks.")}
 
 
-def write_peft(path, factors, alpha=None):
-    """diffusers/peft keys, optional alpha, and one key that matches no layer (to be reported)."""
-    tensors = {"transformer.not_a_layer.lora_A.weight": torch.zeros(1, 1)}
+def write_peft(path, factors, alpha=None, stray_key=False):
+    """diffusers/peft keys, optional alpha, and (stray_key) one key that matches no layer."""
+    tensors = {"transformer.not_a_layer.lora_A.weight": torch.zeros(1, 1)} if stray_key else {}
     for name, (down, up) in factors.items():
         tensors.update({f"transformer.{name}.lora_A.weight": down, f"transformer.{name}.lora_B.weight": up})
         if alpha is not None:

@@ -36,8 +36,8 @@ def image_cond(pack, vae, start=None, end=None, **size):
                                            vae_tiling=False, start_image=start, end_image=end)
 
 
-def empty_cond(**size):
-    return "DropletVideoEmptyConditioning", {**SIZE, **size}
+def empty_cond(vae=None, **size):
+    return "DropletVideoEmptyConditioning", {**SIZE, **size, "vae": vae}
 
 
 def conditioned(pack, conds, cond, fps=8):

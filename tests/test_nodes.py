@@ -20,8 +20,8 @@ from droplet_core.fp8 import quantize_t5
 from droplet_core.loading import load_transformer
 from droplet_core.pipeline import Request, load_pipeline
 from droplet_core.text import NEGATIVE_PROMPT, load_text_encoder, with_suffix
-from node_fixtures import (ATOL, GOLDENS, PROMPT, SAMPLING, SIZE, as_image, conds, engine, engine_frames,  # noqa: F401
-                           image_cond, loaded, run, sample, sample_and_decode)
+from node_fixtures import (ATOL, GOLDENS, PROMPT, SAMPLING, SIZE, as_image, conditioned, conds,  # noqa: F401
+                           empty_cond, engine, engine_frames, image_cond, loaded, run, sample, sample_and_decode)
 
 
 @pytest.fixture
@@ -119,12 +119,13 @@ def test_noise_augmentation_equals_engine(pack, loaded, conds, models_dir):
     tiny, overrides = models_dir / "DropletVideo" / "tiny", {"add_noise_in_inpaint_model": True}
     engine = load_pipeline(tiny, device=comfy.model_management.get_torch_device())
     engine.transformer = load_transformer(tiny / "transformer", config_overrides=overrides)
-    components = importlib.import_module(f"{pack.__name__}.nodes.components")
-    model = components.DropletModel(components.make_patcher(engine.transformer), loaded[0].scheduler_config, "test")
+    native = importlib.import_module(f"{pack.__name__}.nodes.native.loading")
+    model = native.load_native_model(tiny / "transformer", torch.float32, engine.vae.config.scaling_factor,
+                                     config_overrides=overrides)
+    model.model.scheduler_config = loaded[0].model.scheduler_config
     start = Image.open(GOLDENS / "start.png")
-    cond = run(pack, "DropletVideoImageEncode", vae=loaded[1], **{**SIZE, "frames": 9}, resize_mode="stretch",
-               noise_augmentation=True, noise_aug_strength=0.0563, noise_aug_seed=42, vae_tiling=False,
-               start_image=as_image(start))[0]
+    node, inputs = image_cond(pack, loaded[1], start=as_image(start), frames=9)
+    cond = node, {**inputs, "noise_augmentation": True}
     frames = sample_and_decode(pack, (model, *loaded[1:]), conds, cond)
     torch.testing.assert_close(frames, engine_frames(engine, image=start, frames=9), atol=ATOL, rtol=0)
 
@@ -156,7 +157,8 @@ def test_progress_previews_the_middle_frame_through_the_fitted_projection(pack, 
     video, mask = i2v_video_and_mask(9, 128, 128, start)
     encoded = inpaint_latents(engine.vae, video, mask, (3, 16, 16), torch.float32, None, None, False)
     expected_projection = preview.fit_rgb_projection(encoded[0, 0, 1:], video[0, :, 0])
-    for ours, theirs in zip(cond.rgb_projection, expected_projection):
+    projection = conditioned(pack, conds, cond)[0][0][1]["droplet_rgb_projection"]
+    for ours, theirs in zip(projection, expected_projection):
         torch.testing.assert_close(ours, theirs, atol=1e-4, rtol=0)
 
     previews = []
@@ -177,37 +179,51 @@ def test_progress_previews_the_middle_frame_through_the_fitted_projection(pack, 
     assert len(previews) == len(steps) == 3
     for (kind, picture, max_size), latents in zip(previews, steps):
         assert kind == "JPEG" and max_size == comfy.cli_args.args.preview_size and picture.size == (16, 16)
-        expected = preview.latents_to_rgb(latents[0, latents.shape[1] // 2], cond.rgb_projection).numpy()
+        expected = preview.latents_to_rgb(latents[0, latents.shape[1] // 2], projection).numpy()
         assert np.abs(np.array(picture).astype(int) - expected).max() <= 1
     previews.clear()
-    sample(pack, loaded[0], conds, run(pack, "DropletVideoEmptyConditioning", **{**SIZE, "frames": 9})[0])
+    sample(pack, loaded[0], conds, empty_cond(frames=9))
     assert previews == [None] * 3  # text-to-video without a VAE: nothing to fit a projection on
-    t2v = run(pack, "DropletVideoEmptyConditioning", **{**SIZE, "frames": 9}, vae=loaded[1])[0]
+    t2v = empty_cond(frames=9, vae=loaded[1])
+    t2v_projection = conditioned(pack, conds, t2v)[0][0][1]["droplet_rgb_projection"]
     pattern = preview.color_pattern(128)
     with torch.no_grad():
         latent = engine.vae.encode((pattern * 2 - 1)[None, :, None]).latent_dist.mode()[0, :, 0]
     expected_projection = preview.fit_rgb_projection(latent * engine.vae.config.scaling_factor, pattern)
-    for ours, theirs in zip(t2v.rgb_projection, expected_projection):
+    for ours, theirs in zip(t2v_projection, expected_projection):
         torch.testing.assert_close(ours, theirs, atol=1e-4, rtol=0)
     previews.clear()
-    latent = sample(pack, loaded[0], conds, t2v)["samples"]
+    latent = sample(pack, loaded[0], conds, t2v)["samples"] * engine.vae.config.scaling_factor
     assert len(previews) == 3 and all(p is not None for p in previews)
     last = latent[0, :, latent.shape[2] // 2]  # ComfyUI's [B, C, F, H, W]: the middle frame's channels
-    expected = preview.latents_to_rgb(last, t2v.rgb_projection).numpy()
+    expected = preview.latents_to_rgb(last, t2v_projection).numpy()
     assert np.abs(np.array(previews[-1][1]).astype(int) - expected).max() <= 1
 
 
 # Model management, Cancel ------------------------------------------------------------------------------
 
-def test_loaders_reuse_what_they_loaded(pack, loaded):
-    again = run(pack, "DropletVideoModelLoader", model_folder="tiny", precision="fp32",
-                offload="comfy_model_management")
-    assert all(a is b for a, b in zip(again, loaded))
+def test_loaders_keep_nothing_once_comfyui_drops_their_outputs(pack, models_dir):
+    """No module-level cache: ComfyUI's node cache is the only owner, so "Free model and node
+    cache" (unload, then drop the outputs) frees the weights, and a file replaced on disk is read anew."""
+    import gc
+    import weakref
+    model, vae, text_encoder = run(pack, "DropletVideoModelLoader", model_folder="tiny", precision="fp32")
+    probes = [weakref.ref(model.model.diffusion_model), weakref.ref(vae.patcher.model.module),
+              weakref.ref(text_encoder.patcher.model.module)]
+    comfy.model_management.load_models_gpu([model])
+    again = run(pack, "DropletVideoModelLoader", model_folder="tiny", precision="fp32")
+    assert again[0] is not model and again[0].model is not model.model  # a fresh load, not a cached one
+    comfy.model_management.unload_all_models()
+    del model, vae, text_encoder, again
+    gc.collect()
+    assert [probe() for probe in probes] == [None, None, None]
 
 
 def test_interrupt_stops_the_sampler_and_the_next_run_works(pack, loaded, conds):
-    cond = run(pack, "DropletVideoEmptyConditioning", width=128, height=128, frames=5)[0]
-    inputs = dict(model=loaded[0], positive=conds[0], negative=conds[1], image_cond=cond, **SAMPLING)
+    cond = conditioned(pack, conds, empty_cond(frames=5))
+    positive, negative, latent = cond
+    inputs = dict(model=loaded[0], positive=positive, negative=negative, latent=latent,
+                  **{k: v for k, v in SAMPLING.items() if k != "fps"})
     comfy.model_management.interrupt_current_processing(True)
     with pytest.raises(comfy.model_management.InterruptProcessingException):
         run(pack, "DropletVideoSampler", **inputs)
@@ -221,11 +237,12 @@ def test_split_loaders_load_the_same_components(pack, loaded, models_dir):
     model = run(pack, "DropletVideoTransformerLoader", transformer_name="tiny-transformer", precision="fp32")[0]
     vae = run(pack, "DropletVideoVAELoader", vae_name="tiny-vae", precision="fp32")[0]
     text_encoder = run(pack, "DropletVideoT5Loader", text_encoder_name="tiny-t5", precision="fp32")[0]
-    for split, full in ((model, loaded[0]), (vae, loaded[1]), (text_encoder, loaded[2])):
-        a, b = split.patcher.model.state_dict(), full.patcher.model.state_dict()
+    for split, full in ((model.model, loaded[0].model), (vae.patcher.model, loaded[1].patcher.model),
+                        (text_encoder.patcher.model, loaded[2].patcher.model)):
+        a, b = split.state_dict(), full.state_dict()
         assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
-    release = {k: v for k, v in loaded[0].scheduler_config.items() if k != "_class_name"}
-    assert model.scheduler_config == release
+    release = {k: v for k, v in loaded[0].model.scheduler_config.items() if k != "_class_name"}
+    assert model.model.scheduler_config == release
     with pytest.raises(ValueError, match="no T5 tokenizer"):
         run(pack, "DropletVideoT5Loader", text_encoder_name="t5-without-tokenizer", precision="fp32")
 
@@ -238,7 +255,7 @@ def test_t5_on_the_cpu_stays_there_and_encodes_the_same(pack, loaded, monkeypatc
     monkeypatch.setattr(comfy.model_management, "get_torch_device", lambda: torch.device("cuda"))  # never asked
     for ours, default in zip(run(pack, "DropletVideoTextEncode", text_encoder=on_cpu, **inputs),
                              run(pack, "DropletVideoTextEncode", text_encoder=loaded[2], **inputs)):
-        torch.testing.assert_close(ours.embeds, default.embeds, atol=1e-6, rtol=0)
+        torch.testing.assert_close(ours[0][0], default[0][0], atol=1e-6, rtol=0)
 
 
 def test_t5_fp8_weights_encode_as_the_engine_and_close_to_full_precision(pack, loaded, models_dir):
@@ -248,12 +265,12 @@ def test_t5_fp8_weights_encode_as_the_engine_and_close_to_full_precision(pack, l
     assert blocks[0].layer[0].SelfAttention.q.weight.dtype == torch.float8_e4m3fn
     assert blocks[0].layer[1].DenseReluDense.wo.weight.dtype == torch.float32  # T5 casts its input to wo's dtype
     inputs = dict(prompt="a boat", negative_prompt="", append_quality_suffix=True, max_tokens=20)
-    ours = run(pack, "DropletVideoTextEncode", text_encoder=fp8, **inputs)[0].embeds
+    ours = run(pack, "DropletVideoTextEncode", text_encoder=fp8, **inputs)[0][0][0]
     folder = models_dir / "DropletVideo" / "tiny"
     engine = load_text_encoder(folder / "text_encoder", folder / "tokenizer")
     quantize_t5(engine.model)
     torch.testing.assert_close(ours, engine.encode(with_suffix("a boat"), 20), atol=1e-6, rtol=0)
-    full = run(pack, "DropletVideoTextEncode", text_encoder=loaded[2], **inputs)[0].embeds
+    full = run(pack, "DropletVideoTextEncode", text_encoder=loaded[2], **inputs)[0][0][0]
     assert 0 < (ours - full).norm() / full.norm() < 0.1  # fp8 rounding (4% on the random tiny T5)
 
 
@@ -284,40 +301,38 @@ def test_clip_input_encodes_like_the_t5_loader(pack, loaded, prompt):
     ours = run(pack, "DropletVideoTextEncode", text_encoder=loaded[2], **inputs)
     via_clip = run(pack, "DropletVideoTextEncode", clip=FakeClip(loaded[2]), **inputs)
     for a, b in zip(ours, via_clip):
-        assert a.embeds.shape == (1, 60, 32)
-        torch.testing.assert_close(a.embeds, b.embeds, atol=ATOL, rtol=0)
+        assert a[0][0].shape == (1, 60, 32)
+        torch.testing.assert_close(a[0][0], b[0][0], atol=1e-6, rtol=0)
 
 
 def test_clip_with_the_wrong_hidden_size_fails_at_sampling(pack, loaded):
     clip = FakeClip(loaded[2], projection=torch.randn(32, 16))
     positive, negative = run(pack, "DropletVideoTextEncode", clip=clip, prompt="x", negative_prompt="",
                              append_quality_suffix=False, max_tokens=20)
-    cond = run(pack, "DropletVideoEmptyConditioning", width=128, height=128, frames=5)[0]
-    with pytest.raises(ValueError, match="hidden size 16 .*ComfyUI CLIP.*text_embed_dim 32"):
-        run(pack, "DropletVideoSampler", model=loaded[0], positive=positive, negative=negative, image_cond=cond,
-            **SAMPLING)
+    with pytest.raises(ValueError, match="hidden size 16, but the model expects text_embed_dim 32"):
+        sample(pack, loaded[0], (positive, negative), empty_cond(frames=5))
 
 
 # Errors -------------------------------------------------------------------------------------------------
 
 def test_errors_name_the_fix(pack, loaded, conds):
     with pytest.raises(ValueError, match="'missing' was not found in ComfyUI's 'DropletVideo' folders"):
-        run(pack, "DropletVideoModelLoader", model_folder="missing", precision="fp32", offload="comfy_model_management")
+        run(pack, "DropletVideoModelLoader", model_folder="missing", precision="fp32")
     with pytest.raises(ValueError, match="empty image batch"):
-        image_cond(pack, loaded[1], start=torch.zeros(0, 128, 128, 3))
+        conditioned(pack, conds, image_cond(pack, loaded[1], start=torch.zeros(0, 128, 128, 3)))
     with pytest.raises(ValueError, match="width 500 is not a multiple of 16: use 496 or 512"):
-        image_cond(pack, loaded[1], width=500)
+        conditioned(pack, conds, image_cond(pack, loaded[1], width=500))
     with pytest.raises(ValueError, match="end_image needs a start_image"):
-        image_cond(pack, loaded[1], end=torch.zeros(1, 128, 128, 3))
+        conditioned(pack, conds, image_cond(pack, loaded[1], end=torch.zeros(1, 128, 128, 3)))
     with pytest.raises(ValueError, match="needs a text encoder"):
         run(pack, "DropletVideoTextEncode", prompt="x", negative_prompt="", append_quality_suffix=True, max_tokens=8)
     with pytest.raises(ValueError, match="Upscale Image"):
         run(pack, "DropletVideoVAEEncode", vae=loaded[1], image=torch.zeros(5, 100, 128, 3), tiling=False, seed=0)
 
-    cond = run(pack, "DropletVideoEmptyConditioning", width=128, height=128, frames=5)[0]
-    inputs = dict(model=loaded[0], positive=conds[0], negative=conds[1], image_cond=cond, **SAMPLING)
-    with pytest.raises(ValueError, match="needs a latent input"):
-        run(pack, "DropletVideoSampler", **{**inputs, "denoise": 0.5})
-    with pytest.raises(ValueError, match="give the conditioning node the input video's size"):
-        run(pack, "DropletVideoSampler", **{**inputs, "denoise": 0.5,
-                                              "latent": {"samples": torch.zeros(1, 16, 4, 16, 16)}})
+    with pytest.raises(ValueError, match="this latent is empty: connect DropletVideo VAE Encode"):
+        sample(pack, loaded[0], conds, empty_cond(frames=5), denoise=0.5)
+    with pytest.raises(ValueError, match="does not fit the sampled latent"):
+        sample(pack, loaded[0], conds, image_cond(pack, loaded[1], frames=5), latent={"samples": torch.ones(1, 16, 4, 16, 16)},
+               denoise=0.5)
+    with pytest.raises(ValueError, match="DropletVideo samples one video latent"):
+        sample(pack, loaded[0], conds, empty_cond(frames=5), latent={"samples": torch.zeros(1, 4, 16, 16)})

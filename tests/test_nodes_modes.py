@@ -1,5 +1,6 @@
 """The sampler's modes and the helper nodes against the engine: FPS sweep, resolution bucket,
-long video (sliding windows), step cache; the loaders' fp8 and attention options."""
+long video (sliding windows), step cache; the native MODEL under ComfyUI's partial loading and
+fp8 weight storage; the attention option."""
 
 import importlib
 import math
@@ -9,15 +10,11 @@ import comfy.model_management
 import pytest
 import torch
 
-from droplet_core.configs import RELEASE_TRANSFORMER
-from droplet_core.engine_options import EngineOptions
-from droplet_core.pipeline import load_pipeline
 from droplet_core.shapes import size_for_budget
 from droplet_core.tiny import TRANSFORMER
-from droplet_core.transformer import DropletVideoTransformer3DModel
 from lora_files import random_factors, write_peft
-from node_fixtures import (ATOL, as_image, conds, engine, engine_latent, image_cond, loaded, run, sample,  # noqa: F401
-                           sample_and_decode, start_image)
+from node_fixtures import (ATOL, as_image, conditioned, conds, engine, engine_latent, image_cond,  # noqa: F401
+                           loaded, run, sample, sample_and_decode, start_image)
 
 SMALL = dict(width=64, height=64)
 
@@ -30,8 +27,9 @@ def small_cond(pack, loaded, start_image):
 # FPS sweep --------------------------------------------------------------------------------------------
 
 def sweep(pack, loaded, conds, cond, fps_values, layout):
-    return run(pack, "DropletVideoFPSSweep", model=loaded[0], vae=loaded[1], positive=conds[0], negative=conds[1],
-               image_cond=cond, fps_values=fps_values, steps=2, cfg=6.0, seed=7, scheduler="ddim", layout=layout,
+    positive, negative, latent = conditioned(pack, conds, cond)
+    return run(pack, "DropletVideoFPSSweep", model=loaded[0], vae=loaded[1], positive=positive, negative=negative,
+               latent=latent, fps_values=fps_values, steps=2, cfg=6.0, seed=7, scheduler="ddim", layout=layout,
                vae_tiling=False)[0]
 
 
@@ -76,7 +74,7 @@ def test_resolution_bucket_keeps_the_aspect_ratio_at_the_budget(pack, width, hei
 def test_long_video_twice_the_trained_length_equals_the_engine(pack, loaded, conds, engine, start_image):
     frames = 2 * (TRANSFORMER.max_video_frames - 1) + 1  # 169 frames: 43 latent frames, the model knows 22
     cond = image_cond(pack, loaded[1], start=as_image(start_image), **SMALL, frames=frames)
-    with pytest.raises(ValueError, match="long-video mode"):
+    with pytest.raises(ValueError, match="exceed the positional table.*turn on long_video"):
         sample(pack, loaded[0], conds, cond, steps=2)
     latent = sample(pack, loaded[0], conds, cond, steps=2, long_video=True, window_overlap=0)
     assert latent["samples"].shape == (1, 16, 43, 8, 8)
@@ -117,25 +115,47 @@ def test_step_cache_equals_the_engine_and_skips_steps(pack, loaded, conds, engin
     assert len(caches) == 1  # cache_threshold 0: no cache
 
 
-# Loader options: fp8 weights, attention kernel ------------------------------------------------------------
+# The native MODEL: partial loading, fp8 storage, attention kernel -----------------------------------------
 
-def test_fp8_weight_format_equals_the_engine_and_refuses_lora_patches(pack, loaded, conds, small_cond, start_image,
-                                                                      models_dir):
-    fp8 = run(pack, "DropletVideoModelLoader", model_folder="tiny", precision="fp32",
-              offload="comfy_model_management", weight_format="fp8_e4m3fn", attention="sdpa")
-    assert fp8[0] is not loaded[0]  # another cache key: loaded anew
-    blocks = fp8[0].patcher.model.module.transformer_blocks
-    assert blocks[0].attn1.to_q.weight.dtype == torch.float8_e4m3fn
-    latent = sample(pack, fp8[0], conds, small_cond, steps=2)["samples"]
-    engine = load_pipeline(models_dir / "DropletVideo" / "tiny", device=comfy.model_management.get_torch_device(),
-                           options=EngineOptions(weights="fp8_e4m3fn"))
-    expected = engine_latent(engine, image=start_image, **SMALL, frames=5, steps=2)
-    torch.testing.assert_close(latent, expected, atol=ATOL, rtol=0)
+def test_partial_load_below_the_model_size_gives_the_full_load_latents(pack, loaded, conds, small_cond, monkeypatch):
+    """ComfyUI's lowvram path: layers past the budget keep their weights on the offload device and
+    are cast per call by ComfyUI's operations; the latents must not change."""
+    full = sample(pack, loaded[0], conds, small_cond, steps=2)["samples"]
+    model = run(pack, "DropletVideoModelLoader", model_folder="tiny", precision="fp32")[0]
+    budget = model.model_size() // 3
+    device = model.load_device
+    monkeypatch.setattr(comfy.model_management, "load_models_gpu",
+                        lambda models, *args, **kwargs: models[0].patch_model(device, lowvram_model_memory=budget))
+    partial = sample(pack, model, conds, small_cond, steps=2)["samples"]
+    assert model.model.model_lowvram and 0 < model.loaded_size() < model.model_size()
+    cast_per_call = [m for m in model.model.diffusion_model.modules() if getattr(m, "comfy_cast_weights", False)]
+    assert cast_per_call, "the budget left no layer to cast on the fly"
+    torch.testing.assert_close(partial, full, atol=1e-6, rtol=0)
+    model.unpatch_model(model.offload_device)
+
+
+def test_every_weight_of_the_native_model_sits_in_a_comfyui_operation(pack, loaded):
+    ops = importlib.import_module("comfy.ops")
+    operations = (ops.disable_weight_init.Linear, ops.disable_weight_init.LayerNorm, ops.disable_weight_init.Conv2d)
+    diffusion_model = loaded[0].model.diffusion_model
+    holders = {name.rsplit(".", 1)[0] for name, _ in diffusion_model.named_parameters()}
+    assert holders and all(isinstance(diffusion_model.get_submodule(name), operations) for name in holders)
+
+
+def test_fp8_weight_format_stores_fp8_computes_close_and_takes_loras(pack, loaded, conds, small_cond, models_dir):
+    fp8 = run(pack, "DropletVideoModelLoader", model_folder="tiny", precision="fp32", weight_format="fp8_e4m3fn",
+              attention="sdpa")[0]
+    assert {p.dtype for p in fp8.model.diffusion_model.parameters()} == {torch.float8_e4m3fn}
+    assert fp8.model.manual_cast_dtype == torch.float32
+    latent = sample(pack, fp8, conds, small_cond, steps=2)["samples"]
     plain = sample(pack, loaded[0], conds, small_cond, steps=2)["samples"]
-    assert 0 < (latent - plain).abs().max() < 0.1 * plain.abs().max()  # fp8 rounding, not another model
-    write_peft(models_dir / "loras" / "droplet_test_fp8.safetensors", random_factors(loaded[0].patcher.model.module, 4))
-    with pytest.raises(ValueError, match="keeps its weights in fp8.*set weight_format to default"):
-        run(pack, "DropletVideoLoraLoader", model=fp8[0], lora_name="droplet_test_fp8.safetensors", strength=1.0)
+    assert 0 < (latent - plain).abs().max() < 0.2 * plain.abs().max()  # fp8 rounding, not another model
+    write_peft(models_dir / "loras" / "droplet_test_fp8.safetensors",
+               random_factors(loaded[0].model.diffusion_model, 4))
+    patched = run(pack, "DropletVideoLoraLoader", model=fp8, lora_name="droplet_test_fp8.safetensors",
+                  strength=1.0)[0]
+    with_lora = sample(pack, patched, conds, small_cond, steps=2)["samples"]
+    assert (with_lora - latent).abs().max() > 1e-3  # ComfyUI patches fp8 weights as it does its own models
 
 
 def test_sage_attention_without_the_package_says_how_to_install_it(pack, monkeypatch):
@@ -143,113 +163,3 @@ def test_sage_attention_without_the_package_says_how_to_install_it(pack, monkeyp
     with pytest.raises(ValueError, match="pip install sageattention"):
         run(pack, "DropletVideoTransformerLoader", transformer_name="tiny-transformer", precision="fp32",
             weight_format="default", attention="sage")
-
-
-def test_block_swap_equals_the_whole_model_on_the_device_with_and_without_a_lora(pack, loaded, conds, small_cond,
-                                                                                 models_dir, monkeypatch):
-    swaps = record_instances(monkeypatch, importlib.import_module(f"{pack.__name__}.nodes.offload"), "BlockSwap")
-    swapped = run(pack, "DropletVideoModelLoader", model_folder="tiny", precision="fp32",
-                  offload="block_swap", swap_blocks=1)[0]
-    assert swapped.patcher.load_device == comfy.model_management.unet_offload_device()
-    plain = sample(pack, loaded[0], conds, small_cond, steps=2)["samples"]
-    torch.testing.assert_close(sample(pack, swapped, conds, small_cond, steps=2)["samples"], plain, atol=ATOL, rtol=0)
-    assert len(swaps) == 1 and swaps[0].blocks_on_device == 1 and swaps[0].fetches == 2  # 1 swapped block x 2 steps
-    transformer = loaded[0].patcher.model.module
-    write_peft(models_dir / "loras" / "droplet_test_swap.safetensors", random_factors(transformer, 5))
-    lora = dict(lora_name="droplet_test_swap.safetensors", strength=0.7)
-    expected = sample(pack, run(pack, "DropletVideoLoraLoader", model=loaded[0], **lora)[0], conds, small_cond,
-                      steps=2)["samples"]
-    with_lora = run(pack, "DropletVideoLoraLoader", model=swapped, **lora)[0]
-    torch.testing.assert_close(sample(pack, with_lora, conds, small_cond, steps=2)["samples"], expected, atol=ATOL,
-                               rtol=0)
-    assert (expected - plain).abs().max() > 1e-3
-    with pytest.raises(ValueError, match="swap_blocks 3 is more than this transformer's 2 blocks"):
-        run(pack, "DropletVideoTransformerLoader", transformer_name="tiny-transformer", precision="fp32",
-            offload="block_swap", swap_blocks=3)
-
-
-def test_sequential_offload_equals_the_whole_model_and_detaches_after_sampling(pack, loaded, conds, small_cond):
-    sequential = run(pack, "DropletVideoTransformerLoader", transformer_name="tiny-transformer", precision="fp32",
-                     offload="sequential")[0]
-    assert sequential.patcher.load_device == comfy.model_management.unet_offload_device()
-    whole = run(pack, "DropletVideoTransformerLoader", transformer_name="tiny-transformer", precision="fp32")[0]
-    transformer = sequential.patcher.model.module
-    calls = []
-    handle = transformer.transformer_blocks[1].attn1.to_q.register_forward_pre_hook(
-        lambda module, args: calls.append(module._forward_pre_hooks.copy()))
-    latent = sample(pack, sequential, conds, small_cond, steps=2)["samples"]
-    handle.remove()
-    torch.testing.assert_close(latent, sample(pack, whole, conds, small_cond, steps=2)["samples"], atol=ATOL, rtol=0)
-    assert len(calls) == 2 and all(len(hooks) == 2 for hooks in calls)  # 2 steps; this hook and the offload's
-    leftover = [name for name, module in transformer.named_modules() if module._forward_pre_hooks or
-                module._forward_hooks]
-    assert leftover == []  # the hooks go with the sampling run
-
-
-def test_sequential_offload_interrupted_midway_leaves_every_weight_parked(pack, conds, small_cond):
-    sequential = run(pack, "DropletVideoTransformerLoader", transformer_name="tiny-transformer", precision="fp32",
-                     offload="sequential")[0]
-    transformer = sequential.patcher.model.module
-    before = {name: p.data_ptr() for name, p in transformer.named_parameters()}
-
-    def cancel(module, args, output):  # runs before the offload's own post-hook, which then never runs
-        raise comfy.model_management.InterruptProcessingException()
-
-    handle = transformer.transformer_blocks[1].attn1.to_q.register_forward_hook(cancel)
-    with pytest.raises(comfy.model_management.InterruptProcessingException):
-        sample(pack, sequential, conds, small_cond, steps=2)
-    handle.remove()
-    after = {name: p.data_ptr() for name, p in transformer.named_parameters()}
-    assert after == before  # the interrupted layer's device copy is gone too
-    assert not any(m._forward_pre_hooks or m._forward_hooks for m in transformer.modules())
-
-
-def test_offload_none_keeps_the_transformer_on_the_device_and_auto_off_cuda_is_comfys(pack):
-    load = dict(transformer_name="tiny-transformer", precision="fp32")
-    resident = run(pack, "DropletVideoTransformerLoader", **load, offload="none")[0]
-    assert resident.patcher.offload_device == comfy.model_management.get_torch_device()
-    auto = run(pack, "DropletVideoTransformerLoader", **load, offload="auto")[0]
-    assert (auto.offload, auto.swap_blocks) == ("comfy_model_management", 0)  # no VRAM to plan for on the CPU
-    with pytest.raises(ValueError, match="swap_blocks 1 is for offload block_swap .*set offload to block_swap"):
-        run(pack, "DropletVideoTransformerLoader", **load, offload="sequential", swap_blocks=1)
-    with pytest.raises(ValueError, match="unknown offload mode 'fast': use one of comfy_model_management, none"):
-        run(pack, "DropletVideoTransformerLoader", **load, offload="fast")
-
-
-def test_auto_offload_plans_the_release_transformer_from_the_gpus_memory(pack, monkeypatch):
-    offload = importlib.import_module(f"{pack.__name__}.nodes.offload")
-    mm = comfy.model_management
-    monkeypatch.setattr(mm, "get_torch_device", lambda: torch.device("cuda", 0))
-    monkeypatch.setattr(mm, "extra_reserved_memory", lambda: 400 * 2**20)
-    with torch.device("meta"):
-        transformer = DropletVideoTransformer3DModel(RELEASE_TRANSFORMER).to(torch.bfloat16)
-
-    def plan(total_gib, mode="auto"):
-        monkeypatch.setattr(mm, "get_total_memory", lambda dev=None: total_gib * 2**30)
-        return offload.resolve_node_offload(mode, 0, transformer, torch.bfloat16)
-
-    assert plan(80) == plan(24) == ("comfy_model_management", 0)
-    (mode16, swapped16), (mode12, swapped12) = plan(16), plan(12)
-    assert mode16 == mode12 == "block_swap" and 0 < swapped16 < swapped12 < 42
-    assert plan(12, "block_swap") == plan(12)  # block_swap with swap_blocks 0: the planned count
-    assert plan(6) == ("sequential", 0)
-
-
-def test_compile_compiles_each_block_and_keeps_the_output(pack, conds, small_cond, monkeypatch):
-    engine_options = importlib.import_module(f"{pack.__name__}.droplet_core.engine_options")
-    graphs = []
-
-    def counting_backend(graph, example_inputs):  # what inductor would receive, run as is
-        graphs.append(graph)
-        return graph.forward
-
-    compile_blocks = engine_options.compile_blocks
-    monkeypatch.setattr(engine_options, "compile_blocks", lambda model, backend: compile_blocks(model, counting_backend))
-    load = dict(transformer_name="tiny-transformer", precision="fp32")
-    plain = sample(pack, run(pack, "DropletVideoTransformerLoader", **load)[0], conds, small_cond, steps=2)["samples"]
-    torch._dynamo.reset()
-    compiled = run(pack, "DropletVideoTransformerLoader", **load, compile=True)[0]
-    torch.testing.assert_close(sample(pack, compiled, conds, small_cond, steps=2)["samples"], plain, atol=ATOL, rtol=0)
-    assert len(graphs) >= len(compiled.patcher.model.module.transformer_blocks)
-    with pytest.raises(ValueError, match="compile and offload sequential cannot be combined"):
-        run(pack, "DropletVideoTransformerLoader", **load, compile=True, offload="sequential")

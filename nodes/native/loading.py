@@ -20,13 +20,14 @@ def model_config_for(transformer_config, weight_dtype, compute_dtype, scale_fact
     return config
 
 
-def load_native_model(path, compute_dtype: torch.dtype, scale_factor: float, fp8_weights: bool = False):
+def load_native_model(path, compute_dtype: torch.dtype, scale_factor: float, fp8_weights: bool = False,
+                      config_overrides=None):
     """The transformer at `path` (folder or single file) as a ComfyUI MODEL.
 
     fp8_weights stores every weight in float8_e4m3fn and computes in `compute_dtype` (ComfyUI's
     manual cast, as its own fp8 weight dtype); ComfyUI-style scaled fp8 files are dequantized."""
     weight_dtype = FP8 if fp8_weights else compute_dtype
-    config, state, _, source = read_transformer(path, compute_dtype)
+    config, state, _, source = read_transformer(path, compute_dtype, config_overrides)
     if fp8_weights:
         state = {key: value.to(FP8) for key, value in state.items()}
     model_config = model_config_for(config, weight_dtype, compute_dtype, scale_factor)
