@@ -56,10 +56,15 @@ class DropletAttnProcessor:
             query[:, :, text_len:] = apply_rotary_emb(query[:, :, text_len:], image_rotary_emb)
             if not attn.is_cross_attention:
                 key[:, :, text_len:] = apply_rotary_emb(key[:, :, text_len:], image_rotary_emb)
-        out = self.attend(query, key, value).transpose(1, 2).flatten(2)
+        out = self.joint_attention(query, key, value, text_len)
         out = attn.to_out[1](attn.to_out[0](out))
         encoder_hidden_states, hidden_states = out.split([text_len, out.size(1) - text_len], dim=1)
         return hidden_states, encoder_hidden_states
+
+    def joint_attention(self, query, key, value, text_len: int) -> torch.Tensor:
+        """[B, heads, text + video tokens, head_dim] -> [B, tokens, heads * head_dim]; the sequence-parallel
+        processor (parallel/joint_attention.py) overrides this."""
+        return self.attend(query, key, value).transpose(1, 2).flatten(2)
 
 
 def set_attention(transformer, backend: str = "sdpa") -> None:

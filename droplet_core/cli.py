@@ -1,6 +1,7 @@
 """`python -m droplet_core`: the reference inference.py's options, plus output and device control."""
 
 import argparse
+import contextlib
 import logging
 import resource
 import sys
@@ -13,6 +14,7 @@ from transformers.utils import logging as transformers_logging
 from .attention import ATTENTION_BACKENDS
 from .engine_options import WEIGHT_FORMATS, EngineOptions
 from .offload_plan import Workload
+from .parallel import DEFAULT_TIMEOUT_S, PARALLEL_MODES, ParallelRunError, checkpoint_heads, launched, start_parallel
 from .pipeline import DTYPES, Request, load_pipeline
 from .placement import OFFLOAD_MODES
 from .sampling import SCHEDULERS
@@ -64,6 +66,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--dtype", choices=sorted(DTYPES), default=None, help="default bf16 on CUDA, fp32 on CPU")
     add_engine_options(p)
+    p.add_argument("--parallel", choices=PARALLEL_MODES, default="auto", help="under torchrun: how the processes "
+                   "share one video. auto: CFG halves on 2 ranks when guidance > 1, video tokens split over the rest; "
+                   "sequence; cfg (2 processes); none (rank 0 alone)")
+    p.add_argument("--dist_timeout", type=float, default=DEFAULT_TIMEOUT_S, help="seconds a rank waits in a "
+                   "collective before it ends with an error (torchrun runs)")
     return p
 
 
@@ -173,25 +180,44 @@ def main(argv=None) -> int:
         args.ckpt = ensure_tiny_checkpoint()
         _tiny_defaults(args)
     dtype = DTYPES[args.dtype or ("bf16" if args.device.startswith("cuda") else "fp32")]
+    run = None
     try:
         started = time.perf_counter()
         request = request_from_args(args)
+        if launched().world_size > 1:  # torchrun: several processes on this one video (parallel/)
+            run = start_parallel(args.parallel, args.device, checkpoint_heads(args.ckpt), request.guidance_scale,
+                                 args.dist_timeout)
+            if run is None and launched().rank != 0:
+                print(f"rank {launched().rank}: --parallel none, rank 0 generates alone", file=sys.stderr)
+                return 0
         fps_values = [float(v) for v in args.fps_sweep.split(",")] if args.fps_sweep else [args.fps]
         workload = Workload(request.width, request.height, request.frames, request.max_sequence_length,
                             2 if request.guidance_scale > 1 else 1, dtype.itemsize, request.tiled_vae)
-        pipe = load_pipeline(args.ckpt, args.device, dtype, options=engine_options_from_args(args),
+        pipe = load_pipeline(args.ckpt, run.device if run else args.device, dtype, options=engine_options_from_args(args),
                              loras=[parse_lora(spec) for spec in args.lora], workload=workload)
         unknown = pipe.lora_unknown_keys
         if unknown:
             print(f"warning: {len(unknown)} LoRA keys matched no layer (first: {unknown[0]})", file=sys.stderr)
         loaded = time.perf_counter()
+        if run is not None:
+            run.attach(pipe)
+            run.check(request)
         progress = Progress()
-        results = pipe.generate_fps_sweep(request, fps_values, on_step=progress)
+        with run.guard() if run else contextlib.nullcontext():
+            results = pipe.generate_fps_sweep(request, fps_values, on_step=progress if not run or run.decodes else None)
+        if run is not None and not run.decodes:
+            return 0  # rank 0 writes the video
         result = results[0]
         out = write_outputs(results, fps_values, Path(args.out), args.playback_fps)
     except (ValueError, FileNotFoundError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
+    except ParallelRunError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 3
+    finally:
+        if run is not None:
+            run.close()
     total = time.perf_counter() - started
     peak_rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     summary = (f"wrote {out} ({result.frames.shape[0]} frames {request.width}x{request.height}, FPS condition "

@@ -1,0 +1,99 @@
+"""One generation across the processes torchrun started: the object the CLI and the pipeline use.
+
+`start_parallel` plans the layout (refusing what cannot work before any model is loaded), joins
+the process group and builds the mesh; `ParallelRun.attach(pipe)` installs the sequence split on
+the transformer and hands the pipeline `wrap` (the CFG split) and `decodes` (rank 0 alone decodes
+and writes; the others end after the last step). `guard()` turns a failure of the distributed run
+(a peer killed, a collective timed out) into ParallelRunError naming this rank.
+"""
+
+import contextlib
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Optional
+
+import torch
+import torch.distributed as dist
+from torch.distributed.device_mesh import DeviceMesh
+
+from .cfg import CfgParallelTransformer
+from .layout import ParallelLayout, plan_layout
+from ..configs import read_json
+from .process_group import build_mesh, join_process_group, launched, rank_device
+from .sequence import enable_sequence_parallel
+
+logger = logging.getLogger(__name__)
+DEFAULT_TIMEOUT_S = 600.0  # per collective; the first step of a compiled model can take minutes
+
+
+class ParallelRunError(RuntimeError):
+    """The distributed run stopped on this rank (see the message for which rank and why)."""
+
+
+@dataclass
+class ParallelRun:
+    layout: ParallelLayout
+    rank: int
+    device: torch.device
+    mesh: DeviceMesh
+    failed: bool = False
+
+    @property
+    def decodes(self) -> bool:
+        """Rank 0 decodes and writes the video; the others hold the same latents and stop there."""
+        return self.rank == 0
+
+    def check(self, request) -> None:
+        if request.cache_threshold:
+            raise ValueError("the step cache (cache_threshold) cannot run in parallel: each rank would decide to skip "
+                             "steps from its own shard of the tokens. Use cache_threshold 0, or one process.")
+        if self.layout.cfg > 1 and request.guidance_scale <= 1.0:
+            raise ValueError(f"CFG parallel needs guidance_scale > 1 (it is {request.guidance_scale:g}).")
+
+    def attach(self, pipe) -> None:
+        if self.layout.sequence > 1:
+            enable_sequence_parallel(pipe.transformer, self.mesh, self.device)
+        pipe.parallel = self
+
+    def wrap(self, model, request):
+        """The model the sampler calls: with the CFG split when the layout has one."""
+        self.check(request)
+        return CfgParallelTransformer(model, self.mesh["cfg"]) if self.layout.cfg > 1 else model
+
+    @contextlib.contextmanager
+    def guard(self):
+        try:
+            yield
+        except (ValueError, FileNotFoundError, ParallelRunError):
+            raise
+        except RuntimeError as error:  # gloo/NCCL failures (DistBackendError is a RuntimeError)
+            self.failed = True
+            raise ParallelRunError(
+                f"rank {self.rank} of {self.layout.world_size} ({self.layout.describe()}): the run across processes "
+                f"stopped: {error}. If another rank failed or was killed, its own output has the cause; this rank "
+                f"ends too.") from error
+
+    def close(self) -> None:
+        """Leaves the group; after a failure the process exit closes it (a destroy could wait on a dead peer)."""
+        if dist.is_initialized() and not self.failed:
+            dist.destroy_process_group()
+
+
+def start_parallel(mode: str, device: str, heads: int, guidance_scale: float,
+                   timeout_s: float = DEFAULT_TIMEOUT_S) -> Optional[ParallelRun]:
+    """The run for this process, or None when it generates alone (one process, or --parallel none)."""
+    layout = plan_layout(mode, launched().world_size, heads, guidance_scale)
+    if layout.world_size == 1:
+        return None
+    rank_dev = rank_device(device)
+    join_process_group(rank_dev, timeout_s)
+    run = ParallelRun(layout, dist.get_rank(), rank_dev, build_mesh(layout, rank_dev, timeout_s))
+    if run.rank == 0:
+        logger.info("parallel: %s on %d processes (%s)", layout.describe(), layout.world_size, dist.get_backend())
+    return run
+
+
+def checkpoint_heads(ckpt) -> int:
+    """The attention heads of a released folder's transformer, read before anything is loaded."""
+    return int(read_json(Path(ckpt) / "transformer" / "config.json")["num_attention_heads"])

@@ -1,0 +1,100 @@
+"""Worker processes for tests/test_engine_parallel.py: several CPU ranks (gloo) on one generation.
+
+`run_ranks` starts `world` spawned processes that each run the same list of jobs and save what
+they got (latents, or the error text and when it came) to out_dir/rank<N>.pt. A job can kill one
+rank at a given step (SIGKILL from its step callback), the way a crashed or OOM-killed GPU
+process disappears. Every wait has a deadline, so a hung rank fails the test instead of CI.
+"""
+
+import os
+import signal
+import socket
+import time
+from pathlib import Path
+
+import torch
+import torch.multiprocessing as mp
+
+from droplet_core.loading import load_transformer
+from droplet_core.parallel import ParallelRunError, start_parallel
+from droplet_core.pipeline import Request, load_pipeline
+
+TIMEOUT_S = 20.0  # per collective, on the process groups (a dead peer is seen sooner: its sockets close)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def run_ranks(world: int, ckpt: Path, request: Request, jobs: list, out_dir: Path, deadline_s: float) -> list:
+    """Exit codes of the ranks (None for a rank still running at the deadline: it is then killed)."""
+    port = free_port()
+    ctx = mp.get_context("spawn")
+    procs = [ctx.Process(target=_rank_main, args=(rank, world, port, str(ckpt), request, jobs, str(out_dir)))
+             for rank in range(world)]
+    for p in procs:
+        p.start()
+    end = time.monotonic() + deadline_s
+    for p in procs:
+        p.join(max(0.0, end - time.monotonic()))
+    codes = [p.exitcode for p in procs]
+    for p in procs:
+        if p.is_alive():
+            p.kill()
+            p.join()
+    return codes
+
+
+def _rank_main(rank, world, port, ckpt, request, jobs, out_dir):
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(world),
+                      LOCAL_RANK=str(rank))
+    torch.set_num_threads(1)
+    results = {}
+    for job in jobs:
+        results[job["name"]] = _run_job(rank, ckpt, request, job, Path(out_dir))
+        torch.save(results, Path(out_dir) / f"rank{rank}.pt")
+    if torch.distributed.is_initialized() and not any(isinstance(r, dict) for r in results.values()):
+        torch.distributed.destroy_process_group()  # (after a peer died the group is left to the process exit)
+
+
+def _run_job(rank, ckpt, request, job, out_dir):
+    if job.get("transformer_only"):
+        return _transformer_job(ckpt, job)
+    pipe = load_pipeline(ckpt)
+    run = start_parallel(job["mode"], "cpu", pipe.transformer.config.num_attention_heads, request.guidance_scale,
+                         TIMEOUT_S)
+    run.attach(pipe)
+
+    def on_step(i, total, latents):
+        if rank == job.get("kill_rank") and i == job.get("kill_step"):
+            (out_dir / "killed_at").write_text(repr(time.time()))
+            os.kill(os.getpid(), signal.SIGKILL)
+
+    try:
+        with run.guard():
+            return pipe.generate(request, on_step=on_step).latents
+    except ParallelRunError as error:
+        return {"error": str(error), "at": time.time()}
+
+
+def _transformer_job(ckpt, job):
+    """One forward of a transformer with job["overrides"] (e.g. rotary), split by sequence."""
+    model = load_transformer(Path(ckpt) / "transformer", config_overrides=job["overrides"])
+    run = start_parallel("sequence", "cpu", model.config.num_attention_heads, 1.0, TIMEOUT_S)
+    from droplet_core.parallel.sequence import enable_sequence_parallel
+    enable_sequence_parallel(model, run.mesh, run.device)
+    inputs = transformer_inputs(model)
+    with torch.no_grad():
+        return model(*inputs[:4], inputs[4], image_rotary_emb=inputs[5])
+
+
+def transformer_inputs(model):
+    """(latents, text, timestep, fps, inpaint, rope) for a 2-video batch with 227 text tokens (odd: uneven shares)."""
+    c = model.config
+    generator = torch.Generator().manual_seed(0)
+    latents = torch.randn(2, 2, 16, 8, 8, generator=generator)
+    inpaint = torch.randn(2, 2, 17, 8, 8, generator=generator)
+    text = torch.randn(2, 227, c.text_embed_dim, generator=generator)
+    return latents, text, torch.tensor([999, 500]), torch.tensor([8]), inpaint, model.rotary(2, 8, 8)
