@@ -74,6 +74,22 @@ def _strip_prefix(key: str) -> str:
     return key
 
 
+def check_config_fits_weights(config: TransformerConfig, state: dict, source: str, weights: Path) -> None:
+    """The config fields that shape the patch embedding, read off its weight (and the head size
+    off the first block's norm_q) before _fit_patch_weight: only its input channels may differ."""
+    weight = state.get(PATCH_WEIGHT)
+    if weight is None:
+        return
+    norm_q = state.get("transformer_blocks.0.attn1.norm_q.weight")
+    head_dim = norm_q.shape[0] if norm_q is not None else config.attention_head_dim
+    found = {"patch_size": weight.shape[2], "attention_head_dim": head_dim,
+             "num_attention_heads": weight.shape[0] // head_dim}
+    for field, value in found.items():
+        if getattr(config, field) != value:
+            raise ValueError(f"{source}: config field {field!r} = {getattr(config, field)} does not match the "
+                             f"weights in {weights} (which say {value}); use the config.json that came with them.")
+
+
 def _fit_patch_weight(state: dict, model_shape: torch.Size) -> None:
     """A checkpoint with fewer input channels (16-ch T2V) is zero-padded into the 33-ch model;
     a wider one is truncated, as the reference does."""
@@ -118,6 +134,7 @@ def read_transformer(path: PathLike, dtype: torch.dtype = torch.float32, config_
         patch_shape = DropletVideoTransformer3DModel(config).patch_embed.proj.weight.shape
     state = load_tensors(files, dtype, KEY_PREFIXES, keep_float8=True)
     fp8_layers = take_fp8_layers(state, dtype, keep_fp8, source)
+    check_config_fits_weights(config, state, source, files[0].parent if len(files) > 1 else files[0])
     _fit_patch_weight(state, patch_shape)
     return config, state, fp8_layers, source
 

@@ -5,7 +5,8 @@ Styles understood (any of the prefixes `transformer.`, `diffusion_model.`, `mode
 - diffusers / peft: `transformer_blocks.0.attn1.to_q.lora_A.weight` + `lora_B.weight` (+ `.alpha`);
 - kohya: `lora_unet_transformer_blocks_0_attn1_to_q.lora_down.weight` + `lora_up.weight` + `.alpha`.
 delta = up @ down * (alpha / rank) * strength; without alpha the scale is 1 (alpha = rank).
-Keys that match no Linear of the model are reported, never silently dropped.
+Keys that match no Linear of the model are reported, never silently dropped; NaN/inf tensors
+are refused by name (check_lora_finite) before anything is merged.
 """
 
 import logging
@@ -56,13 +57,23 @@ def _split_key(key: str) -> Tuple[str, str]:
     return "", ""
 
 
+def check_lora_finite(path, tensors: Dict[str, torch.Tensor]) -> None:
+    """A LoRA holding NaN/inf would turn every merged weight it touches into NaN (a black video)."""
+    for key, tensor in tensors.items():
+        if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
+            raise ValueError(f"{path}: LoRA tensor {key!r} holds NaN/inf values; the file is damaged or was saved "
+                             f"from a diverged training run: re-download it or use another LoRA.")
+
+
 def read_lora(path, model: torch.nn.Module) -> Lora:
     """Maps a LoRA file onto `model`'s Linear modules (both key styles)."""
     linears = {name: module for name, module in model.named_modules() if isinstance(module, torch.nn.Linear)}
     by_flat_name = {name.replace(".", "_"): name for name in linears}  # kohya writes dots as underscores
     parts: Dict[str, dict] = {}
     unknown = []
-    for key, tensor in load_tensors([Path(path)]).items():
+    tensors = load_tensors([Path(path)])
+    check_lora_finite(path, tensors)
+    for key, tensor in tensors.items():
         raw_name, role = _split_key(key)
         name = raw_name if raw_name in linears else by_flat_name.get(raw_name)
         if name is None:

@@ -22,7 +22,7 @@ from .loading import load_scheduler_config, load_transformer, load_vae
 from .lora import merge_loras
 from .offload_plan import Workload, component_bytes, resolve_offload
 from .placement import Placement
-from .positional import fps_tensor
+from .positional import check_frames_fit, fps_tensor
 from .sampling import StepCallback, denoise, start_run
 from .transformer import run_block
 from .step_cache import StepCache
@@ -114,6 +114,7 @@ class DropletVideoPipeline:
         frames = shapes.round_frames(request.frames)
         if request.video is not None:
             frames = min(frames, shapes.round_frames(request.video.shape[0]))
+        check_frames_fit(self.transformer.config, frames, request.long_video)
         latent_shape = ((frames - 1) // 4 + 1, request.height // 8, request.width // 8)
         fps_conditions = [fps_tensor(fps) for fps in fps_values]
         positive, negative = self.encode_prompts(request)

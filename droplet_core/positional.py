@@ -47,6 +47,23 @@ def sincos_table_3d(config: TransformerConfig) -> torch.Tensor:
     return torch.cat([temporal, spatial], dim=-1).reshape(-1, dim).to(torch.float32)
 
 
+def _too_many_frames(config: TransformerConfig, latent_frames: int, asked: str = "") -> ValueError:
+    return ValueError(
+        f"{asked}{latent_frames} latent frames exceed the positional table of this model "
+        f"({config.latent_frames} latent frames = {config.max_video_frames} video frames; quirk 2 of the "
+        f"reference): ask for at most {config.max_video_frames} frames, or use long-video mode.")
+
+
+def check_frames_fit(config: TransformerConfig, frames: int, long_video: bool = False) -> None:
+    """positional_rows' refusal of a video longer than the table, up front (before the VAE
+    encode). Long-video windows and rotary models (no table) take any length."""
+    if long_video or config.use_rotary_positional_embeddings:
+        return
+    latent = (frames - 1) // config.temporal_compression_ratio + 1
+    if latent > config.latent_frames:
+        raise _too_many_frames(config, latent, f"{frames} frames = ")
+
+
 def positional_rows(table: torch.Tensor, config: TransformerConfig, text_len: int,
                     frames: int, rows: int, cols: int) -> torch.Tensor:
     """The additive embedding for [text_len text tokens ; frames*rows*cols video tokens].
@@ -54,10 +71,7 @@ def positional_rows(table: torch.Tensor, config: TransformerConfig, text_len: in
     `table` is the stored video table (sincos_table_3d, in the model's dtype).
     """
     if frames > config.latent_frames:
-        raise ValueError(
-            f"{frames} latent frames exceed the positional table of this model "
-            f"({config.latent_frames} latent frames = {config.max_video_frames} video frames; quirk 2 of the "
-            f"reference): ask for at most {config.max_video_frames} frames, or use long-video mode.")
+        raise _too_many_frames(config, frames)
     dim = table.shape[-1]
     stored = torch.cat([table.new_zeros(config.max_text_seq_length, dim), table], dim=0)
     if text_len > stored.shape[0]:

@@ -88,6 +88,14 @@ def dynamic_guidance(guidance: float, steps: int, timestep: float) -> float:
     return 1 + guidance * ((1 - math.cos(math.pi * ((steps - timestep) / steps) ** 5.0)) / 2)
 
 
+def check_finite(latents: torch.Tensor, step: int, total: int) -> None:
+    """Stops a run whose latents turned NaN/inf (they decode to a black video): one reduction and
+    one sync per step, nothing next to a transformer forward."""
+    if not bool(torch.isfinite(latents).all()):
+        raise ValueError(f"sampling step {step + 1} of {total} produced NaN/inf latents. Usual causes: fp16 "
+                         f"overflow (use bf16 or fp32), a damaged LoRA or model file, or an extreme cfg.")
+
+
 @torch.no_grad()
 def denoise(transformer, scheduler, latents: torch.Tensor, timesteps: torch.Tensor, positive: torch.Tensor,
             negative: Optional[torch.Tensor], inpaint: Optional[torch.Tensor], fps: torch.Tensor,
@@ -131,6 +139,7 @@ def denoise(transformer, scheduler, latents: torch.Tensor, timesteps: torch.Tens
         else:
             latents = scheduler.step(prediction, t, latents, **extra, return_dict=False)[0]
         latents = latents.to(dtype)
+        check_finite(latents, i, steps)
         if on_step is not None:
             on_step(i, steps, latents)
     return latents

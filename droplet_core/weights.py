@@ -33,9 +33,23 @@ def read_header(path: Path) -> dict:
             raise ValueError(f"{path}: not a safetensors file (corrupt or truncated header); re-download it.")
         raw = handle.read(size)
     try:
-        return json.loads(raw)
+        header = json.loads(raw)
     except (json.JSONDecodeError, UnicodeDecodeError) as error:
         raise ValueError(f"{path}: corrupt safetensors header ({error}); re-download the file.") from error
+    check_complete(path, header, 8 + size)
+    return header
+
+
+def check_complete(path: Path, header: dict, data_start: int) -> None:
+    """A file cut short after an intact header (an interrupted download) is refused by name,
+    instead of safetensors' "incomplete metadata, file not fully covered"."""
+    ends = [entry["data_offsets"][1] for entry in header.values()
+            if isinstance(entry, dict) and len(entry.get("data_offsets") or ()) == 2]
+    expected = data_start + max(ends, default=0)
+    actual = Path(path).stat().st_size
+    if actual < expected:
+        raise ValueError(f"{path} is incomplete: {actual:,} bytes, its header says {expected:,}. The download "
+                         f"was cut short: re-download the file.")
 
 
 def metadata(path: Path) -> Dict[str, str]:
