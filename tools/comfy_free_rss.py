@@ -38,7 +38,7 @@ def rss_mib(pid: int, field: str = "VmRSS") -> float:
 def request(url: str, payload=None):
     data = None if payload is None else json.dumps(payload).encode()
     req = urllib.request.Request(url, data=data, headers={"Content-Type": "application/json"})
-    with urllib.request.urlopen(req, timeout=60) as response:
+    with urllib.request.urlopen(req, timeout=300) as response:  # a loaded CPU answers slowly
         body = response.read()
     return json.loads(body) if body.strip() else None
 
@@ -61,12 +61,15 @@ def run_api(server: str, workflow: Path, overrides: dict, timeout: float) -> str
         return f"rejected: {error.read().decode(errors='replace')[:2000]}"
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        entry = request(f"{server}/history/{prompt_id}").get(prompt_id)
+        try:
+            entry = request(f"{server}/history/{prompt_id}").get(prompt_id)
+        except (urllib.error.URLError, TimeoutError, ConnectionError):
+            entry = None  # a busy server can miss a poll
         if entry:
             status = entry.get("status", {})
             errors = [m[1] for m in status.get("messages", []) if m[0] == "execution_error"]
             return "success" if status.get("status_str") == "success" else json.dumps(errors or status)[:2000]
-        time.sleep(1)
+        time.sleep(2)
     return f"not finished within {timeout:.0f} s"
 
 

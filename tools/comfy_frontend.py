@@ -90,6 +90,7 @@ def open_frontend(server: str, args) -> webdriver.Chrome:
                  "--disable-dev-shm-usage"):
         options.add_argument(flag)
     driver = webdriver.Chrome(service=Service(args.chromedriver), options=options)
+    driver.command_executor.client_config.timeout = args.page_timeout + 60  # selenium's own: 120 s
     driver.set_script_timeout(args.page_timeout)
     driver.set_page_load_timeout(args.page_timeout)
     driver.get(server)
