@@ -10,7 +10,8 @@ applied to the local video tokens with the local rows of the table (the _cp_plan
 """
 
 import torch
-from diffusers.hooks.context_parallel import PartitionAnythingSharder
+import torch.nn.functional as F
+from diffusers.hooks.context_parallel import EquipartitionSharder
 from diffusers.models.attention_dispatch import dispatch_attention_fn
 
 from ..attention import DropletAttnProcessor
@@ -35,5 +36,13 @@ class UlyssesJointAttnProcessor(DropletAttnProcessor):
 
         out = dispatch_attention_fn(share(query), share(key), share(value), backend=DIFFUSERS_BACKENDS[self.backend],
                                     parallel_config=self._parallel_config).flatten(2)
-        text = PartitionAnythingSharder.unshard_anything(out[:, :text_share], 1, cp._ulysses_mesh)
-        return torch.cat([text, out[:, text_share:]], dim=1)
+        return torch.cat([gather_text(out[:, :text_share], text_len, degree, cp._ulysses_mesh), out[:, text_share:]], 1)
+
+
+def gather_text(share: torch.Tensor, text_len: int, degree: int, mesh) -> torch.Tensor:
+    """The ranks' text shares (tensor_split sizes) -> all text tokens on every rank. The shares are
+    padded to one size first: gloo's all_gather takes equal shapes only."""
+    longest = -(-text_len // degree)
+    gathered = EquipartitionSharder.unshard(F.pad(share, (0, 0, 0, longest - share.shape[1])), 1, mesh)
+    sizes = [len(part) for part in torch.arange(text_len).tensor_split(degree)]
+    return torch.cat([part[:, :size] for part, size in zip(gathered.split(longest, dim=1), sizes)], dim=1)
