@@ -146,9 +146,17 @@ def test_tiled_vae_keeps_the_video_size_with_any_tile_config(tiny_ckpt, height, 
     from droplet_core.vae_ops import decode_to_frames, encode_mode
 
     vae = load_vae(tiny_ckpt / "vae")
+    seen = {"encoder": [], "decoder": []}  # the (height, width) each call of the encoder and decoder gets
+    for name, calls in seen.items():
+        getattr(vae, name).register_forward_pre_hook(lambda module, args, calls=calls: calls.append(args[0].shape[3:]))
     video = torch.rand(1, 3, 5, height, width, generator=torch.Generator().manual_seed(0)) * 2 - 1
     latents = encode_mode(vae, video, tiled=True)
     assert latents.shape == (1, 16, 2, height // 8, width // 8)
     frames = decode_to_frames(vae, latents.permute(0, 2, 1, 3, 4), tiled=True)
     assert frames.shape == (1, 3, 8, height, width)
-    assert vae.tile_sample_min_height < height  # the tiled path really ran
+    # The tiled path really ran: every call got one tile at most, and more than one tile covered the frame.
+    tiles = {"encoder": (vae.tile_sample_min_height, vae.tile_sample_min_width),
+             "decoder": (vae.tile_latent_min_height, vae.tile_latent_min_width)}
+    for name, calls in seen.items():
+        (max_h, max_w), sizes = tiles[name], set(calls)
+        assert len(sizes) > 1 and all(h <= max_h and w <= max_w for h, w in sizes), (name, sizes)

@@ -130,9 +130,45 @@ def test_long_video_twice_the_trained_length(tiny_ckpt, start_image):
     with pytest.raises(ValueError, match="long-video mode"):
         pipe.generate(request)
     request.long_video = True
+    windows = []  # what the transformer is given: 22-frame windows at latent frames 0, 11 and 21
+    pipe.transformer.register_forward_pre_hook(lambda module, args: windows.append((args[0], args[4])))
     result = pipe.generate(request)
     assert result.latents.shape[1] == latents and result.frames.shape == (frames, 64, 64, 3)
     assert torch.isfinite(result.frames).all()
+    window = TRANSFORMER.latent_frames
+    assert [x.shape[1] for x, _ in windows] == [window] * 3 * request.steps
+    for step in range(request.steps):
+        (x0, i0), (x1, i1), (x2, i2) = windows[3 * step:3 * step + 3]
+        for a, b, shared in ((x0, x1, slice(11, 22)), (i0, i1, slice(11, 22)), (x1, x2, slice(10, 22)),
+                             (i1, i2, slice(10, 22))):  # the same latent frames seen by two windows
+            assert torch.equal(a[:, shared], b[:, :shared.stop - shared.start])
+        assert not torch.equal(x0, x2) and not torch.equal(i0, i2)
+
+
+def test_sliding_windows_blend_the_models_windows_with_ramps(tiny_ckpt):
+    """SlidingWindowTransformer on the tiny model against the blend written out here: windows of 22
+    latent frames at 0, 11 and 21, each weighted 1 inside and by a ramp k / 12 over the 11 frames it
+    shares with a neighbour, the weighted sum divided by the summed weights."""
+    from droplet_core.long_video import SlidingWindowTransformer
+
+    model = load_transformer(tiny_ckpt / "transformer")
+    frames, window, overlap = 43, model.config.latent_frames, 11
+    g = torch.Generator().manual_seed(0)
+    x, inpaint = torch.randn(2, frames, 16, 4, 4, generator=g), torch.randn(2, frames, 17, 4, 4, generator=g)
+    text = torch.randn(2, 7, model.config.text_embed_dim, generator=g)
+    t, fps = torch.tensor([700, 700]), torch.tensor([8])
+    total, weight_sum = torch.zeros_like(x), torch.zeros(frames)
+    with torch.no_grad():
+        blended = SlidingWindowTransformer(model)(x, text, t, fps, inpaint)
+        for start in (0, 11, 21):
+            end = start + window
+            weights = torch.tensor([min(1.0, (k + 1) / (overlap + 1) if start > 0 else 1.0,
+                                        (window - k) / (overlap + 1) if end < frames else 1.0)
+                                    for k in range(window)])
+            prediction = model(x[:, start:end], text, t, fps, inpaint[:, start:end])
+            total[:, start:end] += prediction * weights[None, :, None, None, None]
+            weight_sum[start:end] += weights
+    torch.testing.assert_close(blended, total / weight_sum[None, :, None, None, None], atol=1e-6, rtol=1e-5)
 
 
 def test_long_video_within_the_trained_length_is_the_plain_path(tiny_ckpt, start_image):
@@ -162,8 +198,13 @@ def test_step_cache_off_is_identical_and_on_skips_steps(tiny_ckpt, start_image):
                              block_runner=cache)
     assert (cache.computed_steps, cache.skipped_steps) == (1, 3)  # inputs barely change: reuse
     request.cache_threshold = 0.3
+    last_block = []  # runs of the last block: one per computed step (CFG batches both halves)
+    pipe.transformer.transformer_blocks[-1].register_forward_pre_hook(lambda module, args: last_block.append(1))
     cached = pipe.generate(request).frames
+    computed = len(last_block)
+    assert 0 < computed < request.steps  # some steps were skipped, some computed
     assert torch.equal(cached, pipe.generate(request).frames)  # deterministic
+    assert len(last_block) == 2 * computed and not torch.equal(cached, plain)
     assert (cached - plain).abs().mean() < 0.05
 
 

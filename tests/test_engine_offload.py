@@ -110,6 +110,39 @@ def test_offload_modes_give_exactly_the_plain_video(tiny_ckpt, plain_frames, opt
     assert torch.equal(pipe.generate(Request(image=Image.open(GOLDENS / "start.png"), **SMALL)).frames, plain_frames)
 
 
+def test_model_offload_has_only_the_running_component_on_the_device(tiny_ckpt, plain_frames, monkeypatch):
+    """On the CPU a move changes nothing, so the moves are recorded: the run device is 'cpu:0' (the
+    CPU under another name) and each component's last .to() says where it is when each one runs."""
+    pipe = load_pipeline(tiny_ckpt, device="cpu:0", options=EngineOptions(offload="model"))
+    components = {"transformer": pipe.transformer, "t5": pipe.text_encoder.model, "vae": pipe.vae}
+    where = dict.fromkeys(components, "cpu")
+
+    def recording_to(name, module):
+        original = module.to
+
+        def to(*args, **kwargs):
+            device = torch._C._nn._parse_to(*args, **kwargs)[0]
+            if device is not None:
+                where[name] = "device" if device == torch.device("cpu:0") else str(device)
+            return original(*args, **kwargs)
+        return to
+
+    for name, module in components.items():
+        monkeypatch.setattr(module, "to", recording_to(name, module))
+    seen = []
+    for name, module in (("t5", pipe.text_encoder.model), ("vae encode", pipe.vae.encoder),
+                         ("vae decode", pipe.vae.decoder)):
+        module.register_forward_pre_hook(lambda m, a, name=name: seen.append((name, dict(where))))
+    frames = pipe.generate(Request(image=Image.open(GOLDENS / "start.png"), **SMALL),
+                           on_step=lambda i, n, x: seen.append(("step", dict(where)))).frames
+    assert torch.equal(frames, plain_frames)
+    runs = {"t5": "t5", "vae encode": "vae", "step": "transformer", "vae decode": "vae"}
+    assert {name for name, _ in seen} == set(runs)
+    for name, places in seen:
+        assert places == {c: "device" if c == runs[name] else "cpu" for c in components}, (name, places)
+    assert where == dict.fromkeys(components, "cpu")  # all back at the end
+
+
 @pytest.mark.parametrize("offload", ["none", "model", "block_swap", "sequential"])
 def test_t5_on_the_cpu_never_moves_and_gives_the_same_video(tiny_ckpt, plain_frames, offload, monkeypatch):
     from transformers import T5EncoderModel
@@ -328,9 +361,10 @@ def test_lora_merges_into_an_fp8_file_as_into_full_precision(tiny_ckpt, tmp_path
     assert error < 1.5 * best < relative_error(before, expected)
 
 
-def test_fp8_composes_with_block_swap(tiny_ckpt):
+def test_fp8_composes_with_block_swap(tiny_ckpt, plain_frames):
     request = Request(image=Image.open(GOLDENS / "start.png"), **SMALL)
     fp8 = load_pipeline(tiny_ckpt, options=EngineOptions(weights="fp8_e4m3fn")).generate(request).frames
+    assert not torch.equal(fp8, plain_frames)  # the option reaches the weights
     swapped = load_pipeline(tiny_ckpt, options=EngineOptions(weights="fp8_e4m3fn", offload="block_swap",
                                                              blocks_on_device=1))
     assert torch.equal(swapped.generate(request).frames, fp8)
