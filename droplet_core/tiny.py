@@ -1,10 +1,13 @@
 """A tiny random-weight DropletVideo checkpoint in the exact released folder layout.
 
-Built deterministically (fixed seeds, CPU, fp32) from the committed sentencepiece model, so
-tests, goldens and the demo all see the same weights. The architecture is the real one at a
-small width: 33 input channels, the FPS embedding, a 2-shard T5 encoder, a 4-level causal VAE.
+The architecture is the real one at a small width: 33 input channels, the FPS embedding, a
+2-shard T5 encoder, a 4-level causal VAE. Every tensor's value is our own: `seeded_tensor` draws
+it from a generator seeded by a hash of (component, tensor name), scaled by the tensor's kind.
+diffusers and transformers only name the tensors and give their shapes (modules built on the
+meta device), so an upgrade that reorders their init cannot change a weight, nor any golden.
 """
 
+import hashlib
 import json
 import logging
 import os
@@ -20,7 +23,7 @@ from .sampling import RELEASE_SCHEDULER_CONFIG
 
 logger = logging.getLogger(__name__)
 
-VERSION = "tiny-v2"
+VERSION = "tiny-v3"  # bump whenever a weight or config changes, so caches rebuild
 SPIECE = Path(__file__).parent / "assets" / "tiny_spiece.model"
 EXTRA_IDS = 100
 
@@ -97,24 +100,83 @@ def _write_checkpoint(root: Path, transformer: TransformerConfig, vae: VaeConfig
     _write_text_encoder(root / "text_encoder")
 
 
-def _write_transformer(folder: Path, config: TransformerConfig) -> None:
+def seeded_tensor(component: str, name: str, shape) -> torch.Tensor:
+    """One tensor of the tiny checkpoint: a function of (component, name, shape) only.
+
+    Kinds by name and rank: biases 0.1*N; 1-D weights (norms) 1 + 0.1*N, not exactly 1 and 0,
+    so a loader that drops them cannot pass; token embeddings N; the rest (linear, conv, relative
+    position buckets) N / sqrt(3 * fan_in), the variance of torch's default init: latents keep
+    unit scale over the steps and the decoded video stays inside 0..1 (N / sqrt(fan_in) clips
+    four pixels in ten)."""
+    seed = int.from_bytes(hashlib.sha256(f"{component}/{name}".encode()).digest()[:8], "little")
+    noise = torch.randn(tuple(shape), generator=torch.Generator("cpu").manual_seed(seed), dtype=torch.float32,
+                        device="cpu")
+    if name.endswith("bias"):
+        return 0.1 * noise
+    if len(shape) == 1:
+        return 1.0 + 0.1 * noise
+    if name.split(".")[-2] in ("shared", "embed_tokens"):
+        return noise
+    fan_in = 1
+    for size in shape[1:]:
+        fan_in *= size
+    return noise / (3 * fan_in) ** 0.5
+
+
+def seeded_state_dict(component: str, module: torch.nn.Module) -> dict:
+    """Our values for every tensor of a module built on the meta device (library init unused)."""
+    state = module.state_dict(keep_vars=True)
+    params = {id(p) for p in module.parameters()}
+    buffers = [k for k, v in state.items() if id(v) not in params]
+    assert not buffers, f"{component}: persistent buffers {buffers} would need the library's values"
+    return {name: seeded_tensor(component, name, state[name].shape) for name in sorted(state)}
+
+
+def _save_component(folder: Path, state: dict, config: dict) -> None:
+    _write_json(folder / "config.json", config)
+    save_file(state, str(folder / "diffusion_pytorch_model.safetensors"), metadata={"format": "pt"})
+
+
+def transformer_state(config: TransformerConfig) -> dict:
     from .transformer import DropletVideoTransformer3DModel
 
-    torch.manual_seed(1)
-    model = DropletVideoTransformer3DModel(config)
-    _write_json(folder / "config.json", config_to_dict(config, "DropletVideoTransformer3DModel"))
-    save_file({k: v.contiguous() for k, v in model.state_dict().items()},
-              str(folder / "diffusion_pytorch_model.safetensors"), metadata={"format": "pt"})
+    with torch.device("meta"):
+        model = DropletVideoTransformer3DModel(config)
+    return seeded_state_dict("transformer", model)
+
+
+def vae_state(config: VaeConfig) -> dict:
+    from diffusers import AutoencoderKLCogVideoX
+
+    with torch.device("meta"):
+        model = AutoencoderKLCogVideoX(**config.diffusers_kwargs())
+    return seeded_state_dict("vae", model)
+
+
+def t5_config() -> dict:
+    """config.json of the tiny T5 encoder, written out (not T5Config.to_dict(), which varies by version)."""
+    return {"architectures": ["T5EncoderModel"], "model_type": "t5", "torch_dtype": "float32",
+            "vocab_size": _sentencepiece_size() + EXTRA_IDS, **T5}
+
+
+def text_encoder_state() -> dict:
+    """The T5 encoder's tensors, less `encoder.embed_tokens.weight` (tied to `shared.weight`)."""
+    from transformers import T5Config, T5EncoderModel
+
+    config = {k: v for k, v in t5_config().items() if k not in ("architectures", "model_type", "torch_dtype")}
+    with torch.device("meta"):
+        model = T5EncoderModel(T5Config(**config))
+    state = seeded_state_dict("text_encoder", model)
+    state.pop("encoder.embed_tokens.weight", None)
+    return state
+
+
+def _write_transformer(folder: Path, config: TransformerConfig) -> None:
+    _save_component(folder, transformer_state(config), config_to_dict(config, "DropletVideoTransformer3DModel"))
 
 
 def _write_vae(folder: Path, config: VaeConfig) -> None:
-    from diffusers import AutoencoderKLCogVideoX
-
-    torch.manual_seed(2)
-    model = AutoencoderKLCogVideoX(**config.diffusers_kwargs())
-    _write_json(folder / "config.json", config_to_dict(config, "AutoencoderKLDropletVideo"))
-    save_file({k: v.contiguous() for k, v in model.state_dict().items()},
-              str(folder / "diffusion_pytorch_model.safetensors"), metadata={"format": "pt"})
+    _save_component(folder, vae_state(config), config_to_dict(config, "AutoencoderKLDropletVideo"))
 
 
 def _sentencepiece_size() -> int:
@@ -137,12 +199,7 @@ def _write_tokenizer(folder: Path) -> None:
 
 
 def _write_text_encoder(folder: Path) -> None:
-    from transformers import T5Config, T5EncoderModel
-
-    torch.manual_seed(3)
-    config = T5Config(vocab_size=_sentencepiece_size() + EXTRA_IDS, **T5)
-    model = T5EncoderModel(config).eval()
-    state = {k: v.contiguous() for k, v in model.state_dict().items() if k != "encoder.embed_tokens.weight"}
+    state = text_encoder_state()
     keys = sorted(state)
     shards = {"model-00001-of-00002.safetensors": keys[: len(keys) // 2],
               "model-00002-of-00002.safetensors": keys[len(keys) // 2:]}
@@ -152,6 +209,4 @@ def _write_text_encoder(folder: Path) -> None:
     total = sum(v.numel() * v.element_size() for v in state.values())
     weight_map = {k: name for name, shard_keys in shards.items() for k in shard_keys}
     _write_json(folder / "model.safetensors.index.json", {"metadata": {"total_size": total}, "weight_map": weight_map})
-    config_dict = config.to_dict()
-    config_dict["architectures"] = ["T5EncoderModel"]
-    _write_json(folder / "config.json", config_dict)
+    _write_json(folder / "config.json", t5_config())
