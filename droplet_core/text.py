@@ -6,6 +6,8 @@ from pathlib import Path
 from typing import Union
 
 import torch
+import transformers
+from packaging.version import Version
 from transformers import T5EncoderModel, T5Tokenizer
 
 from .weights import weight_files
@@ -17,6 +19,9 @@ PROMPT_SUFFIX = ("The video is of high quality, and the view is very clear. High
                  "best quality, highres, ultra-detailed, fantastic.")
 NEGATIVE_PROMPT = "The video is low quality, blurry, distortion. "
 MAX_SEQUENCE_LENGTH = 400  # inference.py's value (the pipeline's own default is 226)
+# from_pretrained's precision argument: `dtype` since transformers 4.56, `torch_dtype` before
+# (4.50.3 passes an unknown `dtype` on to the model's constructor, which refuses it).
+DTYPE_ARGUMENT = "dtype" if Version(transformers.__version__) >= Version("4.56") else "torch_dtype"
 
 
 def with_suffix(prompt: str, append_suffix: bool = True) -> str:
@@ -55,6 +60,6 @@ def load_text_encoder(encoder_folder: Union[str, Path], tokenizer_folder: Union[
                       dtype: torch.dtype = torch.float32) -> TextEncoder:
     encoder_folder = Path(encoder_folder)
     weight_files(encoder_folder)  # refuses pickle-only folders with a clear message
-    model = T5EncoderModel.from_pretrained(str(encoder_folder), dtype=dtype, use_safetensors=True,
+    model = T5EncoderModel.from_pretrained(str(encoder_folder), **{DTYPE_ARGUMENT: dtype}, use_safetensors=True,
                                            local_files_only=True)
     return TextEncoder(load_tokenizer(tokenizer_folder), model.eval().requires_grad_(False))
