@@ -1,6 +1,7 @@
 """The shipped workflows: UI format as the frontend saves it, node types that exist, widget
-values that fit the inputs, links between matching types; their API conversion and the
-headless demo."""
+values that fit the inputs, links between matching types, nodes that do not cover each other;
+their API conversion (the wiring of the native MODEL / CONDITIONING / LATENT graph) and the
+headless demo; each graph run through the node classes on the tiny checkpoint."""
 
 import argparse
 import json
@@ -9,17 +10,36 @@ from pathlib import Path
 
 import pytest
 import torch
+from diffusers import AutoencoderKLCogVideoX
+
 import run_workflow as tool
 from lora_files import random_factors, write_peft
 from node_fixtures import loaded  # noqa: F401
 
 ROOT = Path(__file__).resolve().parents[1]
+COMFYUI_PATH = os.environ.get("COMFYUI_PATH")
 
 WORKFLOWS = sorted((ROOT / "workflows").glob("*.json"))
 CONTROL_VALUES = {"fixed", "increment", "decrement", "randomize"}
 NODE_KEYS = {"id", "type", "pos", "size", "flags", "order", "mode", "inputs", "outputs", "properties", "widgets_values"}
+CORE_SAMPLING = {"droplet_i2v_core_ksampler", "droplet_i2v_model_patches"}  # need this pack and core nodes only
 
 
+def load(name: str) -> dict:
+    return json.loads((ROOT / "workflows" / f"{name}.json").read_text())
+
+
+def by_type(api: dict, class_type: str) -> tuple:
+    """(id, inputs) of the API prompt's one node of this type."""
+    found = [(i, node["inputs"]) for i, node in api.items() if node["class_type"] == class_type]
+    assert len(found) == 1, f"{len(found)} {class_type} nodes"
+    return found[0]
+
+
+def source(api: dict, link) -> tuple:
+    """(class_type, output index) an API input [node id, index] comes from."""
+    assert isinstance(link, list), f"{link!r} is a widget value, not a link"
+    return api[link[0]]["class_type"], link[1]
 
 
 @pytest.fixture(scope="module")
@@ -85,6 +105,59 @@ def test_workflow_is_valid(path, info):
         assert link_id in output["links"] and inp["link"] == link_id, f"{path.stem} link {link_id}"
 
 
+# Layout: what the frontend draws. A node's box is its pos and size plus the title bar above pos;
+# the frontend grows a node that is smaller than its slots and widgets need (ComfyUI's
+# loadGraphData), so a saved size below that would hide the overlap from this check.
+
+TITLE = 30  # LiteGraph.NODE_TITLE_HEIGHT
+SLOT, WIDGET, MULTILINE, PREVIEW = 20, 24, 100, 200  # rows: sockets; widgets; text boxes; upload previews
+
+
+def needed_size(node: dict, definition: dict) -> tuple:
+    """Roughly the least (width, height) the frontend gives this node: socket rows, then widgets."""
+    values = node["widgets_values"]
+    slots = tool.widget_slots(definition, values)
+    height = 10 + SLOT * max(len(node["inputs"]), len(node["outputs"]))
+    for name, spec, _ in slots:
+        options = spec[1] if len(spec) > 1 else {}
+        height += MULTILINE if options.get("multiline") else PREVIEW if spec[0] == "IMAGEUPLOAD" else WIDGET
+    return 200, height
+
+
+def box(node: dict) -> tuple:
+    (x, y), (w, h) = node["pos"], node["size"]
+    return x, y - TITLE, x + w, y + h
+
+
+@pytest.mark.parametrize("path", WORKFLOWS, ids=lambda p: p.stem)
+def test_no_node_covers_another(path, info):
+    nodes = json.loads(path.read_text())["nodes"]
+    for node in nodes:
+        definition = info[node["type"]]
+        width, height = needed_size(node, definition)
+        assert node["size"][0] >= width and node["size"][1] >= height, \
+            f"{path.stem} node {node['id']} {node['type']}: size {node['size']} < about [{width}, {height}]"
+    for i, a in enumerate(nodes):
+        ax0, ay0, ax1, ay1 = box(a)
+        for b in nodes[i + 1:]:
+            bx0, by0, bx1, by1 = box(b)
+            assert not (ax0 < bx1 and bx0 < ax1 and ay0 < by1 and by0 < ay1), \
+                f"{path.stem}: node {a['id']} {a['type']} and node {b['id']} {b['type']} overlap"
+
+
+def test_the_layout_check_catches_the_old_overlap(info):
+    """The Load Image box over the loader's lower widgets (what users saw before the relayout)."""
+    workflow = load("droplet_i2v")
+    nodes = {n["type"]: n for n in workflow["nodes"]}
+    loader, image = nodes["DropletVideoModelLoader"], nodes["LoadImage"]
+    image["pos"] = [loader["pos"][0], loader["pos"][1] + needed_size(loader, info[loader["type"]])[1] - 40]
+    ax0, ay0, ax1, ay1 = box(loader)
+    bx0, by0, bx1, by1 = box(image)
+    assert ax0 < bx1 and bx0 < ax1 and ay0 < by1 and by0 < ay1
+    loader["size"] = [340, 130]  # the old saved size: smaller than its five widgets need
+    assert needed_size(loader, info[loader["type"]])[1] > 130
+
+
 @pytest.mark.parametrize("path", WORKFLOWS, ids=lambda p: p.stem)
 def test_api_prompt_gives_every_required_input(path, info):
     api = tool.ui_to_api(json.loads(path.read_text()), info)
@@ -97,22 +170,95 @@ def test_api_prompt_gives_every_required_input(path, info):
 
 
 def test_i2v_workflow_converts_as_the_frontend_queues_it(info):
-    api = tool.ui_to_api(json.loads((ROOT / "workflows" / "droplet_i2v.json").read_text()), info)
-    by_type = {node["class_type"]: node["inputs"] for node in api.values()}
-    assert set(by_type) == {"DropletVideoModelLoader", "DropletVideoTextEncode", "LoadImage", "DropletVideoImageEncode",
-                            "DropletVideoSampler", "DropletVideoVAEDecode", "CreateVideo", "SaveVideo"}
-    sampler = by_type["DropletVideoSampler"]
+    api = tool.ui_to_api(load("droplet_i2v"), info)
+    assert {node["class_type"] for node in api.values()} == {
+        "DropletVideoModelLoader", "DropletVideoTextEncode", "LoadImage", "DropletVideoImageEncode",
+        "DropletVideoSampler", "DropletVideoVAEDecode", "CreateVideo", "SaveVideo"}
+    _, sampler = by_type(api, "DropletVideoSampler")
     assert {k: v for k, v in sampler.items() if not isinstance(v, list)} == {
-        "fps": 8, "steps": 50, "cfg": 6.0, "seed": 42, "scheduler": "ddim", "use_dynamic_cfg": False, "denoise": 1.0}
-    assert {k: by_type["DropletVideoImageEncode"][k] for k in ("width", "height", "frames")} == \
-        {"width": 672, "height": 384, "frames": 85}
-    assert by_type["CreateVideo"]["fps"] == 8
-    assert {k: by_type["SaveVideo"][k] for k in ("format", "format.codec")} == {"format": "mp4", "format.codec": "auto"}
-    assert by_type["LoadImage"] == {"image": "example.png"}
+        "steps": 50, "cfg": 6.0, "seed": 42, "scheduler": "ddim", "use_dynamic_cfg": False, "denoise": 1.0,
+        "long_video": False, "window_overlap": 0, "cache_threshold": 0.0}
+    _, encode = by_type(api, "DropletVideoImageEncode")
+    assert {k: encode[k] for k in ("width", "height", "frames", "fps", "vae_tiling")} == \
+        {"width": 672, "height": 384, "frames": 85, "fps": 8, "vae_tiling": False}
+    _, loader = by_type(api, "DropletVideoModelLoader")
+    assert loader == {"model_folder": "DropletVideo-V1.0-weights", "precision": "bf16", "weight_format": "default",
+                      "attention": "sdpa", "text_encoder_device": "default"}
+    assert by_type(api, "CreateVideo")[1]["fps"] == 8
+    _, save = by_type(api, "SaveVideo")
+    assert {k: save[k] for k in ("format", "format.codec")} == {"format": "mp4", "format.codec": "auto"}
+    assert by_type(api, "LoadImage")[1] == {"image": "example.png"}
+
+
+# The wiring of each graph: MODEL from the loader (through LoRA loaders and model patches), the
+# prompt through the conditioning node, its latent (or VAE Encode's) into the sampler.
+MODEL_PATH = {"droplet_lora": ["DropletVideoLoraLoader"],
+              "droplet_i2v_model_patches": ["TorchCompileModel", "EasyCache"]}
+LOADER = {"droplet_i2v_split_loaders": ("DropletVideoTransformerLoader", "DropletVideoT5Loader")}
+
+
+@pytest.mark.parametrize("path", WORKFLOWS, ids=lambda p: p.stem)
+def test_graph_is_wired_as_a_native_model(path, info):
+    name = path.stem
+    api = tool.ui_to_api(json.loads(path.read_text()), info)
+    kinds = {node["class_type"] for node in api.values()}
+    cond_type = "DropletVideoEmptyConditioning" if name in ("droplet_t2v", "droplet_v2v") else "DropletVideoImageEncode"
+    loader, t5 = LOADER.get(name, ("DropletVideoModelLoader", "DropletVideoModelLoader"))
+    text_id, text = by_type(api, "DropletVideoTextEncode")
+    assert source(api, text["text_encoder"]) == (t5, 2 if t5 == "DropletVideoModelLoader" else 0)
+    cond_id, cond = by_type(api, cond_type)
+    assert (cond["positive"], cond["negative"]) == ([text_id, 0], [text_id, 1])
+
+    sampler_type = next(k for k in ("DropletVideoSampler", "KSampler", "DropletVideoFPSSweep") if k in kinds)
+    assert (name in CORE_SAMPLING) == (sampler_type == "KSampler")
+    sampler_id, sampler = by_type(api, sampler_type)
+    assert (sampler["positive"], sampler["negative"]) == ([cond_id, 0], [cond_id, 1])
+    latent = sampler["latent_image" if sampler_type == "KSampler" else "latent"]
+    assert source(api, latent) == (("DropletVideoVAEEncode", 0) if name == "droplet_v2v" else (cond_type, 2))
+
+    model = sampler["model"]  # back through the patches to the loader
+    for patch in MODEL_PATH.get(name, []):
+        assert source(api, model) == (patch, 0)
+        model = api[model[0]]["inputs"]["model"]
+    assert source(api, model) == (loader, 0)
+    if sampler_type != "DropletVideoFPSSweep":
+        _, decode = by_type(api, "DropletVideoVAEDecode")
+        assert decode["latent"] == [sampler_id, 0]
+
+
+@pytest.mark.parametrize("name", sorted(CORE_SAMPLING))
+def test_core_sampler_workflows_use_core_nodes_with_the_release_settings(name, info):
+    api = tool.ui_to_api(load(name), info)
+    pack = {k for k in info if k.startswith("DropletVideo")}
+    assert {n["class_type"] for n in api.values()} - pack <= {"LoadImage", "KSampler", "EasyCache",
+                                                               "TorchCompileModel", "CreateVideo", "SaveVideo"}
+    _, ksampler = by_type(api, "KSampler")
+    assert {k: v for k, v in ksampler.items() if not isinstance(v, list)} == {
+        "seed": 42, "steps": 50, "cfg": 6.0, "sampler_name": "euler", "scheduler": "simple", "denoise": 1.0}
+    if name == "droplet_i2v_model_patches":
+        assert by_type(api, "EasyCache")[1]["reuse_threshold"] == 0.2
+        assert by_type(api, "TorchCompileModel")[1]["backend"] == "inductor"
+
+
+def test_v2v_encodes_the_video_and_conditions_with_empty_conditioning(info):
+    api = tool.ui_to_api(load("droplet_v2v"), info)
+    _, sampler = by_type(api, "DropletVideoSampler")
+    _, empty = by_type(api, "DropletVideoEmptyConditioning")
+    _, scale = by_type(api, "ImageScale")
+    _, batch = by_type(api, "ImageFromBatch")
+    assert sampler["denoise"] == 0.7
+    assert (scale["width"], scale["height"], batch["length"]) == (empty["width"], empty["height"], empty["frames"])
+    assert source(api, by_type(api, "DropletVideoVAEEncode")[1]["image"]) == ("ImageScale", 0)
+
+
+def test_low_vram_loader_has_no_offload_input_and_its_note_says_why(info):
+    assert "offload" not in {name for name, _, _ in tool.input_specs(info["DropletVideoModelLoader"])}
+    note = next(n for n in load("droplet_i2v_low_vram")["nodes"] if n["type"] == "Note")["widgets_values"][0]
+    assert "partially" in note and "offload" not in note
 
 
 def test_muted_nodes_are_dropped_with_their_links(info):
-    workflow = json.loads((ROOT / "workflows" / "droplet_i2v.json").read_text())
+    workflow = load("droplet_i2v")
     next(n for n in workflow["nodes"] if n["type"] == "LoadImage")["mode"] = tool.MUTED
     api = tool.ui_to_api(workflow, info)
     encode = next(n for n in api.values() if n["class_type"] == "DropletVideoImageEncode")
@@ -129,16 +275,24 @@ def test_demo_writes_a_video(models_dir, tmp_path):
 # The shipped graphs run: each executed through the node classes on the tiny checkpoint ----------------
 
 SMALL = argparse.Namespace(width=64, height=64, frames=5, steps=2)
+CORE_RUN_REASON = "core KSampler / EasyCache / TorchCompileModel need a real ComfyUI: set COMFYUI_PATH"
 
 
-def run_graph(name, pack, info, tmp_path, **overrides):
-    """The workflow at SMALL sizes (and `overrides`, by input name): the frames SaveVideo got."""
-    api = tool.make_small(tool.ui_to_api(json.loads((ROOT / "workflows" / f"{name}.json").read_text()), info), SMALL)
+def run_api(name, pack, info, tmp_path, size=SMALL, **overrides):
+    """The workflow at `size` (and `overrides`, by input name): (API prompt, every node's outputs)."""
+    api = tool.make_small(tool.ui_to_api(load(name), info), size)
     for node in api.values():
         node["inputs"].update({k: v for k, v in overrides.items() if k in node["inputs"]})
-    results = tool.execute(api, pack, tool.demo_core_nodes(tmp_path / f"{name}.mp4", SMALL.width, SMALL.height))
-    save = next(i for i, node in api.items() if node["class_type"] == "SaveVideo")
-    frames, fps = results[save][0]
+    core = tool.demo_core_nodes(tmp_path / f"{name}.mp4", size.width, size.height)
+    if name in CORE_SAMPLING:
+        core.update(tool.real_core_nodes())
+    return api, tool.execute(api, pack, core)
+
+
+def run_graph(name, pack, info, tmp_path, size=SMALL, **overrides):
+    """The frames SaveVideo got."""
+    api, results = run_api(name, pack, info, tmp_path, size, **overrides)
+    frames, fps = results[by_type(api, "SaveVideo")[0]][0]
     assert fps == 8 and (tmp_path / f"{name}.mp4").stat().st_size > 0
     return frames
 
@@ -146,7 +300,7 @@ def run_graph(name, pack, info, tmp_path, **overrides):
 @pytest.fixture(scope="module")
 def workflow_lora(models_dir, loaded) -> str:
     write_peft(models_dir / "loras" / "droplet_test_workflow.safetensors",
-               random_factors(loaded[0].patcher.model.module, seed=3), alpha=4.0)
+               random_factors(loaded[0].model.diffusion_model, seed=3), alpha=4.0)
     return "droplet_test_workflow.safetensors"
 
 
@@ -159,9 +313,16 @@ def test_lora_workflow_runs_and_its_lora_changes_the_video(pack, info, tmp_path,
     torch.testing.assert_close(switched_off, plain, atol=1e-6, rtol=0)
 
 
+def test_t2v_and_start_end_workflows_run_and_differ_from_i2v(pack, info, tmp_path):
+    i2v = run_graph("droplet_i2v", pack, info, tmp_path)
+    t2v = run_graph("droplet_t2v", pack, info, tmp_path)
+    start_end = run_graph("droplet_start_end_frame", pack, info, tmp_path)
+    assert t2v.shape == start_end.shape == i2v.shape == (8, 64, 64, 3)
+    assert (t2v - i2v).abs().max() > 1e-3 and (start_end - i2v).abs().max() > 1e-3  # the images reach the model
+
+
 def test_long_video_workflow_renders_past_the_trained_length(pack, info, tmp_path):
-    workflow = json.loads((ROOT / "workflows" / "droplet_long_video.json").read_text())
-    encode = next(n for n in workflow["nodes"] if n["type"] == "DropletVideoImageEncode")
+    encode = next(n for n in load("droplet_long_video")["nodes"] if n["type"] == "DropletVideoImageEncode")
     assert encode["widgets_values"][2] == 169  # twice the release's 85 frames, less the shared one
     frames = run_graph("droplet_long_video", pack, info, tmp_path, frames=169)
     assert frames.shape == (169, 64, 64, 3)  # 43 latent frames; the model's window is 22
@@ -174,15 +335,53 @@ def test_fps_sweep_workflow_puts_the_fps_values_side_by_side(pack, info, tmp_pat
     assert all((a - b).abs().max() > 1e-3 for a, b in zip(panels, panels[1:]))  # each fps its own motion
 
 
-def test_low_vram_workflow_turns_the_memory_settings_on_and_keeps_the_video(pack, info, tmp_path):
-    workflow = json.loads((ROOT / "workflows" / "droplet_i2v_low_vram.json").read_text())
-    api = tool.ui_to_api(workflow, info)
-    inputs = {node["class_type"]: node["inputs"] for node in api.values()}
-    assert (inputs["DropletVideoModelLoader"]["offload"], inputs["DropletVideoModelLoader"]["text_encoder_device"]) \
-        == ("auto", "cpu")
-    assert inputs["DropletVideoImageEncode"]["vae_tiling"] and inputs["DropletVideoVAEDecode"]["tiling"]
-    torch.testing.assert_close(run_graph("droplet_i2v_low_vram", pack, info, tmp_path),
-                               run_graph("droplet_i2v", pack, info, tmp_path), atol=1e-6, rtol=0)
-    # At the real size the VAE works in tiles (64 px ones for the test VAE): the video keeps its size.
-    frames = run_graph("droplet_i2v_low_vram", pack, info, tmp_path, width=672, height=384, steps=1)
-    assert frames.shape == (8, 384, 672, 3)
+@pytest.fixture
+def tiled_calls(monkeypatch) -> dict:
+    """How often diffusers' tiled encode and decode ran (the VAE tiles only frames larger than a tile)."""
+    calls = {"tiled_encode": 0, "tiled_decode": 0}
+    for name in calls:
+        original = getattr(AutoencoderKLCogVideoX, name)
+
+        def counted(self, *args, _name=name, _original=original, **kwargs):
+            calls[_name] += 1
+            return _original(self, *args, **kwargs)
+
+        monkeypatch.setattr(AutoencoderKLCogVideoX, name, counted)
+    return calls
+
+
+# 128 x 96: larger than the test VAE's 64 px tiles (half its 128 px sample size), so tiling tiles.
+TILED = argparse.Namespace(width=128, height=96, frames=5, steps=2)
+
+
+def test_low_vram_workflow_turns_the_memory_settings_on_and_keeps_the_video(pack, info, tmp_path, tiled_calls):
+    api = tool.ui_to_api(load("droplet_i2v_low_vram"), info)
+    assert by_type(api, "DropletVideoModelLoader")[1]["text_encoder_device"] == "cpu"
+    assert by_type(api, "DropletVideoImageEncode")[1]["vae_tiling"] and by_type(api, "DropletVideoVAEDecode")[1]["tiling"]
+
+    plain = run_graph("droplet_i2v", pack, info, tmp_path, TILED)
+    assert tiled_calls == {"tiled_encode": 0, "tiled_decode": 0}
+    api, results = run_api("droplet_i2v_low_vram", pack, info, tmp_path, TILED)
+    assert tiled_calls["tiled_encode"] >= 1 and tiled_calls["tiled_decode"] >= 1  # the tiled path ran
+    text_encoder = results[by_type(api, "DropletVideoModelLoader")[0]][2]
+    assert text_encoder.patcher.load_device == torch.device("cpu")  # T5 stays in CPU memory
+    low_vram = results[by_type(api, "SaveVideo")[0]][0][0]
+    assert low_vram.shape == plain.shape == (8, 96, 128, 3)  # the video keeps its size
+    # Tiles blend at their seams: close to the untiled video, not equal to it.
+    assert 0 < (low_vram - plain).abs().mean() < 0.05
+
+
+@pytest.mark.skipif(not COMFYUI_PATH, reason=CORE_RUN_REASON)
+def test_core_ksampler_workflow_runs_the_native_model(pack, info, tmp_path):
+    droplet = run_graph("droplet_i2v", pack, info, tmp_path)
+    core = run_graph("droplet_i2v_core_ksampler", pack, info, tmp_path)
+    assert core.shape == droplet.shape == (8, 64, 64, 3) and torch.isfinite(core).all()
+
+
+@pytest.mark.skipif(not COMFYUI_PATH, reason=CORE_RUN_REASON)
+def test_model_patches_workflow_runs_easycache_and_torch_compile_on_the_model(pack, info, tmp_path):
+    api, results = run_api("droplet_i2v_model_patches", pack, info, tmp_path)
+    patched = results[by_type(api, "TorchCompileModel")[0]][0]
+    assert "easycache" in patched.model_options["transformer_options"]
+    frames = results[by_type(api, "SaveVideo")[0]][0][0]
+    assert frames.shape == (8, 64, 64, 3) and torch.isfinite(frames).all()

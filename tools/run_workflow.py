@@ -6,8 +6,11 @@
 
 --demo runs the i2v workflow's graph through this pack's node classes with the ComfyUI
 stand-in (tests/comfy_stub) on the built-in tiny checkpoint, substituting the model folder,
-the start image (a generated one) and small sizes; it needs no ComfyUI. --server converts with
-the server's /object_info, POSTs /prompt and polls /history until the outputs are there.
+the start image (a generated one) and small sizes (on the conditioning nodes, which set the
+video's size, and on the samplers' steps); it needs no ComfyUI. Graphs with core samplers or
+model patches (KSampler, EasyCache, TorchCompileModel) need a real ComfyUI: the stand-in has no
+samplers. --server converts with the server's /object_info, POSTs /prompt and polls /history
+until the outputs are there.
 """
 
 import argparse
@@ -176,18 +179,45 @@ def execute(api: dict, pack, core: dict) -> dict:
             node = pending.pop(node_id)
             kwargs = {k: results[v[0]][v[1]] if isinstance(v, list) else v for k, v in node["inputs"].items()}
             if node["class_type"] in pack.NODE_CLASS_MAPPINGS:
-                cls = pack.NODE_CLASS_MAPPINGS[node["class_type"]]
-                results[node_id] = getattr(cls(), cls.FUNCTION)(**kwargs)
-            else:
+                results[node_id] = call_node(pack.NODE_CLASS_MAPPINGS[node["class_type"]], kwargs)
+            elif isinstance(core.get(node["class_type"]), type):  # a real ComfyUI's node class
+                results[node_id] = call_node(core[node["class_type"]], kwargs)
+            elif node["class_type"] in core:
                 results[node_id] = core[node["class_type"]](**kwargs)
+            else:
+                raise ValueError(f"node {node_id}: no stand-in for core node {node['class_type']!r}; "
+                                 f"{', '.join(REAL_CORE)} need a real ComfyUI (COMFYUI_PATH).")
     return results
+
+
+def call_node(cls, kwargs: dict) -> tuple:
+    """A node's outputs, called as ComfyUI's executor calls it: classic nodes through FUNCTION,
+    V3 nodes (comfy_api io.ComfyNode) through the classmethod execute, whose NodeOutput holds them."""
+    if hasattr(cls, "define_schema"):
+        return tuple(cls.execute(**kwargs).args)
+    return getattr(cls(), cls.FUNCTION)(**kwargs)
+
+
+# Core nodes the stand-in cannot imitate: (module, class) in a real ComfyUI.
+REAL_CORE = {"KSampler": ("nodes", "KSampler"), "EasyCache": ("comfy_extras.nodes_easycache", "EasyCacheNode"),
+             "TorchCompileModel": ("comfy_extras.nodes_torch_compile", "TorchCompileModel")}
+
+
+def real_core_nodes() -> dict:
+    """The classes of KSampler, EasyCache and TorchCompileModel in the real ComfyUI on sys.path
+    (COMFYUI_PATH), for execute's `core`."""
+    import importlib
+
+    return {name: getattr(importlib.import_module(module), cls) for name, (module, cls) in REAL_CORE.items()}
 
 
 def make_small(api: dict, args) -> dict:
     """The tiny checkpoint ('tiny' in models/DropletVideo/) at the small sizes of the flags."""
+    # width, height, frames (and fps) sit on the conditioning nodes (Image Encode, Empty Conditioning).
     overrides = {"model_folder": "tiny", "precision": "fp32", "width": args.width, "height": args.height,
                  "frames": args.frames, "steps": args.steps}
-    core = {"ImageScale": {"width": args.width, "height": args.height}, "ImageFromBatch": {"length": args.frames}}
+    core = {"ImageScale": {"width": args.width, "height": args.height}, "ImageFromBatch": {"length": args.frames},
+            "KSampler": {"steps": args.steps}}
     for node in api.values():
         if node["class_type"].startswith("DropletVideo"):
             node["inputs"].update({k: v for k, v in overrides.items() if k in node["inputs"]})
