@@ -90,9 +90,9 @@ def placed_model(args):
     """(model, block runner, context) for the child's --mode (offload modes start on the CPU)."""
     import contextlib
 
-    from droplet_core.block_swap import BlockSwap
+    from droplet_core.offload.block_swap import BlockSwap
     from droplet_core.engine_options import prepare_transformer
-    from droplet_core.sequential_offload import attach_sequential_offload
+    from droplet_core.offload.sequential import attach_sequential_offload
     from droplet_core.transformer import run_block
 
     options = parse_mode(args.mode or "none")

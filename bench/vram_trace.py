@@ -37,7 +37,7 @@ sys.path.insert(0, str(ROOT))
 from droplet_core import shapes  # noqa: E402
 from droplet_core.configs import RELEASE_TRANSFORMER, TransformerConfig, VaeConfig  # noqa: E402
 from droplet_core.fp8 import quantize_blocks, quantize_t5  # noqa: E402
-from droplet_core.offload_plan import MARGIN_BYTES, component_bytes, module_bytes  # noqa: E402
+from droplet_core.offload.plan import MARGIN_BYTES, component_bytes, module_bytes  # noqa: E402
 from droplet_core.transformer import DropletVideoTransformer3DModel  # noqa: E402
 from droplet_core.vae_memory import decode_latents, encode_moments, trim_vae_memory  # noqa: E402
 from droplet_core.vae_ops import set_tiling  # noqa: E402

@@ -13,10 +13,10 @@ from transformers.utils import logging as transformers_logging
 
 from .attention import ATTENTION_BACKENDS
 from .engine_options import WEIGHT_FORMATS, EngineOptions
-from .offload_plan import Workload
+from .offload.plan import Workload
 from .parallel import DEFAULT_TIMEOUT_S, PARALLEL_MODES, ParallelRunError, checkpoint_heads, launched, start_parallel
 from .pipeline import DTYPES, Request, load_pipeline
-from .placement import OFFLOAD_MODES
+from .offload.placement import OFFLOAD_MODES
 from .sampling import SCHEDULERS
 from .shapes import size_for_budget
 from .text import MAX_SEQUENCE_LENGTH, NEGATIVE_PROMPT

@@ -13,7 +13,7 @@ import torch
 
 from .attention import ATTENTION_BACKENDS, attention_kernel, fuse_qkv, set_attention
 from .fp8 import quantize_blocks
-from .placement import check_offload_mode
+from .offload.placement import check_offload_mode
 
 logger = logging.getLogger(__name__)
 WEIGHT_FORMATS = ("default", "fp8_e4m3fn")

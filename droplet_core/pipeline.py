@@ -20,8 +20,8 @@ from .fp8 import quantize_t5
 from .long_video import SlidingWindowTransformer
 from .loading import load_scheduler_config, load_transformer, load_vae
 from .lora import merge_loras
-from .offload_plan import Workload, component_bytes, resolve_offload
-from .placement import Placement
+from .offload.plan import Workload, component_bytes, resolve_offload
+from .offload.placement import Placement
 from .positional import check_frames_fit, fps_tensor
 from .sampling import StepCallback, denoise, start_run
 from .transformer import run_block

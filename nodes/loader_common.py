@@ -57,6 +57,9 @@ def build_model(transformer_path: Path, precision: str, weight_format=None, atte
     if attention != "sdpa":
         set_attention(patcher.model.diffusion_model, attention)
     patcher.model.scheduler_config = dict(scheduler_config)
+    if hasattr(patcher, "cached_patcher_init"):  # ComfyUI 0.33+: MultiGPU CFG Split rebuilds the model per GPU
+        patcher.cached_patcher_init = (build_model, (transformer_path, precision, weight_format, attention,
+                                                     scheduler_config, scale_factor))
     return patcher
 
 

@@ -12,14 +12,14 @@ import pytest
 import torch
 from PIL import Image
 
-from droplet_core.block_swap import BlockSwap
+from droplet_core.offload.block_swap import BlockSwap
 from droplet_core.configs import RELEASE_TRANSFORMER, VaeConfig
 from droplet_core.engine_options import EngineOptions
 from droplet_core.loading import load_transformer
-from droplet_core.offload_plan import (Workload, component_bytes, plan_offload, transformer_activation_bytes,
-                                       vae_decode_bytes)
+from droplet_core.offload.plan import (Workload, component_bytes, plan_offload, transformer_activation_bytes,
+                                       vae_decode_bytes, vae_encode_bytes)
 from droplet_core.pipeline import Request, load_pipeline
-from droplet_core.sequential_offload import attach_sequential_offload
+from droplet_core.offload.sequential import attach_sequential_offload
 from droplet_core.step_cache import StepCache
 from droplet_core.transformer import DropletVideoTransformer3DModel, run_block
 from engine_fixtures import GOLDENS, tiny_ckpt  # noqa: F401
@@ -254,15 +254,17 @@ def test_planner_needs_less_for_smaller_videos_and_fp8(release_bytes):
 
 @pytest.mark.parametrize("size", [(672, 384, 85), (480, 272, 49)], ids=str)
 def test_planner_estimates_cover_the_traced_memory_of_the_release(size):
-    """The planner's activation and VAE estimates against bench/vram_trace.py's fake-tensor trace
+    """The planner's (and the nodes') activation and VAE estimates against bench/vram_trace.py's fake-tensor trace
     of the real 5B transformer and VAE: at least 10% above (real peaks exceed traced ones by
     13-20% on the CPU; the 1.5 GiB margin covers the rest), at most 60% above."""
     from bench.vram_trace import trace_transformer, trace_vae
 
-    transformer, vae = trace_transformer(*size), trace_vae(*size, parts=("decode",))
+    transformer, vae = trace_transformer(*size), trace_vae(*size)
     pairs = [(transformer_activation_bytes(RELEASE_TRANSFORMER, Workload(*size)), transformer["activations"]),
              (vae_decode_bytes(Workload(*size)), vae["decode"]),
-             (vae_decode_bytes(Workload(*size, tiled_vae=True)), vae["decode_tiled"])]
+             (vae_decode_bytes(Workload(*size, tiled_vae=True)), vae["decode_tiled"]),
+             (vae_encode_bytes(Workload(*size)), vae["encode"]),
+             (vae_encode_bytes(Workload(*size, tiled_vae=True)), vae["encode_tiled"])]
     for estimate, traced in pairs:
         assert 1.1 * traced <= estimate <= 1.6 * traced, (estimate / 2**30, traced / 2**30)
 

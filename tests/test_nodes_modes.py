@@ -134,6 +134,19 @@ def test_partial_load_below_the_model_size_gives_the_full_load_latents(pack, loa
     model.unpatch_model(model.offload_device)
 
 
+def test_the_model_tells_multigpu_cfg_split_how_to_rebuild_it(pack, loaded):
+    """ComfyUI 0.33's MultiGPU CFG Split deep-clones a MODEL per GPU through cached_patcher_init."""
+    model = loaded[0]
+    if not hasattr(model, "cached_patcher_init"):
+        pytest.skip("this ComfyUI has no MultiGPU CFG Split (no cached_patcher_init)")
+    factory, args = model.cached_patcher_init[:2]
+    rebuilt = factory(*args)
+    assert rebuilt.model is not model.model and type(rebuilt.model) is type(model.model)
+    ours, theirs = model.model.diffusion_model.state_dict(), rebuilt.model.diffusion_model.state_dict()
+    assert ours.keys() == theirs.keys() and all(torch.equal(ours[k], theirs[k]) for k in ours)
+    assert rebuilt.model.scheduler_config == model.model.scheduler_config
+
+
 def test_every_weight_of_the_native_model_sits_in_a_comfyui_operation(pack, loaded):
     ops = importlib.import_module("comfy.ops")
     operations = (ops.disable_weight_init.Linear, ops.disable_weight_init.LayerNorm, ops.disable_weight_init.Conv2d)

@@ -79,7 +79,7 @@ class DropletVideoModel(comfy.model_base.BaseModel):
         return out
 
     def memory_required(self, input_shape, cond_shapes={}):
-        """The offload planner's activation estimate (droplet_core/offload_plan.py) for this latent
+        """The offload planner's activation estimate (droplet_core/offload/plan.py) for this latent
         grid; input_shape is [batch, channels, frames, height, width]."""
         batch, _, frames, height, width = input_shape
         text = cond_shapes.get("c_crossattn") if cond_shapes else None

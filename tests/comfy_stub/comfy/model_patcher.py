@@ -38,6 +38,7 @@ class ModelPatcher:
         self.weight_inplace_update = weight_inplace_update
         self.patches_uuid = uuid.uuid4()
         self.parent = None
+        self.cached_patcher_init = None  # (factory, args): how MultiGPU CFG Split rebuilds the model per GPU
         for name, default in (("model_loaded_weight_memory", 0), ("current_weight_patches_uuid", None),
                               ("model_lowvram", False)):
             if not hasattr(self.model, name):
@@ -69,6 +70,7 @@ class ModelPatcher:
         n.patches_uuid = self.patches_uuid
         n.model_options = {k: (v.copy() if isinstance(v, dict) else v) for k, v in self.model_options.items()}
         n.backup = self.backup  # shared: the weights are the module's, whichever clone patched them
+        n.cached_patcher_init = self.cached_patcher_init
         n.parent = self
         return n
 

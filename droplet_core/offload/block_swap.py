@@ -14,7 +14,7 @@ from typing import Dict, Tuple
 import torch
 
 from .parked_tensors import ParkedTensors
-from .transformer import BlockRunner, run_block
+from ..transformer import BlockRunner, run_block
 
 
 class BlockSwap:

@@ -15,8 +15,8 @@ import contextlib
 import torch
 
 from .block_swap import BlockSwap
-from .sequential_offload import attach_sequential_offload
-from .transformer import BlockRunner
+from .sequential import attach_sequential_offload
+from ..transformer import BlockRunner
 
 OFFLOAD_MODES = ("none", "model", "block_swap", "sequential", "auto")
 
