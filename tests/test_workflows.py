@@ -371,6 +371,13 @@ def test_low_vram_workflow_turns_the_memory_settings_on_and_keeps_the_video(pack
     assert 0 < (low_vram - plain).abs().mean() < 0.05
 
 
+@pytest.mark.parametrize("name", sorted(CORE_SAMPLING))
+def test_core_sampler_graphs_stop_before_loading_on_the_stand_in(name, pack, info, tmp_path):
+    api = tool.ui_to_api(load(name), info)
+    with pytest.raises(ValueError, match="KSampler.*COMFYUI_PATH"):
+        tool.execute(api, pack, tool.demo_core_nodes(tmp_path / "x.mp4", 64, 64))
+
+
 @pytest.mark.skipif(not COMFYUI_PATH, reason=CORE_RUN_REASON)
 def test_core_ksampler_workflow_runs_the_native_model(pack, info, tmp_path):
     droplet = run_graph("droplet_i2v", pack, info, tmp_path)

@@ -169,6 +169,10 @@ def demo_core_nodes(out: Path, width: int, height: int):
 
 def execute(api: dict, pack, core: dict) -> dict:
     """Runs an API prompt in dependency order (no caching, no validation: a test harness)."""
+    missing = sorted({n["class_type"] for n in api.values()} - set(pack.NODE_CLASS_MAPPINGS) - set(core))
+    if missing:  # before any model loads
+        raise ValueError(f"no stand-in for core node(s) {', '.join(missing)}; {', '.join(REAL_CORE)} need a real "
+                         f"ComfyUI (COMFYUI_PATH, or --server).")
     results, pending = {}, dict(api)
     while pending:
         ready = [i for i, n in pending.items()
@@ -182,11 +186,8 @@ def execute(api: dict, pack, core: dict) -> dict:
                 results[node_id] = call_node(pack.NODE_CLASS_MAPPINGS[node["class_type"]], kwargs)
             elif isinstance(core.get(node["class_type"]), type):  # a real ComfyUI's node class
                 results[node_id] = call_node(core[node["class_type"]], kwargs)
-            elif node["class_type"] in core:
-                results[node_id] = core[node["class_type"]](**kwargs)
             else:
-                raise ValueError(f"node {node_id}: no stand-in for core node {node['class_type']!r}; "
-                                 f"{', '.join(REAL_CORE)} need a real ComfyUI (COMFYUI_PATH).")
+                results[node_id] = core[node["class_type"]](**kwargs)
     return results
 
 
