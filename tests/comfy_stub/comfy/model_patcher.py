@@ -141,7 +141,7 @@ class ModelPatcher:
 
     def patch_model(self, device_to=None, lowvram_model_memory=0, load_weights=True, force_patch_weights=False):
         if load_weights:
-            self.load(device_to, lowvram_model_memory, force_patch_weights, full_load=True)
+            self.load(device_to, lowvram_model_memory, force_patch_weights, full_load=lowvram_model_memory == 0)
         return self.model
 
     def partially_load(self, device_to, extra_memory=0, force_patch_weights=False):
