@@ -1,23 +1,31 @@
 """Worker processes for tests/test_engine_parallel.py: several CPU ranks (gloo) on one generation.
 
-`run_ranks` starts `world` spawned processes that each run the same list of jobs and save what
-they got (latents, or the error text and when it came) to out_dir/rank<N>.pt. A job can kill one
-rank at a given step (SIGKILL from its step callback), the way a crashed or OOM-killed GPU
-process disappears. Every wait has a deadline, so a hung rank fails the test instead of CI.
+`run_ranks` starts `world` plain processes (`python parallel_workers.py`, with the environment
+torchrun would give them, but no torchrun agent: the test sees how the ranks themselves end) that
+each run the same list of jobs and save what they got (latents, or the error text and when it
+came) to out_dir/rank<N>.pt. A job can kill one rank at a given step (SIGKILL from its step
+callback), the way a crashed or OOM-killed GPU process disappears. Every wait has a deadline,
+so a hung rank fails the test instead of hanging CI.
 """
 
+import json
 import os
 import signal
 import socket
+import subprocess
+import sys
 import time
 from pathlib import Path
 
 import torch
-import torch.multiprocessing as mp
 
-from droplet_core.loading import load_transformer
-from droplet_core.parallel import ParallelRunError, start_parallel
-from droplet_core.pipeline import Request, load_pipeline
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from droplet_core.loading import load_transformer  # noqa: E402
+from droplet_core.parallel import ParallelRunError, start_parallel  # noqa: E402
+from droplet_core.pipeline import Request, load_pipeline  # noqa: E402
+from droplet_core.video_io import load_image  # noqa: E402
 
 TIMEOUT_S = 20.0  # per collective, on the process groups (a dead peer is seen sooner: its sockets close)
 
@@ -28,33 +36,40 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def run_ranks(world: int, ckpt: Path, request: Request, jobs: list, out_dir: Path, deadline_s: float) -> list:
-    """Exit codes of the ranks (None for a rank still running at the deadline: it is then killed)."""
+def run_ranks(world: int, ckpt: Path, request: dict, jobs: list, out_dir: Path, deadline_s: float) -> list:
+    """Exit codes of the ranks (None for a rank still running at the deadline: it is then killed).
+    `request`: Request fields, with `image` a path."""
     port = free_port()
-    ctx = mp.get_context("spawn")
-    procs = [ctx.Process(target=_rank_main, args=(rank, world, port, str(ckpt), request, jobs, str(out_dir)))
-             for rank in range(world)]
-    for p in procs:
-        p.start()
+    spec = json.dumps({"ckpt": str(ckpt), "request": request, "jobs": jobs, "out_dir": str(out_dir)})
+    procs = []
+    for rank in range(world):
+        env = {**os.environ, "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port), "RANK": str(rank),
+               "WORLD_SIZE": str(world), "LOCAL_RANK": str(rank), "OMP_NUM_THREADS": "1"}
+        log = open(Path(out_dir) / f"rank{rank}.log", "w")
+        procs.append(subprocess.Popen([sys.executable, __file__, spec], env=env, stdout=log, stderr=subprocess.STDOUT))
     end = time.monotonic() + deadline_s
+    codes = []
     for p in procs:
-        p.join(max(0.0, end - time.monotonic()))
-    codes = [p.exitcode for p in procs]
+        try:
+            codes.append(p.wait(max(0.0, end - time.monotonic())))
+        except subprocess.TimeoutExpired:
+            codes.append(None)
     for p in procs:
-        if p.is_alive():
+        if p.poll() is None:
             p.kill()
-            p.join()
+            p.wait()
     return codes
 
 
-def _rank_main(rank, world, port, ckpt, request, jobs, out_dir):
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(world),
-                      LOCAL_RANK=str(rank))
+def _rank_main(spec: dict):
     torch.set_num_threads(1)
+    rank, out_dir = int(os.environ["RANK"]), Path(spec["out_dir"])
+    fields = dict(spec["request"])
+    request = Request(**{**fields, "image": load_image(fields["image"])})
     results = {}
-    for job in jobs:
-        results[job["name"]] = _run_job(rank, ckpt, request, job, Path(out_dir))
-        torch.save(results, Path(out_dir) / f"rank{rank}.pt")
+    for job in spec["jobs"]:
+        results[job["name"]] = _run_job(rank, spec["ckpt"], request, job, out_dir)
+        torch.save(results, out_dir / f"rank{rank}.pt")
     if torch.distributed.is_initialized() and not any(isinstance(r, dict) for r in results.values()):
         torch.distributed.destroy_process_group()  # (after a peer died the group is left to the process exit)
 
@@ -98,3 +113,7 @@ def transformer_inputs(model):
     inpaint = torch.randn(2, 2, 17, 8, 8, generator=generator)
     text = torch.randn(2, 227, c.text_embed_dim, generator=generator)
     return latents, text, torch.tensor([999, 500]), torch.tensor([8]), inpaint, model.rotary(2, 8, 8)
+
+
+if __name__ == "__main__":
+    _rank_main(json.loads(sys.argv[1]))

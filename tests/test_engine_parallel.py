@@ -1,10 +1,10 @@
 """Several processes on one video (droplet_core/parallel/): the same latents as one process.
 
-CPU ranks on gloo, spawned by parallel_workers.run_ranks, fp32, the tiny checkpoint at 64x64,
+CPU ranks on gloo, started by parallel_workers.run_ranks, fp32, the tiny checkpoint at 64x64,
 5 frames, 2 steps, image-to-video with CFG 6. gloo has all_to_all_single on CPU (torch 2.13), so
 diffusers' Ulysses all-to-all runs as it would on NCCL: nothing is emulated. Two-rank jobs share
-one spawn (sequence, CFG, a rotary forward, then the fault job that kills rank 1), the four-rank
-CFG x sequence job another; each spawn has a hard deadline, so no test can hang.
+one start (sequence, CFG, a rotary forward, then the fault job that kills rank 1), the four-rank
+CFG x sequence job another; each start has a hard deadline, so no test can hang.
 
 Tolerance: the parallel runs do the same arithmetic in another order (GEMMs over half the rows
 or half the batch, keys in rank-major order), a few fp32 ulps per forward that CFG 6 multiplies
@@ -20,11 +20,14 @@ from droplet_core.cli import main
 from droplet_core.loading import load_transformer
 from droplet_core.parallel import ParallelLayout, plan_layout
 from droplet_core.pipeline import Request, load_pipeline
-from engine_fixtures import start_image, tiny_ckpt  # noqa: F401
+from engine_fixtures import GOLDENS, tiny_ckpt  # noqa: F401
+from droplet_core.video_io import load_image
 from parallel_workers import TIMEOUT_S, run_ranks, transformer_inputs
 
 ROTARY = {"use_rotary_positional_embeddings": True, "sample_width": 8, "sample_height": 8, "sample_frames": 5}
-DEADLINE_S = 420  # a whole spawn, startup included: far above its time on an idle 2-core machine
+DEADLINE_S = 300  # all ranks, start-up included: far above their time on an idle 2-core machine
+REQUEST = {"prompt": "a panda plays a guitar", "image": str(GOLDENS / "start.png"), "width": 64, "height": 64,
+           "frames": 5, "steps": 2, "guidance_scale": 6.0, "max_sequence_length": 226}
 
 
 def close_to(parallel: torch.Tensor, single: torch.Tensor) -> None:
@@ -33,23 +36,18 @@ def close_to(parallel: torch.Tensor, single: torch.Tensor) -> None:
 
 
 @pytest.fixture(scope="module")
-def request_i2v(start_image):  # noqa: F811
-    return Request(prompt="a panda plays a guitar", image=start_image, width=64, height=64, frames=5, steps=2,
-                   guidance_scale=6.0, max_sequence_length=226)
+def single(tiny_ckpt):  # noqa: F811
+    request = Request(**{**REQUEST, "image": load_image(REQUEST["image"])})
+    return load_pipeline(tiny_ckpt).generate(request).latents
 
 
 @pytest.fixture(scope="module")
-def single(tiny_ckpt, request_i2v):  # noqa: F811
-    return load_pipeline(tiny_ckpt).generate(request_i2v).latents
-
-
-@pytest.fixture(scope="module")
-def two_ranks(tiny_ckpt, request_i2v, tmp_path_factory):  # noqa: F811
+def two_ranks(tiny_ckpt, tmp_path_factory):  # noqa: F811
     out = tmp_path_factory.mktemp("two_ranks")
     jobs = [{"name": "sequence", "mode": "sequence"}, {"name": "cfg", "mode": "cfg"},
             {"name": "rotary", "transformer_only": True, "overrides": ROTARY},
             {"name": "fault", "mode": "sequence", "kill_rank": 1, "kill_step": 0}]
-    codes = run_ranks(2, tiny_ckpt, request_i2v, jobs, out, DEADLINE_S)
+    codes = run_ranks(2, tiny_ckpt, REQUEST, jobs, out, DEADLINE_S)
     return codes, [torch.load(out / f"rank{r}.pt") for r in range(2)], out
 
 
@@ -84,9 +82,8 @@ def test_a_killed_rank_ends_the_other_with_a_clear_error(two_ranks):
     assert fault["at"] - float((out / "killed_at").read_text()) < TIMEOUT_S + 10
 
 
-def test_cfg_and_sequence_parallel_on_four_processes_equals_one_process(tiny_ckpt, request_i2v, single,  # noqa: F811
-                                                                        tmp_path):
-    codes = run_ranks(4, tiny_ckpt, request_i2v, [{"name": "auto", "mode": "auto"}], tmp_path, DEADLINE_S)
+def test_cfg_and_sequence_parallel_on_four_processes_equals_one_process(tiny_ckpt, single, tmp_path):  # noqa: F811
+    codes = run_ranks(4, tiny_ckpt, REQUEST, [{"name": "auto", "mode": "auto"}], tmp_path, DEADLINE_S)
     assert codes == [0, 0, 0, 0]
     for rank in range(4):
         close_to(torch.load(tmp_path / f"rank{rank}.pt")["auto"], single)
