@@ -3,7 +3,9 @@ again, they stack, core LoraLoaderModelOnly gives the same model; and the ModelP
 it relies on (clone, add_patches, patch on load_models_gpu, restore when another clone loads),
 checked on the stand-in or on a real ComfyUI."""
 
+import importlib.util
 import os
+import sys
 from pathlib import Path
 
 import comfy.model_management
@@ -119,12 +121,23 @@ def test_model_management_patches_on_load_and_restores(pack, loaded, loras, orig
             torch.testing.assert_close(got[k], expected[k].cpu(), atol=LORA_ATOL, rtol=0, msg=k)
 
 
+def core_nodes_module():
+    """ComfyUI's nodes.py (the name `nodes` is this pack's folder on the tests' path)."""
+    if "comfyui_core_nodes" not in sys.modules:
+        spec = importlib.util.spec_from_file_location("comfyui_core_nodes",
+                                                      Path(os.environ["COMFYUI_PATH"]) / "nodes.py")
+        module = importlib.util.module_from_spec(spec)
+        sys.modules["comfyui_core_nodes"] = module
+        spec.loader.exec_module(module)
+    return sys.modules["comfyui_core_nodes"]
+
+
 @pytest.mark.skipif(not os.environ.get("COMFYUI_PATH"), reason="core LoraLoaderModelOnly needs a real ComfyUI")
 @pytest.mark.parametrize("name", [PEFT, KOHYA])
 def test_core_lora_loader_gives_the_same_model_as_the_pack(pack, loaded, loras, name):
     """Core maps kohya (lora_unet_…) keys itself; diffusers/peft (transformer.…) keys only through
     the pack's loader, so the peft file is first written with ComfyUI's diffusion_model. names."""
-    import nodes as core_nodes
+    core_nodes = core_nodes_module()
     tensors = load_file(str(loras / name))
     if name == PEFT:
         name = "droplet_test_peft_comfy.safetensors"

@@ -82,11 +82,22 @@ const done = arguments[0];
 
 # Browser ---------------------------------------------------------------------------------------
 
+# Zoom the canvas to `scale` with the graph's top-left corner in view (readable screenshots: the
+# frontend draws no widget names below about 60%).
+FIT_JS = """
+const scale = arguments[0];
+const nodes = app.graph._nodes;
+const left = Math.min(...nodes.map(n => n.pos[0])), top = Math.min(...nodes.map(n => n.pos[1])) - 40;
+app.canvas.ds.scale = scale;
+app.canvas.ds.offset = [90 / scale - left, 20 / scale - top];  // clear of the sidebar
+app.canvas.setDirty(true, true);
+"""
+
 def open_frontend(server: str, args) -> webdriver.Chrome:
     """Headless Chromium on the server's page, once `app.graph` exists, dialogs dismissed."""
     options = webdriver.ChromeOptions()
     options.binary_location = args.chromium
-    for flag in ("--headless=new", "--no-sandbox", "--disable-gpu", "--window-size=1600,1000",
+    for flag in ("--headless=new", "--no-sandbox", "--disable-gpu", f"--window-size={args.window}",
                  "--disable-dev-shm-usage"):
         options.add_argument(flag)
     driver = webdriver.Chrome(service=Service(args.chromedriver), options=options)
@@ -184,6 +195,8 @@ def run_one(driver, server: str, path: Path, args) -> dict:
     report["overlapping_nodes"] = overlaps(loaded["nodes"])
     report["overrides"] = driver.execute_async_script(OVERRIDE_JS, args.overrides)
     if args.screenshots:
+        if args.scale:
+            driver.execute_script(FIT_JS, args.scale)
         time.sleep(1)
         shot = Path(args.screenshots) / f"{path.stem}.png"
         driver.save_screenshot(str(shot))
@@ -228,6 +241,8 @@ def main(argv=None) -> int:
     p.add_argument("--page-timeout", type=float, default=300,
                    help="seconds for the page to start, and for each in-page script")
     p.add_argument("--no-queue", action="store_true", help="only load, check and screenshot")
+    p.add_argument("--scale", type=float, help="canvas zoom for the screenshots (e.g. 0.8), graph at the top left")
+    p.add_argument("--window", default="1600,1000", help="browser window size, width,height")
     p.add_argument("--chromium", default="/usr/bin/chromium")
     p.add_argument("--chromedriver", default="/usr/bin/chromedriver")
     args = p.parse_args(argv)
