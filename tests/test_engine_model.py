@@ -92,7 +92,7 @@ def test_sincos_table_matches_diffusers():
 
     config = TransformerConfig(num_attention_heads=2, attention_head_dim=32, sample_width=12, sample_height=8,
                                sample_frames=9)
-    theirs = get_3d_sincos_pos_embed(64, (6, 4), 3, 1.875, 1.0).flatten(0, 1)
+    theirs = get_3d_sincos_pos_embed(64, (6, 4), 3, 1.875, 1.0, output_type="pt").flatten(0, 1)
     torch.testing.assert_close(sincos_table_3d(config), theirs.float(), atol=1e-6, rtol=0)
 
 
