@@ -80,7 +80,7 @@ class AnonPeak:
 def measure(path: Path, path_kind: str, precision: str) -> dict:
     """One load in this process (run as a child)."""
     import torch
-    sys.path.insert(0, str(ROOT / "tools"))
+    sys.path[:0] = [str(ROOT), str(ROOT / "tools")]
     import run_workflow
 
     dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}[precision]
