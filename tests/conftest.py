@@ -53,6 +53,8 @@ class PackRootIsAFolder:
 
 def pytest_configure(config):
     config.pluginmanager.register(PackRootIsAFolder(), "droplet-pack-root-is-a-folder")
+    config.addinivalue_line("markers", "heavy: repeats, through the nodes or across processes, what other tests "
+                                       "check once; CI's lowest-versions run leaves these out to stay under its limit")
 
 
 @pytest.fixture(scope="session")
