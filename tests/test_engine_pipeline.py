@@ -130,14 +130,13 @@ def test_same_seed_same_video_other_seed_or_fps_other_video(pipe, start_image):
     assert (first - pipe.generate(Request(**{**base, "prompt": "a car"})).frames).abs().max() > 1e-3
 
 
-def test_end_image_pulls_the_last_frame_towards_it(pipe, start_image, end_image):
-    from droplet_core.conditioning import resize_image
-
-    target = torch.from_numpy(np.array(resize_image(end_image, 128, 128))).float() / 255
+def test_end_image_reaches_the_model_and_changes_the_video(pipe, start_image, end_image):
+    """The reference's behaviour with an end image is pinned by the i2v_end_image golden; here: the
+    end image is not dropped on the way (the random tiny model does not draw it, so no likeness test)."""
     base = dict(prompt="a panda", image=start_image, fps=8, seed=3, width=128, height=128, frames=9, steps=3)
-    without = pipe.generate(Request(**base)).frames[-1]
-    with_end = pipe.generate(Request(**base, end_image=end_image)).frames[-1]
-    assert (with_end - target).abs().mean() < (without - target).abs().mean()
+    without = pipe.generate(Request(**base)).frames
+    with_end = pipe.generate(Request(**base, end_image=end_image)).frames
+    assert (with_end - without).abs().max() > 1e-3
 
 
 def test_v2v_strength_zero_returns_the_input(pipe):
