@@ -54,7 +54,7 @@ class PackRootIsAFolder:
 def pytest_configure(config):
     config.pluginmanager.register(PackRootIsAFolder(), "droplet-pack-root-is-a-folder")
     config.addinivalue_line("markers", "heavy: repeats, through the nodes or across processes, what other tests "
-                                       "check once; CI's lowest-versions run leaves these out to stay under its limit")
+                                       "check once (slow); CI leaves these out to stay under its 20 minutes")
 
 
 @pytest.fixture(scope="session")
