@@ -51,17 +51,24 @@ def _too_many_frames(config: TransformerConfig, latent_frames: int, asked: str =
     return ValueError(
         f"{asked}{latent_frames} latent frames exceed the positional table of this model "
         f"({config.latent_frames} latent frames = {config.max_video_frames} video frames; quirk 2 of the "
-        f"reference): ask for at most {config.max_video_frames} frames, or use long-video mode.")
+        f"reference): ask for at most {config.max_video_frames} frames, or use long-video mode (the "
+        f"sampler's long_video, the CLI's --long_video).")
+
+
+def check_latent_frames_fit(config: TransformerConfig, latent_frames: int, long_video: bool = False,
+                            asked: str = "") -> None:
+    """positional_rows' refusal of a video longer than the table, up front. Long-video windows
+    and rotary models (no table) take any length."""
+    if long_video or config.use_rotary_positional_embeddings:
+        return
+    if latent_frames > config.latent_frames:
+        raise _too_many_frames(config, latent_frames, asked)
 
 
 def check_frames_fit(config: TransformerConfig, frames: int, long_video: bool = False) -> None:
-    """positional_rows' refusal of a video longer than the table, up front (before the VAE
-    encode). Long-video windows and rotary models (no table) take any length."""
-    if long_video or config.use_rotary_positional_embeddings:
-        return
+    """check_latent_frames_fit for a video of `frames` frames (before its VAE encode)."""
     latent = (frames - 1) // config.temporal_compression_ratio + 1
-    if latent > config.latent_frames:
-        raise _too_many_frames(config, latent, f"{frames} frames = ")
+    check_latent_frames_fit(config, latent, long_video, f"{frames} frames = ")
 
 
 def positional_rows(table: torch.Tensor, config: TransformerConfig, text_len: int,

@@ -6,6 +6,7 @@ import torch
 
 from ..droplet_core import shapes
 from ..droplet_core.conditioning import NOISE_AUG_STRENGTH, i2v_video_and_mask, inpaint_latents
+from ..droplet_core.positional import check_frames_fit
 from ..droplet_core.preview import fit_rgb_projection
 from .components import load_for_compute, module_dtype
 from .images import RESIZE_MODES, first_image, fit
@@ -71,13 +72,18 @@ class DropletVideoImageEncode:
             "optional": {
                 "start_image": ("IMAGE", {"tooltip": "First frame (the batch's first image)."}),
                 "end_image": ("IMAGE", {"tooltip": "Optional last frame; needs a start_image."}),
+                "model": ("MODEL", {"tooltip": "Optional: the DropletVideo MODEL, to refuse more frames than its "
+                                    "positional table holds before the VAE encode runs. Leave it unconnected for a "
+                                    "long video (the sampler's long_video renders past the table)."}),
             },
         }
 
     def encode(self, positive, negative, vae, width, height, frames, fps, resize_mode, noise_augmentation,
-               noise_aug_strength, noise_aug_seed, vae_tiling, start_image=None, end_image=None):
+               noise_aug_strength, noise_aug_seed, vae_tiling, start_image=None, end_image=None, model=None):
         shapes.check_size(width, height)
         frames = shapes.round_frames(frames)
+        if model is not None:
+            check_frames_fit(model.model.droplet_config, frames)
         if end_image is not None and start_image is None:
             raise ValueError("end_image needs a start_image: connect the first frame to start_image.")
         start, end = (None if image is None else fit(first_image(image, name), width, height, resize_mode)

@@ -13,6 +13,7 @@ from ..droplet_core.pipeline import DTYPES
 from ..droplet_core.sampling import RELEASE_SCHEDULER_CONFIG
 from ..droplet_core.text import load_text_encoder
 from .components import DropletTextEncoder, DropletVae, text_encoder_patcher, vae_patcher
+from .heap_release import release_heap_when_freed
 from .native.loading import load_native_model
 
 PRECISIONS = ("bf16", "fp16", "fp32")
@@ -60,11 +61,14 @@ def build_model(transformer_path: Path, precision: str, weight_format=None, atte
     if hasattr(patcher, "cached_patcher_init"):  # ComfyUI 0.33+: MultiGPU CFG Split rebuilds the model per GPU
         patcher.cached_patcher_init = (build_model, (transformer_path, precision, weight_format, attention,
                                                      scheduler_config, scale_factor))
+    release_heap_when_freed(patcher.model)
     return patcher
 
 
 def build_vae(path: Path, precision: str) -> DropletVae:
-    return DropletVae(vae_patcher(load_vae(path, dtype_for(precision))), str(path))
+    module = load_vae(path, dtype_for(precision))
+    release_heap_when_freed(module)
+    return DropletVae(vae_patcher(module), str(path))
 
 
 def build_text_encoder(encoder_folder: Path, tokenizer_folder: Path, precision: str,
@@ -76,6 +80,7 @@ def build_text_encoder(encoder_folder: Path, tokenizer_folder: Path, precision: 
     encoder = load_text_encoder(encoder_folder, tokenizer_folder, dtype_for(precision))
     if weight_format == "fp8_e4m3fn":
         quantize_t5(encoder.model)
+    release_heap_when_freed(encoder.model)
     return DropletTextEncoder(text_encoder_patcher(encoder.model, on_cpu=device == "cpu"), encoder.tokenizer,
                               str(encoder_folder))
 

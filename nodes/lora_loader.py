@@ -10,8 +10,7 @@ model, on fp8 weights too; chain loaders to stack LoRAs.
 
 import comfy.lora
 import comfy.lora_convert
-import torch
-
+from ..droplet_core.lora import check_lora_finite
 from ..droplet_core.weights import load_tensors
 from .model_paths import resolve, weight_files
 
@@ -32,13 +31,6 @@ def droplet_key_map(base_model) -> dict:
                           f"lora_transformer_{name.replace('.', '_')}"):
                 key_map.setdefault(alias, key)
     return key_map
-
-
-def check_finite(tensors: dict, name: str) -> None:
-    for key, tensor in tensors.items():
-        if tensor.is_floating_point() and not torch.isfinite(tensor).all():
-            raise ValueError(f"LoRA {name!r}: tensor {key} holds NaN or inf values; the file is damaged or was saved "
-                             f"from a diverged training run: re-download it or use another checkpoint of it.")
 
 
 def unused_keys(tensors: dict, patches: dict) -> list:
@@ -67,7 +59,7 @@ def check_shapes(patches: dict, base_model, name: str) -> None:
 def lora_patches(model, path, name: str) -> dict:
     """{model key: adapter} of the LoRA file at `path` for this MODEL; errors name the file."""
     tensors = load_tensors([path])
-    check_finite(tensors, name)
+    check_lora_finite(name, tensors)
     tensors = comfy.lora_convert.convert_lora(tensors)
     patches = comfy.lora.load_lora(tensors, droplet_key_map(model.model), log_missing=False)
     unused = unused_keys(tensors, patches)

@@ -6,7 +6,7 @@ import torch
 
 from ..droplet_core import sampling
 from ..droplet_core.long_video import SlidingWindowTransformer
-from ..droplet_core.positional import fps_tensor
+from ..droplet_core.positional import check_latent_frames_fit, fps_tensor
 from ..droplet_core.sampling import SCHEDULERS
 from ..droplet_core.step_cache import StepCache
 from ..droplet_core.transformer import run_block
@@ -32,16 +32,11 @@ def check_latent(samples: torch.Tensor, config, denoise: float, long_video: bool
     if denoise < 1.0 and not samples.any():
         raise ValueError(f"denoise {denoise} < 1 re-generates the latent input, but this latent is empty: connect "
                          f"DropletVideo VAE Encode's latent (video-to-video), or set denoise to 1.0.")
-    frames = samples.shape[2]
-    if long_video:
-        if window_overlap >= config.latent_frames:
-            raise ValueError(f"window_overlap {window_overlap} must be below the model's window of "
-                             f"{config.latent_frames} latent frames: use 0 (half a window) up to "
-                             f"{config.latent_frames - 1}.")
-    elif frames > config.latent_frames:
-        raise ValueError(f"{frames} latent frames ({(frames - 1) * 4 + 1} video frames) exceed the positional table "
-                         f"of this model ({config.latent_frames} latent frames = {config.max_video_frames} frames): "
-                         f"ask for at most {config.max_video_frames} frames, or turn on long_video.")
+    if long_video and window_overlap >= config.latent_frames:
+        raise ValueError(f"window_overlap {window_overlap} must be below the model's window of "
+                         f"{config.latent_frames} latent frames: use 0 (half a window) up to "
+                         f"{config.latent_frames - 1}.")
+    check_latent_frames_fit(config, samples.shape[2], long_video)
 
 
 def engine_inpaint(model, conditioning: list, noise: torch.Tensor, device) -> torch.Tensor:

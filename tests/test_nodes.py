@@ -202,11 +202,15 @@ def test_progress_previews_the_middle_frame_through_the_fitted_projection(pack, 
 
 # Model management, Cancel ------------------------------------------------------------------------------
 
-def test_loaders_keep_nothing_once_comfyui_drops_their_outputs(pack, models_dir):
+def test_loaders_keep_nothing_once_comfyui_drops_their_outputs(pack, models_dir, monkeypatch):
     """No module-level cache: ComfyUI's node cache is the only owner, so "Free model and node
-    cache" (unload, then drop the outputs) frees the weights, and a file replaced on disk is read anew."""
+    cache" (unload, then drop the outputs) frees the weights, and a file replaced on disk is read anew.
+    The full collection after it hands the freed C heap back (malloc_trim), once."""
     import gc
     import weakref
+    trims = []
+    monkeypatch.setattr(importlib.import_module(f"{pack.__name__}.nodes.heap_release"), "_MALLOC_TRIM", trims.append)
+    gc.collect()
     model, vae, text_encoder = run(pack, "DropletVideoModelLoader", model_folder="tiny", precision="fp32")
     probes = [weakref.ref(model.model.diffusion_model), weakref.ref(vae.patcher.model.module),
               weakref.ref(text_encoder.patcher.model.module)]
@@ -215,8 +219,10 @@ def test_loaders_keep_nothing_once_comfyui_drops_their_outputs(pack, models_dir)
     assert again[0] is not model and again[0].model is not model.model  # a fresh load, not a cached one
     comfy.model_management.unload_all_models()
     del model, vae, text_encoder, again
+    assert trims == []
     gc.collect()
     assert [probe() for probe in probes] == [None, None, None]
+    assert trims == [0]
 
 
 def test_interrupt_stops_the_sampler_and_the_next_run_works(pack, loaded, conds):

@@ -169,5 +169,5 @@ def test_lora_errors_name_the_fix(pack, loaded, loras):
     factors = random_factors(transformer, seed=4)
     factors["transformer_blocks.0.attn1.to_q"][0][0, 0] = float("nan")
     write_peft(loras / "droplet_test_nan.safetensors", factors)
-    with pytest.raises(ValueError, match="droplet_test_nan.safetensors.*to_q.lora_A.weight holds NaN or inf"):
+    with pytest.raises(ValueError, match="droplet_test_nan.safetensors: LoRA tensor .*to_q.lora_A.weight' holds NaN/inf"):
         with_lora(pack, loaded[0], "droplet_test_nan.safetensors", 1.0)
