@@ -144,6 +144,21 @@ def test_partial_load_below_the_model_size_gives_the_full_load_latents(pack, loa
     model.unpatch_model(model.offload_device)
 
 
+def test_vae_and_text_encoder_use_comfyuis_devices_for_their_kind(pack, models_dir, monkeypatch):
+    """--cpu-vae, --highvram and --lowvram act through these device functions: the VAE and T5
+    load where ComfyUI puts a VAE / text encoder, not on the diffusion model's device."""
+    mm = comfy.model_management
+    devices = {name: torch.device("cpu", index) for index, name in enumerate(
+        ("vae_device", "vae_offload_device", "text_encoder_device", "text_encoder_offload_device"), start=1)}
+    for name, device in devices.items():
+        monkeypatch.setattr(mm, name, lambda device=device: device)
+    _, vae, text_encoder = run(pack, "DropletVideoModelLoader", model_folder="tiny", precision="fp32")
+    assert (vae.patcher.load_device, vae.patcher.offload_device) == (devices["vae_device"],
+                                                                     devices["vae_offload_device"])
+    assert (text_encoder.patcher.load_device, text_encoder.patcher.offload_device) == (
+        devices["text_encoder_device"], devices["text_encoder_offload_device"])
+
+
 def test_the_model_tells_multigpu_cfg_split_how_to_rebuild_it(pack, loaded):
     """ComfyUI 0.33's MultiGPU CFG Split deep-clones a MODEL per GPU through cached_patcher_init."""
     model = loaded[0]
