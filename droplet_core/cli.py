@@ -204,8 +204,9 @@ def main(argv=None) -> int:
             run.check(request)
         progress = Progress()
         with run.guard() if run else contextlib.nullcontext():
-            results = pipe.generate_fps_sweep(request, fps_values, on_step=progress if not run or run.decodes else None)
-        if run is not None and not run.decodes:
+            results = pipe.generate_fps_sweep(request, fps_values,
+                                              on_step=progress if not run or run.keeps_video else None)
+        if run is not None and not run.keeps_video:
             return 0  # rank 0 writes the video
         result = results[0]
         out = write_outputs(results, fps_values, Path(args.out), args.playback_fps)

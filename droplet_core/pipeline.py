@@ -158,10 +158,12 @@ class DropletVideoPipeline:
             latents = denoise(model, scheduler, latents, timesteps, positive, negative, inpaint, fps,
                               request.guidance_scale, request.use_dynamic_cfg,
                               torch.Generator(device=self.device).manual_seed(request.seed), step_hook, runner)
-        if self.parallel is not None and not self.parallel.decodes:
-            return Result(torch.empty(0), latents.cpu(), step_latents)  # rank 0 alone decodes and writes
+        decode = self.parallel.decode if self.parallel is not None else decode_to_frames
         with self.placement.on_device(self.vae):
-            video = decode_to_frames(self.vae, latents, request.tiled_vae)[0]
+            video = decode(self.vae, latents, request.tiled_vae)
+        if video is None:
+            return Result(torch.empty(0), latents.cpu(), step_latents)  # rank 0 alone keeps and writes the video
+        video = video[0]
         if request.trim_to_requested_frames:
             video = video[:, :frames]
         return Result(video.permute(1, 2, 3, 0).cpu(), latents.cpu(), step_latents)

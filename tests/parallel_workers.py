@@ -6,6 +6,10 @@ each run the same list of jobs and save what they got (latents, or the error tex
 came) to out_dir/rank<N>.pt. A job can kill one rank at a given step (SIGKILL from its step
 callback), the way a crashed or OOM-killed GPU process disappears. Every wait has a deadline,
 so a hung rank fails the test instead of hanging CI.
+
+Job keys: name, mode (the --parallel mode); request (Request fields over the shared ones);
+keep_frames (save (latents, frames) instead of latents); kill_rank, kill_step; transformer_only
++ overrides (one transformer forward); decode_shapes (only the tiled decode, of random_latents).
 """
 
 import json
@@ -15,6 +19,7 @@ import socket
 import subprocess
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import torch
@@ -22,8 +27,8 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from droplet_core.loading import load_transformer  # noqa: E402
-from droplet_core.parallel import ParallelRunError, start_parallel  # noqa: E402
+from droplet_core.loading import load_transformer, load_vae  # noqa: E402
+from droplet_core.parallel import ParallelRunError, checkpoint_heads, start_parallel  # noqa: E402
 from droplet_core.pipeline import Request, load_pipeline  # noqa: E402
 from droplet_core.video_io import load_image  # noqa: E402
 
@@ -77,6 +82,9 @@ def _rank_main(spec: dict):
 def _run_job(rank, ckpt, request, job, out_dir):
     if job.get("transformer_only"):
         return _transformer_job(ckpt, job)
+    if job.get("decode_shapes"):
+        return _decode_job(ckpt, request, job)
+    request = replace(request, **job.get("request", {}))
     pipe = load_pipeline(ckpt)
     run = start_parallel(job["mode"], "cpu", pipe.transformer.config.num_attention_heads, request.guidance_scale,
                          TIMEOUT_S)
@@ -89,7 +97,8 @@ def _run_job(rank, ckpt, request, job, out_dir):
 
     try:
         with run.guard():
-            return pipe.generate(request, on_step=on_step).latents
+            result = pipe.generate(request, on_step=on_step)
+            return (result.latents, result.frames) if job.get("keep_frames") else result.latents
     except ParallelRunError as error:
         return {"error": str(error), "at": time.time()}
 
@@ -103,6 +112,19 @@ def _transformer_job(ckpt, job):
     inputs = transformer_inputs(model)
     with torch.no_grad():
         return model(*inputs[:4], inputs[4], image_rotary_emb=inputs[5])
+
+
+def _decode_job(ckpt, request, job):
+    """The tiled decode alone across the ranks, of random_latents(shape) for each of job["decode_shapes"]:
+    the frames on rank 0, None on the others."""
+    vae = load_vae(Path(ckpt) / "vae")
+    run = start_parallel(job["mode"], "cpu", checkpoint_heads(ckpt), request.guidance_scale, TIMEOUT_S)
+    return [run.decode(vae, random_latents(shape), tiled=True) for shape in job["decode_shapes"]]
+
+
+def random_latents(shape):
+    """Seeded [B, F_lat, 16, h, w] latents of about the sampler's scale."""
+    return torch.randn(shape, generator=torch.Generator().manual_seed(1))
 
 
 def transformer_inputs(model):

@@ -3,12 +3,14 @@
 CPU ranks on gloo, started by parallel_workers.run_ranks, fp32, the tiny checkpoint at 64x64,
 5 frames, 2 steps, image-to-video with CFG 6. gloo has all_to_all_single on CPU (torch 2.13), so
 diffusers' Ulysses all-to-all runs as it would on NCCL: nothing is emulated. Two-rank jobs share
-one start (sequence, CFG, a rotary forward, then the fault job that kills rank 1), the four-rank
-CFG x sequence job another; each start has a hard deadline, so no test can hang.
+one start (sequence, CFG, a rotary forward, a tiled decode, then the fault job that kills rank 1),
+the four-rank jobs (CFG x sequence, tiled decodes) another; each start has a hard deadline, so no
+test can hang.
 
 Tolerance: the parallel runs do the same arithmetic in another order (GEMMs over half the rows
 or half the batch, keys in rank-major order), a few fp32 ulps per forward that CFG 6 multiplies
-by ~11; the latents are ~9 in magnitude, so they are compared at 1e-5 of their scale.
+by ~11; the latents are ~9 in magnitude, so they are compared at 1e-5 of their scale. The tiled
+decode shared out across ranks does each tile's arithmetic exactly as one process: bit for bit.
 """
 
 import signal
@@ -17,12 +19,14 @@ import pytest
 import torch
 
 from droplet_core.cli import main
-from droplet_core.loading import load_transformer
+from droplet_core.loading import load_transformer, load_vae
 from droplet_core.parallel import ParallelLayout, plan_layout
+from droplet_core.parallel.vae_decode import rank_share, tile_grid
 from droplet_core.pipeline import Request, load_pipeline
+from droplet_core.vae_ops import decode_to_frames, set_tiling
 from engine_fixtures import GOLDENS, tiny_ckpt  # noqa: F401
 from droplet_core.video_io import load_image
-from parallel_workers import TIMEOUT_S, run_ranks, transformer_inputs
+from parallel_workers import TIMEOUT_S, random_latents, run_ranks, transformer_inputs
 
 pytestmark = pytest.mark.heavy
 
@@ -30,6 +34,11 @@ ROTARY = {"use_rotary_positional_embeddings": True, "sample_width": 8, "sample_h
 DEADLINE_S = 300  # all ranks, start-up included: far above their time on an idle 2-core machine
 REQUEST = {"prompt": "a panda plays a guitar", "image": str(GOLDENS / "start.png"), "width": 64, "height": 64,
            "frames": 5, "steps": 2, "guidance_scale": 6.0, "max_sequence_length": 226}
+# 128x128 px = 16x16 latents: 3x3 of the tiny VAE's 8-latent tiles (steps 7 and 6 once align_tiles has
+# set the overlaps); 13 frames = 4 latent frames, two frame batches per tile.
+TILED = {"width": 128, "height": 128, "frames": 13, "tiled_vae": True}
+# [B, F_lat, C, h, w]: 9 tiles over 4 ranks (3, 2, 2, 2), and 3 tiles over 4 ranks (one rank idle).
+DECODE_SHAPES = [[1, 4, 16, 16, 16], [1, 2, 16, 16, 6]]
 
 
 def close_to(parallel: torch.Tensor, single: torch.Tensor) -> None:
@@ -48,6 +57,7 @@ def two_ranks(tiny_ckpt, tmp_path_factory):  # noqa: F811
     out = tmp_path_factory.mktemp("two_ranks")
     jobs = [{"name": "sequence", "mode": "sequence"}, {"name": "cfg", "mode": "cfg"},
             {"name": "rotary", "transformer_only": True, "overrides": ROTARY},
+            {"name": "tiled", "mode": "sequence", "request": TILED, "keep_frames": True},
             {"name": "fault", "mode": "sequence", "kill_rank": 1, "kill_step": 0}]
     codes = run_ranks(2, tiny_ckpt, REQUEST, jobs, out, DEADLINE_S)
     return codes, [torch.load(out / f"rank{r}.pt") for r in range(2)], out
@@ -84,11 +94,53 @@ def test_a_killed_rank_ends_the_other_with_a_clear_error(two_ranks):
     assert fault["at"] - float((out / "killed_at").read_text()) < TIMEOUT_S + 10
 
 
-def test_cfg_and_sequence_parallel_on_four_processes_equals_one_process(tiny_ckpt, single, tmp_path):  # noqa: F811
-    codes = run_ranks(4, tiny_ckpt, REQUEST, [{"name": "auto", "mode": "auto"}], tmp_path, DEADLINE_S)
+@pytest.fixture(scope="module")
+def four_ranks(tiny_ckpt, tmp_path_factory):  # noqa: F811
+    out = tmp_path_factory.mktemp("four_ranks")
+    jobs = [{"name": "auto", "mode": "auto"}, {"name": "decode", "mode": "auto", "decode_shapes": DECODE_SHAPES}]
+    codes = run_ranks(4, tiny_ckpt, REQUEST, jobs, out, DEADLINE_S)
     assert codes == [0, 0, 0, 0]
+    return [torch.load(out / f"rank{r}.pt") for r in range(4)]
+
+
+def test_cfg_and_sequence_parallel_on_four_processes_equals_one_process(four_ranks, single):
     for rank in range(4):
-        close_to(torch.load(tmp_path / f"rank{rank}.pt")["auto"], single)
+        close_to(four_ranks[rank]["auto"], single)
+
+
+def tile_count(vae, latents: torch.Tensor) -> int:
+    set_tiling(vae, True)
+    return sum(len(row) for row in tile_grid(vae, latents.shape[3], latents.shape[4]))
+
+
+def test_tiled_decode_shared_by_two_processes_equals_one_process(two_ranks, tiny_ckpt):  # noqa: F811
+    """Through the pipeline: each rank decodes half the tiles, rank 0 blends them into the frames one
+    process decodes from the same latents, bit for bit; rank 1 keeps no video."""
+    _, results, _ = two_ranks
+    assert isinstance(results[0]["tiled"], tuple), results[0]["tiled"]  # else the job's error
+    latents, frames = results[0]["tiled"]
+    vae = load_vae(tiny_ckpt / "vae")
+    assert tile_count(vae, latents) >= 2 * 2
+    assert torch.equal(frames, decode_to_frames(vae, latents, tiled=True)[0].permute(1, 2, 3, 0))
+    assert results[1]["tiled"][1].numel() == 0
+
+
+def test_tiled_decode_shared_by_four_processes_equals_one_process(four_ranks, tiny_ckpt):  # noqa: F811
+    """Uneven shares, and more ranks than tiles."""
+    vae = load_vae(tiny_ckpt / "vae")
+    for index, shape in enumerate(DECODE_SHAPES):
+        latents = random_latents(shape)
+        assert torch.equal(four_ranks[0]["decode"][index], decode_to_frames(vae, latents, tiled=True))
+        assert all(four_ranks[rank]["decode"][index] is None for rank in (1, 2, 3))
+    assert [tile_count(vae, random_latents(shape)) for shape in DECODE_SHAPES] == [9, 3]
+
+
+def test_every_tile_is_decoded_by_exactly_one_rank():
+    for tiles in range(1, 20):
+        for world_size in range(1, 9):
+            shares = [list(rank_share(tiles, world_size, rank)) for rank in range(world_size)]
+            assert sorted(sum(shares, [])) == list(range(tiles)), (tiles, world_size)
+            assert max(map(len, shares)) - min(map(len, shares)) <= 1, (tiles, world_size)
 
 
 def test_layouts():

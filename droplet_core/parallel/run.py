@@ -2,9 +2,10 @@
 
 `start_parallel` plans the layout (refusing what cannot work before any model is loaded), joins
 the process group and builds the mesh; `ParallelRun.attach(pipe)` installs the sequence split on
-the transformer and hands the pipeline `wrap` (the CFG split) and `decodes` (rank 0 alone decodes
-and writes; the others end after the last step). `guard()` turns a failure of the distributed run
-(a peer killed, a collective timed out) into ParallelRunError naming this rank.
+the transformer and hands the pipeline `wrap` (the CFG split) and `decode` (the tiled decode shared
+out across the ranks, vae_decode.py; rank 0 alone keeps and writes the video). `guard()` turns a
+failure of the distributed run (a peer killed, a collective timed out) into ParallelRunError
+naming this rank.
 """
 
 import contextlib
@@ -22,6 +23,8 @@ from .layout import ParallelLayout, plan_layout
 from ..configs import read_json
 from .process_group import build_mesh, join_process_group, launched, rank_device
 from .sequence import enable_sequence_parallel
+from .vae_decode import decode_to_frames_across_ranks
+from ..vae_ops import decode_to_frames
 
 logger = logging.getLogger(__name__)
 DEFAULT_TIMEOUT_S = 600.0  # per collective; the first step of a compiled model can take minutes
@@ -40,9 +43,17 @@ class ParallelRun:
     failed: bool = False
 
     @property
-    def decodes(self) -> bool:
-        """Rank 0 decodes and writes the video; the others hold the same latents and stop there."""
+    def keeps_video(self) -> bool:
+        """Rank 0 keeps and writes the video; the others hold the same latents and stop after the decode."""
         return self.rank == 0
+
+    def decode(self, vae, latents: torch.Tensor, tiled: bool) -> Optional[torch.Tensor]:
+        """vae_ops.decode_to_frames on rank 0, None on the others; every rank must call it. Tiled, each rank
+        decodes a share of the tiles. Untiled (the reference's default), rank 0 decodes alone: the frame
+        batches hand their causal-conv caches on, so they cannot run on different ranks unchanged."""
+        if tiled:
+            return decode_to_frames_across_ranks(vae, latents, self.rank, self.layout.world_size)
+        return decode_to_frames(vae, latents) if self.keeps_video else None
 
     def check(self, request) -> None:
         if request.cache_threshold:
