@@ -28,8 +28,6 @@ from engine_fixtures import GOLDENS, tiny_ckpt  # noqa: F401
 from droplet_core.video_io import load_image
 from parallel_workers import TIMEOUT_S, random_latents, run_ranks, transformer_inputs
 
-pytestmark = pytest.mark.heavy
-
 ROTARY = {"use_rotary_positional_embeddings": True, "sample_width": 8, "sample_height": 8, "sample_frames": 5}
 DEADLINE_S = 300  # all ranks, start-up included: far above their time on an idle 2-core machine
 REQUEST = {"prompt": "a panda plays a guitar", "image": str(GOLDENS / "start.png"), "width": 64, "height": 64,
