@@ -131,7 +131,9 @@ def test_long_video_twice_the_trained_length(tiny_ckpt, start_image):
         pipe.generate(request)
     request.long_video = True
     windows = []  # what the transformer is given: 22-frame windows at latent frames 0, 11 and 21
-    pipe.transformer.register_forward_pre_hook(lambda module, args: windows.append((args[0], args[4])))
+    pipe.transformer.register_forward_pre_hook(  # inpaint_latents: 5th positional, or by name
+        lambda module, args, kwargs: windows.append((args[0], (args + (kwargs.get("inpaint_latents"),))[4])),
+        with_kwargs=True)
     result = pipe.generate(request)
     assert result.latents.shape[1] == latents and result.frames.shape == (frames, 64, 64, 3)
     assert torch.isfinite(result.frames).all()

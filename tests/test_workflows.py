@@ -8,6 +8,7 @@ import json
 import os
 from pathlib import Path
 
+import comfy.model_management
 import pytest
 import torch
 from diffusers import AutoencoderKLCogVideoX
@@ -354,13 +355,17 @@ def tiled_calls(monkeypatch) -> dict:
 TILED = argparse.Namespace(width=128, height=96, frames=5, steps=2)
 
 
-def test_low_vram_workflow_turns_the_memory_settings_on_and_keeps_the_video(pack, info, tmp_path, tiled_calls):
+def test_low_vram_workflow_turns_the_memory_settings_on_and_keeps_the_video(pack, info, tmp_path, tiled_calls,
+                                                                           monkeypatch):
     api = tool.ui_to_api(load("droplet_i2v_low_vram"), info)
     assert by_type(api, "DropletVideoModelLoader")[1]["text_encoder_device"] == "cpu"
     assert by_type(api, "DropletVideoImageEncode")[1]["vae_tiling"] and by_type(api, "DropletVideoVAEDecode")[1]["tiling"]
 
     plain = run_graph("droplet_i2v", pack, info, tmp_path, TILED)
     assert tiled_calls == {"tiled_encode": 0, "tiled_decode": 0}
+    # ComfyUI's text-encoder device is the CPU on the stand-in; under another name ('cpu:0', a move
+    # there changes nothing) a loader that ignores text_encoder_device = cpu is told apart.
+    monkeypatch.setattr(comfy.model_management, "text_encoder_device", lambda: torch.device("cpu:0"))
     api, results = run_api("droplet_i2v_low_vram", pack, info, tmp_path, TILED)
     assert tiled_calls["tiled_encode"] >= 1 and tiled_calls["tiled_decode"] >= 1  # the tiled path ran
     text_encoder = results[by_type(api, "DropletVideoModelLoader")[0]][2]
