@@ -47,28 +47,32 @@ def sincos_table_3d(config: TransformerConfig) -> torch.Tensor:
     return torch.cat([temporal, spatial], dim=-1).reshape(-1, dim).to(torch.float32)
 
 
-def _too_many_frames(config: TransformerConfig, latent_frames: int, asked: str = "") -> ValueError:
+LONG_VIDEO_REMEDY = "or use long-video mode (the sampler's long_video, the CLI's --long_video)"
+
+
+def _too_many_frames(config: TransformerConfig, latent_frames: int, asked: str = "",
+                     remedy: str = LONG_VIDEO_REMEDY) -> ValueError:
     return ValueError(
         f"{asked}{latent_frames} latent frames exceed the positional table of this model "
         f"({config.latent_frames} latent frames = {config.max_video_frames} video frames; quirk 2 of the "
-        f"reference): ask for at most {config.max_video_frames} frames, or use long-video mode (the "
-        f"sampler's long_video, the CLI's --long_video).")
+        f"reference): ask for at most {config.max_video_frames} frames, {remedy}.")
 
 
 def check_latent_frames_fit(config: TransformerConfig, latent_frames: int, long_video: bool = False,
-                            asked: str = "") -> None:
+                            asked: str = "", remedy: str = LONG_VIDEO_REMEDY) -> None:
     """positional_rows' refusal of a video longer than the table, up front. Long-video windows
     and rotary models (no table) take any length."""
     if long_video or config.use_rotary_positional_embeddings:
         return
     if latent_frames > config.latent_frames:
-        raise _too_many_frames(config, latent_frames, asked)
+        raise _too_many_frames(config, latent_frames, asked, remedy)
 
 
-def check_frames_fit(config: TransformerConfig, frames: int, long_video: bool = False) -> None:
+def check_frames_fit(config: TransformerConfig, frames: int, long_video: bool = False,
+                     remedy: str = LONG_VIDEO_REMEDY) -> None:
     """check_latent_frames_fit for a video of `frames` frames (before its VAE encode)."""
     latent = (frames - 1) // config.temporal_compression_ratio + 1
-    check_latent_frames_fit(config, latent, long_video, f"{frames} frames = ")
+    check_latent_frames_fit(config, latent, long_video, f"{frames} frames = ", remedy)
 
 
 def positional_rows(table: torch.Tensor, config: TransformerConfig, text_len: int,

@@ -26,6 +26,9 @@ SIZE_INPUTS = {
                        "4k+1 (1, 5, ... 85). The model's positional table sets the maximum (85 for the release) "
                        "unless the sampler's long_video is on."}),
 }
+# Image Encode cannot see the sampler's long_video: its model input is what to take away.
+LONG_VIDEO_WITH_MODEL_INPUT = ("or, for a long video (the DropletVideo Sampler's long_video), disconnect this node's "
+                               "`model` input, which checks the frame count against that table")
 FPS_INPUT = ("INT", {"default": 8, "min": 1, "max": 60, "tooltip": "FPS condition: how fast things move (the "
                      "official samples use 4, 8, 16, 32). Not the playback rate of the file."})
 
@@ -83,7 +86,7 @@ class DropletVideoImageEncode:
         shapes.check_size(width, height)
         frames = shapes.round_frames(frames)
         if model is not None:
-            check_frames_fit(model.model.droplet_config, frames)
+            check_frames_fit(model.model.droplet_config, frames, remedy=LONG_VIDEO_WITH_MODEL_INPUT)
         if end_image is not None and start_image is None:
             raise ValueError("end_image needs a start_image: connect the first frame to start_image.")
         start, end = (None if image is None else fit(first_image(image, name), width, height, resize_mode)

@@ -34,6 +34,9 @@ class DropletVideoVAEDecode:
     def decode(self, vae, latent, tiling, trim_to_frames):
         # LATENT is unscaled (ComfyUI's convention); decode_to_frames takes the transformer's space.
         latents = latent_layout.from_comfy(latent) * vae.scaling_factor  # [B, F, C, h, w]
+        if not bool(torch.isfinite(latents).all()):  # core samplers do not check each step as ours does
+            raise ValueError("the latent holds NaN/inf values, which would decode to a black video. Usual causes: "
+                             "a damaged LoRA or model file, fp16 overflow (use bf16 or fp32), or an extreme cfg.")
         module = vae.patcher.model.module
         scale = shapes.SPATIAL_COMPRESSION
         memory = vae_decode_memory(latents.shape[1], latents.shape[3] * scale, latents.shape[4] * scale,

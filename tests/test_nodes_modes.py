@@ -92,8 +92,19 @@ def test_image_encode_with_the_model_refuses_too_many_frames_before_the_vae_enco
     monkeypatch.setattr(vae.encoder, "forward", lambda *args, **kwargs: pytest.fail("the VAE encode ran"))
     too_long = image_cond(pack, loaded[1], start=as_image(start_image), **SMALL, frames=TRANSFORMER.max_video_frames + 4)
     too_long[1]["model"] = loaded[0]
-    with pytest.raises(ValueError, match="89 frames = 23 latent frames exceed the positional table.*long_video"):
+    with pytest.raises(ValueError, match="89 frames = 23 latent frames exceed the positional table.*disconnect this "
+                                         "node.s `model` input"):
         conditioned(pack, conds, too_long)
+
+
+def test_vae_decode_refuses_nan_latents_instead_of_a_black_video(pack, loaded):
+    """Core KSampler does not check each step as the DropletVideo Sampler does (a NaN LoRA through
+    core Load LoRA ended as an all-black "success" in a real ComfyUI)."""
+    samples = torch.zeros(1, 16, 2, 8, 8)
+    samples[0, 3, 1, 2, 2] = float("nan")
+    with pytest.raises(ValueError, match="NaN/inf values, which would decode to a black video"):
+        run(pack, "DropletVideoVAEDecode", vae=loaded[1], latent={"samples": samples}, tiling=False,
+            trim_to_frames=False)
 
 
 def test_long_video_settings_that_cannot_work_are_refused(pack, loaded, conds, small_cond):
