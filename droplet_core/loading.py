@@ -53,7 +53,7 @@ def _component_files(path: Path):
 
 def infer_transformer_config(shapes: dict, source: str) -> dict:
     """A transformer config read off tensor shapes, for single files without a config."""
-    shapes = {_strip_prefix(k): v for k, v in shapes.items()}
+    shapes = {strip_prefix(k): v for k, v in shapes.items()}
     if PATCH_WEIGHT not in shapes:
         raise ValueError(f"{source}: no {PATCH_WEIGHT!r} tensor: this is not a DropletVideo/CogVideoX transformer.")
     inner, in_channels, patch, _ = shapes[PATCH_WEIGHT]
@@ -67,7 +67,7 @@ def infer_transformer_config(shapes: dict, source: str) -> dict:
             "time_embed_dim": shapes["time_embedding.linear_2.weight"][0], "num_layers": layers}
 
 
-def _strip_prefix(key: str) -> str:
+def strip_prefix(key: str) -> str:
     for prefix in KEY_PREFIXES:
         if key.startswith(prefix):
             return key[len(prefix):]
@@ -104,8 +104,8 @@ def _fit_patch_weight(state: dict, model_shape: torch.Size) -> None:
     state[PATCH_WEIGHT] = fitted
 
 
-def assign_strict(model: torch.nn.Module, state: dict, source: str) -> None:
-    expected = model.state_dict()
+def check_state_fits(expected: dict, state: dict, source: str) -> None:
+    """The keys and shapes of `state` are those of `expected` (a model's state dict)."""
     missing = [k for k in expected if k not in state]
     unexpected = [k for k in state if k not in expected]
     wrong = [k for k in expected if k in state and state[k].shape != expected[k].shape]
@@ -115,14 +115,16 @@ def assign_strict(model: torch.nn.Module, state: dict, source: str) -> None:
         raise ValueError(f"{source}: weights do not match the config ({details}; {len(missing)} missing, "
                          f"{len(unexpected)} unexpected, {len(wrong)} wrong shapes). Check that config.json "
                          f"belongs to these weights.")
+
+
+def assign_strict(model: torch.nn.Module, state: dict, source: str) -> None:
+    check_state_fits(model.state_dict(), state, source)
     model.load_state_dict(state, strict=True, assign=True)
 
 
-def read_transformer(path: PathLike, dtype: torch.dtype = torch.float32, config_overrides: Optional[dict] = None,
-                     keep_fp8: bool = False):
-    """(config, state dict, fp8 layers, source) of a transformer folder or single file, each tensor
-    already in `dtype` (memory-mapped when the file has that dtype); what load_transformer and
-    ComfyUI's native model (nodes/native) build from."""
+def transformer_source(path: PathLike, config_overrides: Optional[dict] = None):
+    """(config, weight files, source) of a transformer folder or single file; the config from
+    config.json, the file's metadata or, failing both, the tensor shapes."""
     config_dict, source, files = _component_files(Path(path))
     if config_dict is None:
         shapes = {}
@@ -130,13 +132,34 @@ def read_transformer(path: PathLike, dtype: torch.dtype = torch.float32, config_
             shapes.update(tensor_shapes(file))
         config_dict = infer_transformer_config(shapes, source)
     config = config_from_dict(TransformerConfig, {**config_dict, **(config_overrides or {})}, source)
+    return config, files, source
+
+
+def fit_to_config(config: TransformerConfig, state: dict, files: list, source: str) -> None:
+    """Checks the weights against the config and fits the patch embedding's input channels (in place)."""
     with torch.device("meta"):
         patch_shape = DropletVideoTransformer3DModel(config).patch_embed.proj.weight.shape
-    state = load_tensors(files, dtype, KEY_PREFIXES, keep_float8=True)
-    fp8_layers = take_fp8_layers(state, dtype, keep_fp8, source)
     check_config_fits_weights(config, state, source, files[0].parent if len(files) > 1 else files[0])
     _fit_patch_weight(state, patch_shape)
-    return config, state, fp8_layers, source
+
+
+def read_transformer(path: PathLike, dtype: torch.dtype = torch.float32, config_overrides: Optional[dict] = None,
+                     keep_fp8: bool = False):
+    """(config, state dict, fp8 layers, source) of a transformer folder or single file, each tensor
+    already in `dtype` (memory-mapped when the file has that dtype); what load_transformer and
+    ComfyUI's native model (nodes/native) build from."""
+    config, files, source = transformer_source(path, config_overrides)
+    return (config, *read_transformer_state(config, files, source, dtype, keep_fp8), source)
+
+
+def read_transformer_state(config: TransformerConfig, files: list, source: str, dtype: torch.dtype,
+                           keep_fp8: bool = False):
+    """(state dict, fp8 layers) of transformer_source's files: float8 and scaled weights dequantized
+    to `dtype` but, with `keep_fp8`, the block Linear weights (fp8.py)."""
+    state = load_tensors(files, dtype, KEY_PREFIXES, keep_float8=True)
+    fp8_layers = take_fp8_layers(state, dtype, keep_fp8, source)
+    fit_to_config(config, state, files, source)
+    return state, fp8_layers
 
 
 def load_transformer(path: PathLike, dtype: torch.dtype = torch.float32, config_overrides: Optional[dict] = None,
