@@ -5,6 +5,7 @@ from .fps_sweep import DropletVideoFPSSweep
 from .image_encode import DropletVideoImageEncode
 from .lora_loader import DropletVideoLoraLoader
 from .model_loader import DropletVideoModelLoader
+from .multi_gpu_sampler import DropletVideoMultiGPUSampler
 from .resolution_bucket import DropletVideoResolutionBucket
 from .sampler import DropletVideoSampler
 from .t5_loader import DropletVideoT5Loader
@@ -25,6 +26,7 @@ NODE_DISPLAY_NAME_MAPPINGS = {
     "DropletVideoEmptyConditioning": "DropletVideo Empty Conditioning (text-to-video)",
     "DropletVideoResolutionBucket": "DropletVideo Resolution Bucket",
     "DropletVideoSampler": "DropletVideo Sampler",
+    "DropletVideoMultiGPUSampler": "DropletVideo Sampler (multi-GPU)",
     "DropletVideoFPSSweep": "DropletVideo FPS Sweep",
     "DropletVideoVAEDecode": "DropletVideo VAE Decode",
     "DropletVideoVAEEncode": "DropletVideo VAE Encode (video-to-video)",
@@ -32,5 +34,5 @@ NODE_DISPLAY_NAME_MAPPINGS = {
 NODE_CLASS_MAPPINGS = {cls.__name__: cls for cls in (
     DropletVideoModelLoader, DropletVideoTransformerLoader, DropletVideoVAELoader, DropletVideoT5Loader,
     DropletVideoLoraLoader, DropletVideoTextEncode, DropletVideoImageEncode, DropletVideoEmptyConditioning,
-    DropletVideoResolutionBucket, DropletVideoSampler, DropletVideoFPSSweep, DropletVideoVAEDecode,
-    DropletVideoVAEEncode)}
+    DropletVideoResolutionBucket, DropletVideoSampler, DropletVideoMultiGPUSampler, DropletVideoFPSSweep,
+    DropletVideoVAEDecode, DropletVideoVAEEncode)}

@@ -3,6 +3,7 @@ DROPLET_TEXT_ENCODER. Nothing is cached here: ComfyUI's node cache keeps a loade
 while its inputs are unchanged, and "Free model and node cache" drops them."""
 
 from pathlib import Path
+from typing import NamedTuple
 
 from ..droplet_core.attention import ATTENTION_BACKENDS, attention_kernel, set_attention
 from ..droplet_core.configs import VaeConfig, config_from_dict, read_json
@@ -38,6 +39,16 @@ TEXT_ENCODER_DEVICE_INPUT = (["default", "cpu"], {"default": "default", "tooltip
                              "runs there (slower to encode, no VRAM; as Load CLIP's device cpu)."})
 
 
+class TransformerSource(NamedTuple):
+    """How a loader built the MODEL's transformer: the multi-GPU sampler's workers load it the same way
+    (on the model, not only in cached_patcher_init, which ComfyUI before 0.33 lacks)."""
+
+    path: str
+    precision: str
+    weight_format: str
+    attention: str
+
+
 def dtype_for(precision: str):
     if precision not in DTYPES:
         raise ValueError(f"unknown precision {precision!r}: use one of {', '.join(PRECISIONS)}.")
@@ -58,6 +69,7 @@ def build_model(transformer_path: Path, precision: str, weight_format=None, atte
     if attention != "sdpa":
         set_attention(patcher.model.diffusion_model, attention)
     patcher.model.scheduler_config = dict(scheduler_config)
+    patcher.model.droplet_source = TransformerSource(str(transformer_path), precision, weight_format, attention)
     if hasattr(patcher, "cached_patcher_init"):  # ComfyUI 0.33+: MultiGPU CFG Split rebuilds the model per GPU
         patcher.cached_patcher_init = (build_model, (transformer_path, precision, weight_format, attention,
                                                      scheduler_config, scale_factor))

@@ -39,6 +39,18 @@ def check_latent(samples: torch.Tensor, config, denoise: float, long_video: bool
     check_latent_frames_fit(config, samples.shape[2], long_video)
 
 
+def checked_inputs(config, positive, negative, latent: dict, cfg: float, denoise: float, long_video: bool = False,
+                   window_overlap: int = 0, fps=None):
+    """(FPS tensor, [positive, negative when cfg > 1] text embeddings), the prompts and the latent checked:
+    what the DropletVideo samplers take from their inputs. `fps` overrides the conditioning's."""
+    fps = fps_tensor(fps if fps is not None else fps_of(positive, "positive"))
+    embeds = [text_embeds(positive, "positive")] + ([text_embeds(negative, "negative")] if cfg > 1 else [])
+    for cond, name in zip(embeds, ("positive", "negative")):
+        check_text(cond, name, config.text_embed_dim)
+    check_latent(latent["samples"], config, denoise, long_video, window_overlap)
+    return fps, embeds
+
+
 def engine_inpaint(model, conditioning: list, noise: torch.Tensor, device) -> torch.Tensor:
     """The 17 concat channels in the engine's layout [1, F, 17, h, w], as the native model builds them."""
     values = options(conditioning)
@@ -54,12 +66,8 @@ def sample_latent(model, positive, negative, latent: dict, seed: int, steps: int
     overrides the conditioning's FPS (the sweep)."""
     base = model.model
     config = base.droplet_config
-    fps = fps_tensor(fps if fps is not None else fps_of(positive, "positive"))
-    embeds = [text_embeds(positive, "positive")] + ([text_embeds(negative, "negative")] if cfg > 1 else [])
-    for cond, name in zip(embeds, ("positive", "negative")):
-        check_text(cond, name, config.text_embed_dim)
+    fps, embeds = checked_inputs(config, positive, negative, latent, cfg, denoise, long_video, window_overlap, fps)
     samples = latent["samples"]
-    check_latent(samples, config, denoise, long_video, window_overlap)
 
     device = model.load_device
     dtype = base.manual_cast_dtype or base.get_dtype()

@@ -43,7 +43,9 @@ def join_process_group(device: torch.device, timeout_s: float) -> None:
     """init_process_group from torchrun's environment (MASTER_ADDR/PORT, RANK, WORLD_SIZE)."""
     if dist.is_initialized():
         return
-    backend = "nccl" if device.type == "cuda" else "gloo"
+    # "cpu:gloo", not "gloo": diffusers' Ulysses gathers the ranks' token counts on the CPU only when the
+    # group's backend name says cpu, else on torch.accelerator (CUDA on a CUDA build of torch, even with no GPU).
+    backend = "nccl" if device.type == "cuda" else "cpu:gloo"
     dist.init_process_group(backend, timeout=timedelta(seconds=timeout_s),
                             device_id=device if device.type == "cuda" else None)
 

@@ -1,0 +1,102 @@
+"""One rank of a sampler call split across processes (sample_job.WorkerGroup starts them):
+
+    python -m droplet_core.parallel.sample_worker <job folder>    # with RANK, WORLD_SIZE, MASTER_ADDR/PORT
+
+Each rank loads the transformer file as the loader did (precision, weight format, attention), joins
+the group and splits the work as the CLI does (ParallelRun: the sequence split on the transformer,
+the CFG split around it), then runs the sampler node's sampling.start_run + sampling.denoise with
+the same arguments; so the latents are the single-device ones up to float summation order. Rank 0
+prints one progress line per step and writes the latents; every rank writes rank<N>.json (its layout
+and the shape of its first attention input: its share of the CFG batch and of the tokens).
+Exit status: 0; 2 for a refused setting (ValueError, FileNotFoundError); STOPPED_BY_PEER when the
+run stopped because another rank failed (ParallelRunError); 1 otherwise, with the traceback.
+"""
+
+import json
+import logging
+import os
+import sys
+from pathlib import Path
+from types import SimpleNamespace
+
+import torch
+from safetensors.torch import save_file
+
+from ..engine_options import EngineOptions, prepare_transformer
+from ..loading import load_transformer
+from ..pipeline import DTYPES
+from ..sampling import denoise, start_run
+from .run import ParallelRunError, start_parallel
+from .sample_job import LATENTS, PROGRESS, STOPPED_BY_PEER, SampleJob, read_job
+
+
+def load(job: SampleJob, dtype: torch.dtype):
+    options = EngineOptions(weights=job.weight_format, attention=job.attention).check()
+    transformer = load_transformer(job.transformer_path, dtype, keep_fp8=options.keep_fp8)
+    prepare_transformer(transformer, options, dtype)
+    return transformer
+
+
+def record_attention_input(transformer) -> dict:
+    """Fills {"attention_input": shape} at the first attention call of the first block on this rank."""
+    seen = {}
+
+    def hook(module, args, kwargs):
+        seen.setdefault("attention_input", list(kwargs["hidden_states"].shape))
+
+    transformer.transformer_blocks[0].attn1.register_forward_pre_hook(hook, with_kwargs=True)
+    return seen
+
+
+def report_step(index: int, total: int, latents) -> None:
+    print(f"{PROGRESS} {index + 1} {total}", flush=True)
+
+
+def sample(model, job: SampleJob, tensors: dict, device: torch.device, dtype: torch.dtype, on_step) -> torch.Tensor:
+    """The sampler node's two calls (nodes/sampler.py sample_latent) on this rank's device."""
+    scheduler, timesteps, latents = start_run(job.scheduler_config, job.scheduler, job.steps, job.strength,
+                                              job.noise_shape, job.seed, device, dtype, tensors.get("video"))
+    cast = {name: tensors[name].to(device, dtype) if name in tensors else None
+            for name in ("positive", "negative", "inpaint")}
+    return denoise(model, scheduler, latents, timesteps, cast["positive"], cast["negative"], cast["inpaint"],
+                   tensors["fps"], job.guidance_scale, job.use_dynamic_cfg,
+                   torch.Generator(device=device).manual_seed(job.seed), on_step)
+
+
+def main(folder) -> int:
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    folder = Path(folder)
+    run = None
+    try:
+        job, tensors = read_job(folder)
+        dtype = DTYPES[job.precision]
+        transformer = load(job, dtype)
+        run = start_parallel(job.parallel, job.device, transformer.config.num_attention_heads, job.guidance_scale,
+                             job.timeout_s)
+        if run is None:
+            raise ValueError(f"parallel {job.parallel!r} on {os.environ.get('WORLD_SIZE', 1)} processes leaves rank "
+                             f"0 alone: use auto, sequence or cfg on 2 or more.")
+        transformer.to(run.device)
+        run.attach(SimpleNamespace(transformer=transformer))  # the sequence split, as on the pipeline's transformer
+        seen = record_attention_input(transformer)
+        with run.guard():
+            latents = sample(run.wrap(transformer, job), job, tensors, run.device, dtype,
+                             report_step if run.keeps_video else None)
+        (folder / f"rank{run.rank}.json").write_text(json.dumps({"layout": run.layout.describe(), **seen}))
+        if run.keeps_video:
+            save_file({"latents": latents.float().cpu().contiguous()}, str(folder / "latents.part"))
+            os.replace(folder / "latents.part", folder / LATENTS)  # complete, or absent
+    except (ValueError, FileNotFoundError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    except ParallelRunError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return STOPPED_BY_PEER
+    finally:
+        if run is not None:
+            run.close()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1]))

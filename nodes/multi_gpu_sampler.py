@@ -1,0 +1,151 @@
+"""DropletVideoMultiGPUSampler: the DropletVideo Sampler's loop split across the GPUs ComfyUI sees,
+one worker process per GPU (droplet_core/parallel/sample_job.py and sample_worker.py).
+
+ComfyUI runs a prompt in one process and manages one copy of each model; the workers are
+processes of their own that load the transformer file again, outside ComfyUI's memory management.
+So ComfyUI unloads its models first, a MODEL with LoRAs or model patches is refused (the workers
+would not have them), and the workers end with the sampler call.
+"""
+
+import tempfile
+
+import comfy.model_management
+import torch
+import torch.distributed as dist
+
+from ..droplet_core import sampling
+from ..droplet_core.parallel import DEFAULT_TIMEOUT_S, plan_layout
+from ..droplet_core.parallel.sample_job import SampleJob, WorkerGroup, read_latents, write_job
+from .progress import comfy_on_step
+from .sampler import DropletVideoSampler, checked_inputs, engine_inpaint
+
+PARALLEL_MODES = ("auto", "sequence", "cfg")
+COLLECTIVE_TIMEOUT_S = DEFAULT_TIMEOUT_S  # a worker that hangs in a collective fails after this
+RUN_LIMIT_S = None  # the whole call; none in ComfyUI (a long video takes hours); the tests bound it
+PATCH_ATTRIBUTES = ("object_patches", "wrappers", "callbacks", "hook_patches", "injections", "additional_models")
+
+
+def holds_something(value) -> bool:
+    if isinstance(value, dict):
+        return any(holds_something(v) for v in value.values())
+    if isinstance(value, (list, tuple, set)):
+        return any(holds_something(v) for v in value)
+    return value is not None and value is not False
+
+
+def carried_patches(model) -> list:
+    """What this MODEL adds to the loaded transformer: weight patches (LoRA), object patches,
+    model_options entries, wrappers, callbacks, hooks."""
+    found = [f"{len(model.patches)} weight patches (LoRA)"] if model.patches else []
+    options = {**model.model_options.get("transformer_options", {}),
+               **{k: v for k, v in model.model_options.items() if k != "transformer_options"}}
+    found += [f"model_options {name}" for name, value in options.items() if holds_something(value)]
+    found += [name.replace("_", " ") for name in PATCH_ATTRIBUTES if holds_something(getattr(model, name, None))]
+    return found
+
+
+def transformer_source(model):
+    source = getattr(model.model, "droplet_source", None)
+    if source is None:
+        raise ValueError("this MODEL was not built by a DropletVideo loader (it does not say which transformer file it "
+                         "holds): load it with DropletVideo Model Loader or Transformer Loader.")
+    patches = carried_patches(model)
+    if patches:
+        raise ValueError(f"multi-GPU sampling loads the transformer file in each worker; LoRAs and model patches are "
+                         f"not carried over (this MODEL has {', '.join(patches)}): use the DropletVideo Sampler, or "
+                         f"the command line under torchrun with --lora (README, Multi-GPU).")
+    return source
+
+
+def worker_device(model, gpus: int) -> str:
+    """cuda (worker r on cuda:r) when ComfyUI samples on CUDA, cpu (gloo, for testing) when on the CPU."""
+    kind = torch.device(model.load_device).type
+    if kind == "cpu":
+        return "cpu"
+    if kind != "cuda":
+        raise ValueError(f"multi-GPU sampling runs on CUDA GPUs (NCCL); ComfyUI samples on {kind}: use the "
+                         f"DropletVideo Sampler.")
+    count = torch.cuda.device_count()
+    if gpus > count:
+        fix = f"set gpus to {count} or less" if count >= 2 else "use the DropletVideo Sampler"
+        raise ValueError(f"gpus {gpus} is more than the {count} CUDA device(s) ComfyUI sees (torch.cuda.device_count()"
+                         f"): {fix}, or show ComfyUI more GPUs (CUDA_VISIBLE_DEVICES; --cuda-device shows it one).")
+    if not dist.is_nccl_available():
+        raise ValueError("multi-GPU sampling needs NCCL, which this PyTorch build lacks (NCCL is Linux-only): use the "
+                         "DropletVideo Sampler.")
+    return "cuda"
+
+
+def multi_gpu_latent(model, positive, negative, latent: dict, seed: int, steps: int, cfg: float, scheduler: str,
+                     use_dynamic_cfg: bool, denoise: float, gpus: int, parallel: str) -> dict:
+    """DropletVideoSampler's sample_latent (no long video, no step cache) on `gpus` worker processes."""
+    base = model.model
+    config = base.droplet_config
+    source, device = transformer_source(model), worker_device(model, gpus)
+    if parallel not in PARALLEL_MODES:
+        raise ValueError(f"unknown parallel mode {parallel!r}: use one of {', '.join(PARALLEL_MODES)}.")
+    plan_layout(parallel, gpus, config.num_attention_heads, cfg)  # refuses a split that cannot work, up front
+    fps, embeds = checked_inputs(config, positive, negative, latent, cfg, denoise)
+    samples = latent["samples"]
+    timesteps = sampling.timesteps_for(sampling.make_scheduler(base.scheduler_config, scheduler), steps, denoise)
+    if len(timesteps) == 0:  # denoise 0: the input, unchanged (as the DropletVideo Sampler)
+        return latent
+
+    noise_shape = [1, samples.shape[2], config.out_channels or config.in_channels, *samples.shape[3:]]
+    tensors = {"positive": embeds[0], "fps": fps,
+               "inpaint": engine_inpaint(base, positive, torch.zeros(noise_shape), torch.device("cpu"))}
+    if cfg > 1:
+        tensors["negative"] = embeds[1]
+    if denoise < 1.0:
+        tensors["video"] = base.process_latent_in(samples).movedim(1, 2)
+    job = SampleJob(transformer_path=source.path, precision=source.precision, weight_format=source.weight_format,
+                    attention=source.attention, scheduler_config=dict(base.scheduler_config), scheduler=scheduler,
+                    steps=steps, strength=denoise, seed=seed, guidance_scale=cfg, use_dynamic_cfg=use_dynamic_cfg,
+                    noise_shape=noise_shape, parallel=parallel, device=device, timeout_s=COLLECTIVE_TIMEOUT_S)
+    if device == "cuda":  # the workers' memory is outside ComfyUI's management: give them the GPUs
+        comfy.model_management.unload_all_models()
+        comfy.model_management.soft_empty_cache()
+    on_step = comfy_on_step(len(timesteps))
+    with tempfile.TemporaryDirectory(prefix="droplet_multi_gpu_") as folder:
+        write_job(folder, job, tensors)
+        workers = WorkerGroup(folder, gpus, device)
+        workers.wait(lambda index, total: on_step(index, total, None),
+                     comfy.model_management.throw_exception_if_processing_interrupted, RUN_LIMIT_S)
+        latents = read_latents(folder)
+    out = base.process_latent_out(latents.movedim(2, 1).float())
+    return {"samples": out.to(comfy.model_management.intermediate_device())}
+
+
+class DropletVideoMultiGPUSampler:
+    DESCRIPTION = ("The DropletVideo Sampler split across several GPUs, one worker process per GPU: the video tokens "
+                   "(sequence parallel, Ulysses) and/or the [negative, positive] CFG halves are shared out, with the "
+                   "one-GPU sampler's latents. Each worker loads the transformer file itself, outside ComfyUI's "
+                   "memory management (ComfyUI unloads its models first); LoRAs and model patches are refused. No "
+                   "long video or step cache. Linux with NCCL.")
+    CATEGORY = "DropletVideo"
+    RETURN_TYPES = ("LATENT",)
+    RETURN_NAMES = ("latent",)
+    OUTPUT_TOOLTIPS = DropletVideoSampler.OUTPUT_TOOLTIPS
+    FUNCTION = "sample"
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        required = dict(DropletVideoSampler.INPUT_TYPES()["required"])
+        required["model"] = ("MODEL", {"tooltip": "From a DropletVideo loader, with no LoRA or model patch in between "
+                             "(each worker loads the transformer file the loader read, with its precision, weight "
+                             "format and attention)."})
+        return {"required": {
+            **required,
+            "gpus": ("INT", {"default": 2, "min": 2, "max": 64, "tooltip": "Worker processes, one per GPU (cuda:0 "
+                     "up to gpus-1 of the GPUs ComfyUI sees). When ComfyUI runs on the CPU they are CPU processes "
+                     "(gloo): for testing only, not faster."}),
+            "parallel": (list(PARALLEL_MODES), {"default": "auto", "tooltip": "auto: the CFG halves on two groups "
+                         "when cfg > 1 and gpus is even, the video tokens split over the rest. sequence: the tokens "
+                         "over all gpus (gpus must divide the 48 attention heads). cfg: the two halves on 2 GPUs "
+                         "(needs cfg > 1)."}),
+        }}
+
+    def sample(self, model, positive, negative, latent, steps, cfg, seed, scheduler, use_dynamic_cfg, denoise, gpus,
+               parallel):
+        return (multi_gpu_latent(model, positive, negative, latent, seed, steps, cfg, scheduler, use_dynamic_cfg,
+                                 denoise, gpus, parallel),)
