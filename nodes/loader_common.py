@@ -25,7 +25,8 @@ TRANSFORMER_OPTIONS = {
     "weight_format": (list(WEIGHT_FORMATS), {"default": "default", "tooltip": "default: the transformer's weights "
                       "in the precision above. fp8_e4m3fn: stored in fp8 and computed in the precision above "
                       "(ComfyUI's fp8 weight dtype): half the memory of bf16, slightly less exact. LoRAs apply to "
-                      "fp8 weights too. ComfyUI-style scaled *_fp8 files are read either way."}),
+                      "fp8 weights too. ComfyUI scaled-fp8 and mixed-precision files keep their own storage "
+                      "either way (ComfyUI 0.4.0 or newer; older ones dequantize scaled fp8)."}),
     "attention": (list(ATTENTION_BACKENDS), {"default": "sdpa", "tooltip": "sdpa: PyTorch's scaled_dot_product_"
                   "attention (flash/memory-efficient kernels on CUDA). sage: SageAttention (faster on recent GPUs; "
                   "needs `pip install sageattention`)."}),
