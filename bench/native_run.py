@@ -55,24 +55,25 @@ def main():
     comfy.utils.set_progress_bar_global_hook(lambda value, total, preview, node_id=None: stamps.append(
         (value, time.perf_counter())))  # real ComfyUI throttles these calls: some steps may be missing
     pack = run_workflow.load_pack(stub=False)
-    folder_paths.add_model_folder_path("DropletVideo", args.models)
-    model, vae, text_encoder = run(pack, "DropletVideoModelLoader", model_folder=args.model_folder,
-                                   precision="fp32")
-    positive, negative = run(pack, "DropletVideoTextEncode", text_encoder=text_encoder, prompt=args.prompt,
-                             negative_prompt=NEGATIVE_PROMPT, append_quality_suffix=True, max_tokens=400)
-    start = torch.from_numpy(np.array(Image.open(ROOT / "tests" / "goldens" / "start.png").convert("RGB")))
-    positive, negative, latent = run(pack, "DropletVideoImageEncode", positive=positive, negative=negative, vae=vae,
-                                     width=args.width, height=args.height, frames=args.frames, fps=args.fps,
-                                     resize_mode="stretch", noise_augmentation=False, noise_aug_strength=0.0563,
-                                     noise_aug_seed=42, vae_tiling=False, start_image=start.float()[None] / 255,
-                                     model=model)
-    stamps.clear()  # the image encode's progress is not a step
-    latent = run(pack, "DropletVideoSampler", model=model, positive=positive, negative=negative, latent=latent,
-                 steps=args.steps, cfg=6.0, seed=42, scheduler="ddim", use_dynamic_cfg=False, denoise=1.0)[0]
-    step_ends = list(stamps)
-    frames = run(pack, "DropletVideoVAEDecode", vae=vae, latent=latent, tiling=False, trim_to_frames=False)[0]
-    images = [Image.fromarray((frame * 255).numpy().astype(np.uint8)) for frame in frames]
-    images[0].save("/tmp/droplet_native_bench.gif", save_all=True, append_images=images[1:], duration=125, loop=0)
+    with torch.inference_mode():  # as ComfyUI's executor runs nodes
+        folder_paths.add_model_folder_path("DropletVideo", args.models)
+        model, vae, text_encoder = run(pack, "DropletVideoModelLoader", model_folder=args.model_folder,
+                                       precision="fp32")
+        positive, negative = run(pack, "DropletVideoTextEncode", text_encoder=text_encoder, prompt=args.prompt,
+                                 negative_prompt=NEGATIVE_PROMPT, append_quality_suffix=True, max_tokens=400)
+        start = torch.from_numpy(np.array(Image.open(ROOT / "tests" / "goldens" / "start.png").convert("RGB")))
+        positive, negative, latent = run(pack, "DropletVideoImageEncode", positive=positive, negative=negative, vae=vae,
+                                         width=args.width, height=args.height, frames=args.frames, fps=args.fps,
+                                         resize_mode="stretch", noise_augmentation=False, noise_aug_strength=0.0563,
+                                         noise_aug_seed=42, vae_tiling=False, start_image=start.float()[None] / 255,
+                                         model=model)
+        stamps.clear()  # the image encode's progress is not a step
+        latent = run(pack, "DropletVideoSampler", model=model, positive=positive, negative=negative, latent=latent,
+                     steps=args.steps, cfg=6.0, seed=42, scheduler="ddim", use_dynamic_cfg=False, denoise=1.0)[0]
+        step_ends = list(stamps)
+        frames = run(pack, "DropletVideoVAEDecode", vae=vae, latent=latent, tiling=False, trim_to_frames=False)[0]
+        images = [Image.fromarray((frame * 255).numpy().astype(np.uint8)) for frame in frames]
+        images[0].save("/tmp/droplet_native_bench.gif", save_all=True, append_images=images[1:], duration=125, loop=0)
     total = time.perf_counter() - started
     (first_step, first_end), (last_step, last_end) = step_ends[0], step_ends[-1]
     per_step = (last_end - first_end) / (last_step - first_step) if last_step > first_step else float("nan")
