@@ -53,8 +53,6 @@ class PackRootIsAFolder:
 
 def pytest_configure(config):
     config.pluginmanager.register(PackRootIsAFolder(), "droplet-pack-root-is-a-folder")
-    config.addinivalue_line("markers", "heavy: repeats through the nodes what other tests check once (the goldens, "
-                                       "the multi-GPU sampler; slow); CI leaves these out to stay under its 20 minutes")
 
 
 @pytest.fixture(scope="session")

@@ -75,7 +75,6 @@ def record_rank_reports(monkeypatch, node_module) -> list:
 SPLITS = [("sequence", 1.0, 2, 2), ("cfg", 1.0, 1, 1), ("auto", 0.5, 1, 1)]
 
 
-@pytest.mark.heavy
 @pytest.mark.parametrize("parallel, denoise, batch, token_ranks", SPLITS, ids=["sequence", "cfg", "auto-v2v"])
 def test_two_workers_give_the_samplers_latents_with_the_work_split(pack, loaded, inputs, single,  # noqa: F811
                                                                    node_module, monkeypatch, parallel, denoise,
@@ -164,7 +163,6 @@ def test_a_run_past_its_time_limit_stops_every_worker(pack, loaded, inputs, star
     assert len(started_groups) == 1 and all(proc.poll() is not None for proc in started_groups[0].procs)
 
 
-@pytest.mark.heavy
 def test_a_failing_worker_ends_the_run_with_its_error(pack, loaded, inputs, monkeypatch, tmp_path):  # noqa: F811
     source = loaded[0].model.droplet_source
     monkeypatch.setattr(loaded[0].model, "droplet_source", source._replace(path=str(tmp_path / "moved")))

@@ -17,8 +17,6 @@ from droplet_core.text import NEGATIVE_PROMPT
 from goldens.make_goldens import v2v_input
 from node_fixtures import GOLDENS, as_image, loaded, run  # noqa: F401
 
-pytestmark = pytest.mark.heavy
-
 CASES = json.loads((GOLDENS / "cases.json").read_text())
 ATOL = 1e-4
 
