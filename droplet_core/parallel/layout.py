@@ -49,11 +49,12 @@ def plan_layout(mode: str, world_size: int, heads: int, guidance_scale: float) -
         return ParallelLayout()
     if mode == "cfg":
         if not cfg_possible:
-            raise ValueError(f"--parallel cfg needs guidance_scale > 1 (it is {guidance_scale:g}): without CFG "
-                             f"there is one batch half; use --parallel sequence.")
+            raise ValueError(f"parallel mode cfg needs guidance_scale > 1 (cfg; it is {guidance_scale:g}): without "
+                             f"CFG there is one batch half; use parallel mode sequence.")
         if world_size != 2:
-            raise ValueError(f"--parallel cfg runs on exactly 2 processes ({world_size} started): use "
-                             f"--nproc_per_node 2, or --parallel auto to add a sequence split.")
+            raise ValueError(f"parallel mode cfg runs on exactly 2 processes, one per GPU ({world_size} asked): use "
+                             f"2 (torchrun --nproc_per_node 2, or the node's gpus 2), or parallel mode auto to add a "
+                             f"sequence split.")
         return ParallelLayout(cfg=2)
     cfg = 2 if mode == "auto" and cfg_possible and world_size % 2 == 0 else 1
     layout = ParallelLayout(cfg=cfg, sequence=world_size // cfg)
