@@ -12,6 +12,10 @@ from pathlib import Path
 
 import pytest
 
+# Equal-output tests compare runs bit for bit: MKL must not pick fewer threads on a busy machine
+# (its default), which changes the order of its sums. Set before torch loads MKL; subprocesses inherit it.
+os.environ.setdefault("MKL_DYNAMIC", "FALSE")
+
 TESTS = Path(__file__).resolve().parent
 COMFYUI_PATH = os.environ.get("COMFYUI_PATH")
 
