@@ -55,6 +55,13 @@ def sample(pack, model, conds, cond, latent=None, **sampling):
                latent=empty if latent is None else latent, **settings)[0]
 
 
+def load_partially(monkeypatch, model) -> None:
+    """The sampler's load_models_gpu loads `model` ComfyUI's lowvram way, on a third of its size."""
+    budget, device = model.model_size() // 3, model.load_device
+    monkeypatch.setattr(comfy.model_management, "load_models_gpu",
+                        lambda models, *args, **kwargs: models[0].patch_model(device, lowvram_model_memory=budget))
+
+
 def sample_and_decode(pack, loaded, conds, cond, **sampling):
     latent = sample(pack, loaded[0], conds, cond, **sampling)
     return run(pack, "DropletVideoVAEDecode", vae=loaded[1], latent=latent, tiling=False, trim_to_frames=False)[0]

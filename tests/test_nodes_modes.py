@@ -14,7 +14,7 @@ from droplet_core.shapes import size_for_budget
 from droplet_core.tiny import TRANSFORMER
 from lora_files import random_factors, write_peft
 from node_fixtures import (ATOL, as_image, conditioned, conds, engine, engine_latent, image_cond,  # noqa: F401
-                           loaded, run, sample, sample_and_decode, start_image)
+                           load_partially, loaded, run, sample, sample_and_decode, start_image)
 
 SMALL = dict(width=64, height=64)
 
@@ -143,10 +143,7 @@ def test_partial_load_below_the_model_size_gives_the_full_load_latents(pack, loa
     are cast per call by ComfyUI's operations; the latents must not change."""
     full = sample(pack, loaded[0], conds, small_cond, steps=2)["samples"]
     model = run(pack, "DropletVideoModelLoader", model_folder="tiny", precision="fp32")[0]
-    budget = model.model_size() // 3
-    device = model.load_device
-    monkeypatch.setattr(comfy.model_management, "load_models_gpu",
-                        lambda models, *args, **kwargs: models[0].patch_model(device, lowvram_model_memory=budget))
+    load_partially(monkeypatch, model)
     partial = sample(pack, model, conds, small_cond, steps=2)["samples"]
     assert model.model.model_lowvram and 0 < model.loaded_size() < model.model_size()
     cast_per_call = [m for m in model.model.diffusion_model.modules() if getattr(m, "comfy_cast_weights", False)]

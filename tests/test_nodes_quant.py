@@ -21,8 +21,8 @@ from droplet_core.fp8 import quantize_blocks, save_fp8_transformer
 from droplet_core.loading import load_transformer
 from droplet_core.pipeline import load_pipeline
 from lora_files import random_factors, write_peft
-from node_fixtures import (ATOL, as_image, conds, engine_latent, image_cond, loaded, run, sample,  # noqa: F401
-                           start_image)
+from node_fixtures import (ATOL, as_image, conds, engine_latent, image_cond, load_partially, loaded, run,  # noqa: F401
+                           sample, start_image)
 
 SMALL = dict(width=64, height=64, frames=5)
 FP8 = torch.float8_e4m3fn
@@ -155,10 +155,7 @@ def test_a_lora_patches_the_quantized_weights(pack, models_dir, loaded, conds, s
 def test_partial_load_of_the_quantized_model_gives_the_full_load_latents(pack, conds, small_cond, scaled_fp8,
                                                                          quantized_latent, monkeypatch):
     model = load(pack, scaled_fp8)
-    budget = model.model_size() // 3
-    device = model.load_device
-    monkeypatch.setattr(comfy.model_management, "load_models_gpu",
-                        lambda models, *args, **kwargs: models[0].patch_model(device, lowvram_model_memory=budget))
+    load_partially(monkeypatch, model)
     partial = sample(pack, model, conds, small_cond, steps=2)["samples"]
     assert model.model.model_lowvram and 0 < model.loaded_size() < model.model_size()
     assert any(getattr(m, "comfy_cast_weights", False) and is_quantized(m.weight) for m in block_linears(model))
