@@ -25,7 +25,9 @@ def enable_sequence_parallel(transformer, mesh: DeviceMesh, device: torch.device
     check_sequence_degree(degree, transformer.config.num_attention_heads)
     config = ParallelConfig(context_parallel_config=ContextParallelConfig(ulysses_degree=degree,
                                                                           ulysses_anything=True))
-    config.setup(dist.get_rank(), dist.get_world_size(), device, mesh=mesh)
+    # Only the (ring, ulysses) dims: diffusers before 0.42 flattened the whole mesh it was given into
+    # the group its hooks gather over, which with a CFG dim mixed the two CFG halves.
+    config.setup(dist.get_rank(), dist.get_world_size(), device, mesh=mesh["ring", "ulysses"])
     for block in transformer.transformer_blocks:
         block.attn1.set_processor(UlyssesJointAttnProcessor(getattr(block.attn1.processor, "backend", "sdpa"), config))
     apply_context_parallel(transformer, config.context_parallel_config, transformer._cp_plan)
