@@ -17,7 +17,7 @@ from ..droplet_core import sampling
 from ..droplet_core.parallel import DEFAULT_TIMEOUT_S, plan_layout
 from ..droplet_core.parallel.sample_job import SampleJob, WorkerGroup, read_latents, write_job
 from .progress import comfy_on_step
-from .sampler import DropletVideoSampler, checked_inputs, engine_inpaint
+from .sampler import DropletVideoSampler, checked_inputs, comfy_latent, engine_inpaint
 
 PARALLEL_MODES = ("auto", "sequence", "cfg")
 COLLECTIVE_TIMEOUT_S = DEFAULT_TIMEOUT_S  # a worker that hangs in a collective fails after this
@@ -112,8 +112,7 @@ def multi_gpu_latent(model, positive, negative, latent: dict, seed: int, steps: 
         workers.wait(lambda index, total: on_step(index, total, None),
                      comfy.model_management.throw_exception_if_processing_interrupted, RUN_LIMIT_S)
         latents = read_latents(folder)
-    out = base.process_latent_out(latents.movedim(2, 1).float())
-    return {"samples": out.to(comfy.model_management.intermediate_device())}
+    return comfy_latent(base, latents)
 
 
 class DropletVideoMultiGPUSampler:

@@ -51,6 +51,13 @@ def checked_inputs(config, positive, negative, latent: dict, cfg: float, denoise
     return fps, embeds
 
 
+def comfy_latent(base, latents: torch.Tensor) -> dict:
+    """The engine's [1, F, C, h, w] latents in the model's space as ComfyUI's LATENT (unscaled
+    [1, C, F, h, w] on the intermediate device)."""
+    out = base.process_latent_out(latents.movedim(2, 1).float())
+    return {"samples": out.to(comfy.model_management.intermediate_device())}
+
+
 def engine_inpaint(model, conditioning: list, noise: torch.Tensor, device) -> torch.Tensor:
     """The 17 concat channels in the engine's layout [1, F, 17, h, w], as the native model builds them."""
     values = options(conditioning)
@@ -94,8 +101,7 @@ def sample_latent(model, positive, negative, latent: dict, seed: int, steps: int
     latents = sampling.denoise(transformer, sched, latents, timesteps, positive_embeds, negative_embeds, inpaint, fps,
                                cfg, use_dynamic_cfg, torch.Generator(device=device).manual_seed(seed),
                                comfy_on_step(len(timesteps), options(positive).get(PREVIEW)), cache or run_block)
-    out = base.process_latent_out(latents.movedim(2, 1).float())
-    return {"samples": out.to(comfy.model_management.intermediate_device())}
+    return comfy_latent(base, latents)
 
 
 class DropletVideoSampler:
