@@ -146,8 +146,8 @@ def fit_to_config(config: TransformerConfig, state: dict, files: list, source: s
 def read_transformer(path: PathLike, dtype: torch.dtype = torch.float32, config_overrides: Optional[dict] = None,
                      keep_fp8: bool = False):
     """(config, state dict, fp8 layers, source) of a transformer folder or single file, each tensor
-    already in `dtype` (memory-mapped when the file has that dtype); what load_transformer and
-    ComfyUI's native model (nodes/native) build from."""
+    already in `dtype` (memory-mapped when the file has that dtype); what load_transformer builds
+    from (ComfyUI's native model, nodes/native, calls its two halves to pick its own path)."""
     config, files, source = transformer_source(path, config_overrides)
     return (config, *read_transformer_state(config, files, source, dtype, keep_fp8), source)
 
