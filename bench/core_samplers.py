@@ -32,7 +32,7 @@ import numpy as np  # noqa: E402
 import run_workflow  # noqa: E402
 from PIL import Image  # noqa: E402
 
-from droplet_core.sampling import initial_noise  # noqa: E402
+from droplet_core.sample_plan import initial_noise  # noqa: E402
 from droplet_core.text import NEGATIVE_PROMPT  # noqa: E402
 from droplet_core.tiny import ensure_tiny_checkpoint  # noqa: E402
 

@@ -51,6 +51,11 @@ class TransformerConfig:
         return self.num_attention_heads * self.attention_head_dim
 
     @property
+    def noise_channels(self) -> int:
+        """Channels of the latents the model denoises (the 17 inpaint channels come on top)."""
+        return self.out_channels or self.in_channels
+
+    @property
     def latent_frames(self) -> int:
         """Latent frames covered by the positional table (reference: (sample_frames-1)//4+1)."""
         return (self.sample_frames - 1) // self.temporal_compression_ratio + 1

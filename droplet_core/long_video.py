@@ -3,7 +3,7 @@
 The transformer only knows `config.latent_frames` latent frames. For longer videos each step
 predicts overlapping windows of that length and blends them with linear ramps over the
 overlap, so window borders carry no seam; the scheduler then steps the whole latent video.
-`SlidingWindowTransformer` has the transformer's call signature, so `denoise` takes it as is.
+`SlidingWindowTransformer` has the transformer's call signature, so `denoising_loop` takes it as is.
 `on_window(start)` is called before each window runs (the step cache keeps one history per window).
 """
 

@@ -1,7 +1,7 @@
 """The whole image-to-video path: prompt -> conditioning -> denoising -> frames.
 
-`DropletVideoPipeline.generate` is what the CLI and the tests call; the ComfyUI nodes call
-the same steps (sampling.start_run, sampling.denoise) on ComfyUI's native model.
+`DropletVideoPipeline.generate` is what the CLI and the tests call; the ComfyUI nodes call the
+same sampling entry point (sample_plan.sample) on ComfyUI's native model.
 """
 
 import logging
@@ -17,15 +17,13 @@ from .conditioning import NOISE_AUG_STRENGTH, i2v_video_and_mask, inpaint_latent
 from .configs import read_json
 from .engine_options import EngineOptions, offload_mode, prepare_transformer
 from .fp8 import quantize_t5
-from .long_video import SlidingWindowTransformer
 from .loading import load_scheduler_config, load_transformer, load_vae
 from .lora import merge_loras
 from .offload.plan import Workload, component_bytes, resolve_offload
 from .offload.placement import Placement
 from .positional import check_frames_fit, fps_tensor
-from .sampling import StepCallback, denoise, start_run
-from .transformer import run_block
-from .step_cache import StepCache
+from .sample_plan import SampleInputs, SamplingPlan, sample
+from .sampling import StepCallback
 from .text import MAX_SEQUENCE_LENGTH, NEGATIVE_PROMPT, TextEncoder, load_text_encoder, with_suffix
 from .vae_ops import decode_to_frames, encode_video_latents
 
@@ -60,6 +58,13 @@ class Request:
     long_video: bool = False  # sliding windows past the model's trained length (long_video.py)
     window_overlap: int = 0  # latent frames shared by neighbouring windows (0 = half a window)
     cache_threshold: float = 0.0  # TeaCache-style step skipping (step_cache.py); 0 = off
+
+
+    def sampling_plan(self, scheduler_config: dict) -> SamplingPlan:
+        return SamplingPlan(scheduler_config, scheduler=self.scheduler, steps=self.steps, strength=self.strength,
+                            seed=self.seed, guidance_scale=self.guidance_scale, use_dynamic_cfg=self.use_dynamic_cfg,
+                            long_video=self.long_video, window_overlap=self.window_overlap,
+                            cache_threshold=self.cache_threshold)
 
 
 @dataclass
@@ -134,11 +139,6 @@ class DropletVideoPipeline:
                             on_step, keep_step_latents) -> Result:
         with self.placement.on_device(self.vae):
             video_latents = self.video_latents(request, frames, source_video)
-        config = self.transformer.config
-        noise_shape = (1, latent_shape[0], config.out_channels or config.in_channels, *latent_shape[1:])
-        scheduler, timesteps, latents = start_run(self.scheduler_config, request.scheduler, request.steps,
-                                                  request.strength, noise_shape, request.seed, self.device,
-                                                  self.dtype, video_latents)
         step_latents = []
 
         def step_hook(i, total, step_result):
@@ -147,17 +147,12 @@ class DropletVideoPipeline:
             if on_step is not None:
                 on_step(i, total, step_result)
 
-        cache = (StepCache(request.cache_threshold, self.transformer.config.num_layers)
-                 if request.cache_threshold else None)
-        model = (SlidingWindowTransformer(self.transformer, overlap=request.window_overlap,
-                                          on_window=cache.select_window if cache else None)
-                 if request.long_video else self.transformer)
-        model = self.parallel.wrap(model, request) if self.parallel is not None else model
-        runner = self.placement.block_runner(cache or run_block)
+        plan = request.sampling_plan(self.scheduler_config)
+        wrap_model = (lambda model: self.parallel.wrap(model, plan)) if self.parallel is not None else (lambda m: m)
         with self.placement.on_device(self.transformer):
-            latents = denoise(model, scheduler, latents, timesteps, positive, negative, inpaint, fps,
-                              request.guidance_scale, request.use_dynamic_cfg,
-                              torch.Generator(device=self.device).manual_seed(request.seed), step_hook, runner)
+            latents = sample(self.transformer, plan, SampleInputs(positive, fps, negative, inpaint, video_latents),
+                             latent_shape, self.device, self.dtype, on_step=step_hook, wrap_model=wrap_model,
+                             wrap_block_runner=self.placement.block_runner)
         decode = self.parallel.decode if self.parallel is not None else decode_to_frames
         with self.placement.on_device(self.vae):
             video = decode(self.vae, latents, request.tiled_vae)

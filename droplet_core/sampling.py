@@ -1,4 +1,6 @@
-"""Schedulers and the denoising loop (CFG as [negative, positive], FPS every step)."""
+"""Schedulers and the denoising loop (CFG as [negative, positive], FPS every step).
+
+`sample_plan.sample` is the entry point that sets a run up and calls the loop."""
 
 import inspect
 import math
@@ -64,24 +66,6 @@ def start_latents(scheduler, timesteps, noise: torch.Tensor, video_latents: Opti
     return scheduler.add_noise(video_latents, noise, timesteps[:1])
 
 
-def initial_noise(shape, seed: int, device, dtype) -> torch.Tensor:
-    """Quirk 8: randn from a generator on the run device (a CUDA run differs from a CPU run)."""
-    generator = torch.Generator(device=device).manual_seed(seed)
-    return torch.randn(shape, generator=generator, device=device, dtype=dtype)
-
-
-def start_run(scheduler_config: dict, scheduler_name: str, steps: int, strength: float, noise_shape, seed: int,
-              device, dtype, video_latents: Optional[torch.Tensor] = None):
-    """(scheduler, timesteps, first latents) of one run: the one sampling set-up of the engine and
-    the sampler node. noise_shape is [1, F, C, h, w]; video_latents (V2V, strength < 1) in the
-    transformer's space."""
-    scheduler = make_scheduler(scheduler_config, scheduler_name)
-    timesteps = timesteps_for(scheduler, steps, strength, device)
-    noise = initial_noise(noise_shape, seed, device, dtype)
-    video = None if video_latents is None or strength >= 1.0 else video_latents.to(device, dtype)
-    return scheduler, timesteps, start_latents(scheduler, timesteps, noise, video)
-
-
 def dynamic_guidance(guidance: float, steps: int, timestep: float) -> float:
     """The reference's dynamic CFG. It uses the timestep value (0..999), not the step index,
     in ((N - t) / N) ** 5: reproduced as written."""
@@ -97,11 +81,12 @@ def check_finite(latents: torch.Tensor, step: int, total: int) -> None:
 
 
 @torch.no_grad()
-def denoise(transformer, scheduler, latents: torch.Tensor, timesteps: torch.Tensor, positive: torch.Tensor,
-            negative: Optional[torch.Tensor], inpaint: Optional[torch.Tensor], fps: torch.Tensor,
-            guidance_scale: float = 6.0, use_dynamic_cfg: bool = False, generator=None,
-            on_step: Optional[StepCallback] = None, block_runner=run_block) -> torch.Tensor:
-    """Runs the schedule from `latents` ([1, F, 16, h, w]) and returns the final latents.
+def denoising_loop(transformer, scheduler, latents: torch.Tensor, timesteps: torch.Tensor, *, positive: torch.Tensor,
+                   negative: Optional[torch.Tensor], inpaint: Optional[torch.Tensor], fps: torch.Tensor,
+                   guidance_scale: float = 6.0, use_dynamic_cfg: bool = False, generator=None,
+                   on_step: Optional[StepCallback] = None, block_runner=run_block) -> torch.Tensor:
+    """Runs the schedule from `latents` ([1, F, 16, h, w]) and returns the final latents
+    (sample_plan.sample sets it up; tests call it with fake models).
 
     `positive`/`negative` are text embeddings [1, T, D]; `inpaint` is [1, F, 17, h, w] or None.
     Guidance > 1 batches [negative, positive] as the reference does; the prediction is fp32.

@@ -5,7 +5,7 @@ from typing import List
 import torch
 
 from .image_encode import FPS_INPUT
-from .sampler import DropletVideoSampler, sample_latent
+from .sampler import DropletVideoSampler, sample_latent, sampler_plan
 from .vae_decode import DropletVideoVAEDecode
 
 LAYOUTS = ("side_by_side", "batch")
@@ -66,7 +66,7 @@ class DropletVideoFPSSweep:
         if layout not in LAYOUTS:
             raise ValueError(f"unknown layout {layout!r}: use one of {', '.join(LAYOUTS)}.")
         # All sampling first, then all decoding: each model is loaded once, not once per value.
-        latents = [sample_latent(model, positive, negative, latent, seed, steps, cfg, scheduler, fps=fps)
-                   for fps in fps_list]
+        plan = sampler_plan(model, steps, cfg, seed, scheduler)
+        latents = [sample_latent(model, positive, negative, latent, plan, fps=fps) for fps in fps_list]
         decoder = DropletVideoVAEDecode()
         return (arrange([decoder.decode(vae, video, vae_tiling, False)[0] for video in latents], layout),)

@@ -13,11 +13,10 @@ import comfy.model_management
 import torch
 import torch.distributed as dist
 
-from ..droplet_core import sampling
 from ..droplet_core.parallel import DEFAULT_TIMEOUT_S, plan_layout
 from ..droplet_core.parallel.sample_job import SampleJob, WorkerGroup, read_latents, write_job
 from .progress import comfy_on_step
-from .sampler import DropletVideoSampler, checked_inputs, comfy_latent, engine_inpaint
+from .sampler import DropletVideoSampler, comfy_latent, sampler_inputs, sampler_plan
 
 PARALLEL_MODES = ("auto", "sequence", "cfg")
 COLLECTIVE_TIMEOUT_S = DEFAULT_TIMEOUT_S  # a worker that hangs in a collective fails after this
@@ -85,29 +84,19 @@ def multi_gpu_latent(model, positive, negative, latent: dict, seed: int, steps: 
     if parallel not in PARALLEL_MODES:
         raise ValueError(f"unknown parallel mode {parallel!r}: use one of {', '.join(PARALLEL_MODES)}.")
     plan_layout(parallel, gpus, config.num_attention_heads, cfg)  # refuses a split that cannot work, up front
-    fps, embeds = checked_inputs(config, positive, negative, latent, cfg, denoise)
-    samples = latent["samples"]
-    timesteps = sampling.timesteps_for(sampling.make_scheduler(base.scheduler_config, scheduler), steps, denoise)
-    if len(timesteps) == 0:  # denoise 0: the input, unchanged (as the DropletVideo Sampler)
+    plan = sampler_plan(model, steps, cfg, seed, scheduler, use_dynamic_cfg, denoise)
+    inputs = sampler_inputs(base, positive, negative, latent, plan, torch.device("cpu"))
+    if plan.step_count() == 0:  # denoise 0: the input, unchanged (as the DropletVideo Sampler)
         return latent
-
-    noise_shape = [1, samples.shape[2], config.out_channels or config.in_channels, *samples.shape[3:]]
-    tensors = {"positive": embeds[0], "fps": fps,
-               "inpaint": engine_inpaint(base, positive, torch.zeros(noise_shape), torch.device("cpu"))}
-    if cfg > 1:
-        tensors["negative"] = embeds[1]
-    if denoise < 1.0:
-        tensors["video"] = base.process_latent_in(samples).movedim(1, 2)
     job = SampleJob(transformer_path=source.path, precision=source.precision, weight_format=source.weight_format,
-                    attention=source.attention, scheduler_config=dict(base.scheduler_config), scheduler=scheduler,
-                    steps=steps, strength=denoise, seed=seed, guidance_scale=cfg, use_dynamic_cfg=use_dynamic_cfg,
-                    noise_shape=noise_shape, parallel=parallel, device=device, timeout_s=COLLECTIVE_TIMEOUT_S)
+                    attention=source.attention, plan=plan, latent_size=list(latent["samples"].shape[2:]),
+                    parallel=parallel, device=device, timeout_s=COLLECTIVE_TIMEOUT_S)
     if device == "cuda":  # the workers' memory is outside ComfyUI's management: give them the GPUs
         comfy.model_management.unload_all_models()
         comfy.model_management.soft_empty_cache()
-    on_step = comfy_on_step(len(timesteps))
+    on_step = comfy_on_step(plan.step_count())
     with tempfile.TemporaryDirectory(prefix="droplet_multi_gpu_") as folder:
-        write_job(folder, job, tensors)
+        write_job(folder, job, inputs)
         workers = WorkerGroup(folder, gpus, device)
         workers.wait(lambda index, total: on_step(index, total, None),
                      comfy.model_management.throw_exception_if_processing_interrupted, RUN_LIMIT_S)

@@ -4,12 +4,9 @@ the native MODEL, with ComfyUI's progress bar, previews and Cancel."""
 import comfy.model_management
 import torch
 
-from ..droplet_core import sampling
-from ..droplet_core.long_video import SlidingWindowTransformer
 from ..droplet_core.positional import check_latent_frames_fit, fps_tensor
+from ..droplet_core.sample_plan import SampleInputs, SamplingPlan, noise_shape, sample
 from ..droplet_core.sampling import SCHEDULERS
-from ..droplet_core.step_cache import StepCache
-from ..droplet_core.transformer import run_block
 from .native.conditioning import IMAGE, MASK, PREVIEW, fps_of, options, text_embeds
 from .native.diffusion_model import EngineView
 from .progress import comfy_on_step
@@ -24,7 +21,7 @@ def check_text(embeds: torch.Tensor, name: str, text_dim: int) -> None:
 
 
 def check_latent(samples: torch.Tensor, config, denoise: float, long_video: bool, window_overlap: int) -> None:
-    channels = config.out_channels or config.in_channels
+    channels = config.noise_channels
     if samples.ndim != 5 or samples.shape[0] != 1 or samples.shape[1] != channels:
         raise ValueError(f"the latent is {tuple(samples.shape)}; DropletVideo samples one video latent [1, {channels}, "
                          f"frames, height, width]: use the latent of DropletVideo Image Encode / Empty Conditioning, "
@@ -39,16 +36,23 @@ def check_latent(samples: torch.Tensor, config, denoise: float, long_video: bool
     check_latent_frames_fit(config, samples.shape[2], long_video)
 
 
-def checked_inputs(config, positive, negative, latent: dict, cfg: float, denoise: float, long_video: bool = False,
-                   window_overlap: int = 0, fps=None):
-    """(FPS tensor, [positive, negative when cfg > 1] text embeddings), the prompts and the latent checked:
-    what the DropletVideo samplers take from their inputs. `fps` overrides the conditioning's."""
-    fps = fps_tensor(fps if fps is not None else fps_of(positive, "positive"))
-    embeds = [text_embeds(positive, "positive")] + ([text_embeds(negative, "negative")] if cfg > 1 else [])
-    for cond, name in zip(embeds, ("positive", "negative")):
-        check_text(cond, name, config.text_embed_dim)
-    check_latent(latent["samples"], config, denoise, long_video, window_overlap)
-    return fps, embeds
+def sampler_inputs(base, positive, negative, latent: dict, plan: SamplingPlan, device, fps=None) -> SampleInputs:
+    """What the DropletVideo samplers sample from, with the prompts and the latent checked: text
+    embeddings, FPS (`fps` overrides the conditioning's), the inpaint channels, V2V start latents."""
+    config = base.droplet_config
+    inputs = SampleInputs(text_embeds(positive, "positive"), fps_tensor(fps if fps is not None else
+                                                                          fps_of(positive, "positive")))
+    if plan.uses_cfg:
+        inputs.negative = text_embeds(negative, "negative")
+    for embeds, name in ((inputs.positive, "positive"), (inputs.negative, "negative")):
+        if embeds is not None:
+            check_text(embeds, name, config.text_embed_dim)
+    samples = latent["samples"]
+    check_latent(samples, config, plan.strength, plan.long_video, plan.window_overlap)
+    if plan.strength < 1.0:
+        inputs.start_video = base.process_latent_in(samples).movedim(1, 2)
+    inputs.inpaint = engine_inpaint(base, positive, samples.shape[2:], device)
+    return inputs
 
 
 def comfy_latent(base, latents: torch.Tensor) -> dict:
@@ -58,49 +62,41 @@ def comfy_latent(base, latents: torch.Tensor) -> dict:
     return {"samples": out.to(comfy.model_management.intermediate_device())}
 
 
-def engine_inpaint(model, conditioning: list, noise: torch.Tensor, device) -> torch.Tensor:
+def engine_inpaint(model, conditioning: list, latent_size, device) -> torch.Tensor:
     """The 17 concat channels in the engine's layout [1, F, 17, h, w], as the native model builds them."""
     values = options(conditioning)
+    noise = torch.zeros(noise_shape(model.droplet_config, latent_size), device=device)
     concat = model.concat_cond(noise=noise.movedim(1, 2), device=device, concat_latent_image=values.get(IMAGE),
                                concat_mask=values.get(MASK))
     return concat.movedim(1, 2)
 
 
-def sample_latent(model, positive, negative, latent: dict, seed: int, steps: int, cfg: float, scheduler: str,
-                  use_dynamic_cfg: bool = False, denoise: float = 1.0, long_video: bool = False,
-                  window_overlap: int = 0, cache_threshold: float = 0.0, fps=None) -> dict:
+def sampler_plan(model, steps: int, cfg: float, seed: int, scheduler: str, use_dynamic_cfg: bool = False,
+                 denoise: float = 1.0, long_video: bool = False, window_overlap: int = 0,
+                 cache_threshold: float = 0.0) -> SamplingPlan:
+    """The sampler node's widgets as the engine's plan, on the MODEL's scheduler config."""
+    return SamplingPlan(model.model.scheduler_config, scheduler=scheduler, steps=steps, strength=denoise, seed=seed,
+                        guidance_scale=cfg, use_dynamic_cfg=use_dynamic_cfg, long_video=long_video,
+                        window_overlap=window_overlap, cache_threshold=cache_threshold)
+
+
+def sample_latent(model, positive, negative, latent: dict, plan: SamplingPlan, fps=None) -> dict:
     """The sampler node's work (DropletVideoSampler, DropletVideoFPSSweep): a LATENT. `fps`
     overrides the conditioning's FPS (the sweep)."""
-    base = model.model
+    base, device = model.model, model.load_device
     config = base.droplet_config
-    fps, embeds = checked_inputs(config, positive, negative, latent, cfg, denoise, long_video, window_overlap, fps)
-    samples = latent["samples"]
-
-    device = model.load_device
-    dtype = base.manual_cast_dtype or base.get_dtype()
-    frames, height, width = samples.shape[2:]
-    noise_shape = (1, frames, config.out_channels or config.in_channels, height, width)
-    video = base.process_latent_in(samples).movedim(1, 2) if denoise < 1.0 else None
-    sched, timesteps, latents = sampling.start_run(base.scheduler_config, scheduler, steps, denoise, noise_shape,
-                                                   seed, device, dtype, video)
-    if len(timesteps) == 0:  # denoise 0: the input, unchanged (as the engine)
+    inputs = sampler_inputs(base, positive, negative, latent, plan, device, fps)
+    if plan.step_count() == 0:  # denoise 0: the input, unchanged (as the engine)
         return latent
-    inpaint = engine_inpaint(base, positive, latents, device).to(device, dtype)
-    window = min(frames, config.latent_frames) if long_video else frames
-    memory = base.memory_required([len(embeds), noise_shape[2], window, height, width],
-                                  {"c_crossattn": [embeds[0].shape]})
-    comfy.model_management.load_models_gpu([model], memory_required=memory)
+    latent_size = latent["samples"].shape[2:]
+    dtype = base.manual_cast_dtype or base.get_dtype()
 
-    cache = StepCache(cache_threshold, config.num_layers) if cache_threshold > 0 else None
-    transformer = EngineView(base.diffusion_model)
-    if long_video:
-        transformer = SlidingWindowTransformer(transformer, overlap=window_overlap,
-                                               on_window=cache.select_window if cache else None)
-    positive_embeds = embeds[0].to(device, dtype)
-    negative_embeds = embeds[1].to(device, dtype) if cfg > 1 else None
-    latents = sampling.denoise(transformer, sched, latents, timesteps, positive_embeds, negative_embeds, inpaint, fps,
-                               cfg, use_dynamic_cfg, torch.Generator(device=device).manual_seed(seed),
-                               comfy_on_step(len(timesteps), options(positive).get(PREVIEW)), cache or run_block)
+    window = min(latent_size[0], config.latent_frames) if plan.long_video else latent_size[0]
+    shape = [1 + plan.uses_cfg, config.noise_channels, window, *latent_size[1:]]
+    memory = base.memory_required(shape, {"c_crossattn": [inputs.positive.shape]})
+    comfy.model_management.load_models_gpu([model], memory_required=memory)
+    latents = sample(EngineView(base.diffusion_model), plan, inputs, latent_size, device, dtype,
+                     on_step=comfy_on_step(plan.step_count(), options(positive).get(PREVIEW)))
     return comfy_latent(base, latents)
 
 
@@ -156,5 +152,6 @@ class DropletVideoSampler:
 
     def sample(self, model, positive, negative, latent, steps, cfg, seed, scheduler, use_dynamic_cfg, denoise,
                long_video=None, window_overlap=None, cache_threshold=None):
-        return (sample_latent(model, positive, negative, latent, seed, steps, cfg, scheduler, use_dynamic_cfg,
-                              denoise, bool(long_video), window_overlap or 0, cache_threshold or 0.0),)
+        plan = sampler_plan(model, steps, cfg, seed, scheduler, use_dynamic_cfg, denoise, bool(long_video),
+                            window_overlap or 0, cache_threshold or 0.0)
+        return (sample_latent(model, positive, negative, latent, plan),)

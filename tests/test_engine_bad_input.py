@@ -13,7 +13,7 @@ from droplet_core.loading import load_transformer, load_vae
 from droplet_core.lora import merge_loras
 from droplet_core.pipeline import Request, load_pipeline
 from droplet_core.positional import check_frames_fit
-from droplet_core.sampling import RELEASE_SCHEDULER_CONFIG, denoise, make_scheduler, timesteps_for
+from droplet_core.sampling import RELEASE_SCHEDULER_CONFIG, denoising_loop, make_scheduler, timesteps_for
 from droplet_core.tiny import TRANSFORMER
 from engine_fixtures import start_image, tiny_ckpt  # noqa: F401
 from lora_files import write_peft
@@ -78,8 +78,9 @@ def test_latents_that_turn_nan_stop_the_run_at_that_step():
     text = torch.zeros(1, 8, 32)
     seen = []
     with pytest.raises(ValueError, match=r"sampling step 3 of 4 produced NaN/inf latents"):
-        denoise(TurnsNaN(bad_call=3), scheduler, latents, timesteps, text, None, None, torch.tensor([8]),
-                guidance_scale=1.0, on_step=lambda i, total, x: seen.append(i))
+        denoising_loop(TurnsNaN(bad_call=3), scheduler, latents, timesteps, positive=text, negative=None,
+                       inpaint=None, fps=torch.tensor([8]), guidance_scale=1.0,
+                       on_step=lambda i, total, x: seen.append(i))
     assert seen == [0, 1]  # the callback (previews) never receives the bad latents
 
 

@@ -13,8 +13,8 @@ from diffusers import (CogVideoXDDIMScheduler, CogVideoXDPMScheduler, DDIMSchedu
                        EulerDiscreteScheduler, UniPCMultistepScheduler)
 
 from droplet_core.pipeline import Request, load_pipeline
-from droplet_core.sampling import initial_noise
-from droplet_core.sampling import (SCHEDULERS, denoise, dynamic_guidance, make_scheduler, start_latents,
+from droplet_core.sample_plan import initial_noise
+from droplet_core.sampling import (SCHEDULERS, denoising_loop, dynamic_guidance, make_scheduler, start_latents,
                                    timesteps_for)
 from droplet_core.tiny import SCHEDULER
 from engine_fixtures import end_image, start_image, tiny_ckpt  # noqa: F401
@@ -43,8 +43,9 @@ def run_fake(guidance, steps=4, on_step=None, use_dynamic_cfg=False):
     timesteps = timesteps_for(scheduler, steps)
     negative, positive = torch.full((1, 3, 4), -1.0), torch.full((1, 3, 4), 2.0)
     latents = torch.zeros(1, 2, 16, 4, 4)
-    out = denoise(model, scheduler, latents, timesteps, positive, negative, None, torch.tensor([8]), guidance,
-                  use_dynamic_cfg, on_step=on_step)
+    out = denoising_loop(model, scheduler, latents, timesteps, positive=positive, negative=negative, inpaint=None,
+                         fps=torch.tensor([8]), guidance_scale=guidance, use_dynamic_cfg=use_dynamic_cfg,
+                         on_step=on_step)
     return model, out
 
 
@@ -197,8 +198,9 @@ def test_every_scheduler_equals_diffusers_loop_on_the_release_config(name):
     assert timesteps[0].item() == 999 and len(timesteps) == 4 * scheduler.order
     noise = torch.randn(1, 2, 16, 4, 4, generator=torch.Generator().manual_seed(3))
     negative, positive = torch.full((1, 3, 4), -1.0), torch.full((1, 3, 4), 2.0)
-    ours = denoise(LatentModel(), scheduler, start_latents(scheduler, timesteps, noise), timesteps, positive,
-                   negative, None, torch.tensor([8]), 3.0, generator=torch.Generator().manual_seed(0))
+    ours = denoising_loop(LatentModel(), scheduler, start_latents(scheduler, timesteps, noise), timesteps,
+                          positive=positive, negative=negative, inpaint=None, fps=torch.tensor([8]),
+                          guidance_scale=3.0, generator=torch.Generator().manual_seed(0))
     expected = diffusers_loop(name, noise, torch.cat([negative, positive]), 4, 3.0)
     torch.testing.assert_close(ours, expected, atol=1e-5, rtol=1e-5)
 

@@ -127,7 +127,7 @@ def record_instances(monkeypatch, module, name: str) -> list:
 
 def test_step_cache_equals_the_engine_and_skips_steps(pack, loaded, conds, engine, small_cond, start_image,
                                                       monkeypatch):
-    caches = record_instances(monkeypatch, importlib.import_module(f"{pack.__name__}.nodes.sampler"), "StepCache")
+    caches = record_instances(monkeypatch, importlib.import_module(f"{pack.__name__}.droplet_core.sample_plan"), "StepCache")
     latent = sample(pack, loaded[0], conds, small_cond, steps=8, seed=2, cache_threshold=0.3)
     expected = engine_latent(engine, image=start_image, **SMALL, frames=5, steps=8, seed=2, cache_threshold=0.3)
     torch.testing.assert_close(latent["samples"], expected, atol=ATOL, rtol=0)

@@ -1,6 +1,6 @@
 """CFG parallel: the [negative, positive] halves of the CFG batch on different ranks.
 
-The wrapper has the transformer's call signature, so `sampling.denoise` takes it as is: each
+The wrapper has the transformer's call signature, so `sampling.denoising_loop` takes it as is: each
 rank runs its half of the batch and the halves are all-gathered (in rank order, so
 [negative, positive] again) before the sampler's CFG arithmetic, which every rank then does alike.
 """

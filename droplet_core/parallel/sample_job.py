@@ -21,10 +21,12 @@ import threading
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Callable, List, Optional
+from typing import Callable, List, Optional, Tuple
 
 import torch
 from safetensors.torch import load_file, save_file
+
+from ..sample_plan import SampleInputs, SamplingPlan
 
 PACK_ROOT = Path(__file__).resolve().parents[2]  # the folder that holds droplet_core/
 WORKER = "droplet_core.parallel.sample_worker"
@@ -38,34 +40,30 @@ LOG_TAIL_LINES = 25
 @dataclass
 class SampleJob:
     """What each worker needs besides the tensors: the transformer as the loader built it, and the
-    sampler's settings (the arguments of sampling.start_run and sampling.denoise)."""
+    arguments of sample_plan.sample."""
 
     transformer_path: str
     precision: str  # bf16, fp16, fp32 (pipeline.DTYPES)
     weight_format: str  # engine_options.WEIGHT_FORMATS
     attention: str
-    scheduler_config: dict
-    scheduler: str
-    steps: int
-    strength: float  # the sampler's denoise
-    seed: int
-    guidance_scale: float
-    use_dynamic_cfg: bool
-    noise_shape: List[int]  # [1, F, C, h, w]
+    plan: SamplingPlan
+    latent_size: List[int]  # [F, h, w]
     parallel: str  # layout.PARALLEL_MODES
     device: str  # cuda (rank r on cuda:r) or cpu (gloo)
     timeout_s: float  # per collective
-    cache_threshold: float = 0.0  # ParallelRun.check reads it: the step cache cannot run split
 
 
-def write_job(folder: Path, job: SampleJob, tensors: dict) -> None:
-    """`tensors`: positive, inpaint, fps, and negative (guidance > 1) and video (strength < 1)."""
+def write_job(folder: Path, job: SampleJob, inputs: SampleInputs) -> None:
+    """The job's settings as JSON and its inputs' tensors (those that are set) as safetensors."""
     (Path(folder) / JOB).write_text(json.dumps(asdict(job)))
-    save_file({name: t.detach().cpu().contiguous() for name, t in tensors.items()}, str(Path(folder) / INPUTS))
+    tensors = {name: t.detach().cpu().contiguous() for name, t in vars(inputs).items() if t is not None}
+    save_file(tensors, str(Path(folder) / INPUTS))
 
 
-def read_job(folder: Path):
-    return SampleJob(**json.loads((Path(folder) / JOB).read_text())), load_file(str(Path(folder) / INPUTS))
+def read_job(folder: Path) -> Tuple[SampleJob, SampleInputs]:
+    settings = json.loads((Path(folder) / JOB).read_text())
+    job = SampleJob(**{**settings, "plan": SamplingPlan(**settings["plan"])})
+    return job, SampleInputs(**load_file(str(Path(folder) / INPUTS)))
 
 
 def read_latents(folder: Path) -> torch.Tensor:

@@ -4,8 +4,7 @@
 
 Each rank loads the transformer file as the loader did (precision, weight format, attention), joins
 the group and splits the work as the CLI does (ParallelRun: the sequence split on the transformer,
-the CFG split around it), then runs the sampler node's sampling.start_run + sampling.denoise with
-the same arguments; so the latents are the single-device ones up to float summation order. Rank 0
+the CFG split around it), then calls sample_plan.sample with the node's plan and inputs; so the latents are the single-device ones up to float summation order. Rank 0
 prints one progress line per step and writes the latents; every rank writes rank<N>.json (its layout
 and the shape of its first attention input: its share of the CFG batch and of the tokens).
 Exit status: 0; 2 for a refused setting (ValueError, FileNotFoundError); STOPPED_BY_PEER when the
@@ -25,7 +24,7 @@ from safetensors.torch import save_file
 from ..engine_options import EngineOptions, prepare_transformer
 from ..loading import load_transformer
 from ..pipeline import DTYPES
-from ..sampling import denoise, start_run
+from ..sample_plan import sample
 from .run import ParallelRunError, start_parallel
 from .sample_job import LATENTS, PROGRESS, STOPPED_BY_PEER, SampleJob, read_job
 
@@ -52,27 +51,16 @@ def report_step(index: int, total: int, latents) -> None:
     print(f"{PROGRESS} {index + 1} {total}", flush=True)
 
 
-def sample(model, job: SampleJob, tensors: dict, device: torch.device, dtype: torch.dtype, on_step) -> torch.Tensor:
-    """The sampler node's two calls (nodes/sampler.py sample_latent) on this rank's device."""
-    scheduler, timesteps, latents = start_run(job.scheduler_config, job.scheduler, job.steps, job.strength,
-                                              job.noise_shape, job.seed, device, dtype, tensors.get("video"))
-    cast = {name: tensors[name].to(device, dtype) if name in tensors else None
-            for name in ("positive", "negative", "inpaint")}
-    return denoise(model, scheduler, latents, timesteps, cast["positive"], cast["negative"], cast["inpaint"],
-                   tensors["fps"], job.guidance_scale, job.use_dynamic_cfg,
-                   torch.Generator(device=device).manual_seed(job.seed), on_step)
-
-
 def main(folder) -> int:
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     folder = Path(folder)
     run = None
     try:
-        job, tensors = read_job(folder)
+        job, inputs = read_job(folder)
         dtype = DTYPES[job.precision]
         transformer = load(job, dtype)
-        run = start_parallel(job.parallel, job.device, transformer.config.num_attention_heads, job.guidance_scale,
-                             job.timeout_s)
+        run = start_parallel(job.parallel, job.device, transformer.config.num_attention_heads,
+                             job.plan.guidance_scale, job.timeout_s)
         if run is None:
             raise ValueError(f"parallel {job.parallel!r} on {os.environ.get('WORLD_SIZE', 1)} processes leaves rank "
                              f"0 alone: use auto, sequence or cfg on 2 or more.")
@@ -80,8 +68,9 @@ def main(folder) -> int:
         run.attach(SimpleNamespace(transformer=transformer))  # the sequence split, as on the pipeline's transformer
         seen = record_attention_input(transformer)
         with run.guard():
-            latents = sample(run.wrap(transformer, job), job, tensors, run.device, dtype,
-                             report_step if run.keeps_video else None)
+            latents = sample(transformer, job.plan, inputs, job.latent_size, run.device, dtype,
+                             on_step=report_step if run.keeps_video else None,
+                             wrap_model=lambda model: run.wrap(model, job.plan))
         (folder / f"rank{run.rank}.json").write_text(json.dumps({"layout": run.layout.describe(), **seen}))
         if run.keeps_video:
             save_file({"latents": latents.float().cpu().contiguous()}, str(folder / "latents.part"))

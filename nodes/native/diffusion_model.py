@@ -73,7 +73,7 @@ def patched_block_runner(transformer_options: dict):
 
 
 class EngineView:
-    """The engine's view of the native diffusion model (what droplet_core.sampling.denoise and
+    """The engine's view of the native diffusion model (what droplet_core.sampling.denoising_loop and
     SlidingWindowTransformer call): calls go to `predict`, in the engine's [B, F, C, H, W]."""
 
     def __init__(self, model: ComfyDropletTransformer):
