@@ -19,6 +19,8 @@ ROOT = Path(__file__).resolve().parents[1]
 COMFYUI = os.environ.get("COMFYUI_PATH")
 sys.path[:0] = [COMFYUI or str(ROOT / "tests" / "comfy_stub"), str(ROOT), str(ROOT / "tools")]
 
+from run_args import add_video_args  # noqa: E402 (bench/ is the script's own folder on sys.path)
+
 
 def run(pack, name, **inputs):
     cls = pack.NODE_CLASS_MAPPINGS[name]
@@ -29,12 +31,7 @@ def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--models", required=True, help="a folder holding the model folder (ComfyUI's models/DropletVideo)")
     p.add_argument("--model_folder", required=True)
-    p.add_argument("--width", type=int, required=True)
-    p.add_argument("--height", type=int, required=True)
-    p.add_argument("--frames", type=int, required=True)
-    p.add_argument("--steps", type=int, required=True)
-    p.add_argument("--fps", type=int, default=8)
-    p.add_argument("--prompt", default="A panda plays a guitar in a bamboo forest.")
+    add_video_args(p)
     args = p.parse_args()
 
     started = time.perf_counter()

@@ -1,6 +1,6 @@
 """Runs the OFFICIAL pipeline once, as inference.py does but fp32 on CPU, and prints timings.
 
-Used by bench/e2e.py in the reference's own environment (see tests/goldens/make_goldens.py
+Used by bench/engine.py and bench/native.py in the reference's own environment (see tests/goldens/make_goldens.py
 for that environment); prints one JSON line: total seconds, seconds per step.
 """
 
@@ -16,6 +16,7 @@ from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests" / "goldens"))
 from make_goldens import NEGATIVE, SUFFIX, import_reference  # noqa: E402
+from run_args import add_video_args  # noqa: E402
 
 
 def main():
@@ -23,12 +24,7 @@ def main():
     p.add_argument("--reference", required=True)
     p.add_argument("--ckpt", required=True)
     p.add_argument("--ref_img", required=True)
-    p.add_argument("--width", type=int, required=True)
-    p.add_argument("--height", type=int, required=True)
-    p.add_argument("--video_length", type=int, required=True)
-    p.add_argument("--steps", type=int, required=True)
-    p.add_argument("--fps", type=int, default=8)
-    p.add_argument("--prompt", default="A panda plays a guitar in a bamboo forest.")
+    add_video_args(p, "--video_length")
     args = p.parse_args()
 
     started = time.perf_counter()
