@@ -10,6 +10,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
+from .axes import channels_first, frames_first
 from .vae_ops import encode_mode
 
 NOISE_AUG_STRENGTH = 0.0563
@@ -47,7 +48,7 @@ def augmentation_noise(video_shape: Sequence[int], generator: torch.Generator) -
     """Quirk 7: the reference draws this from the global RNG on a permuted (non-contiguous)
     tensor; drawing in that memory order from a seeded generator gives the same numbers."""
     b, c, f, h, w = video_shape
-    return torch.empty(b, f, c, h, w).permute(0, 2, 1, 3, 4).normal_(generator=generator)
+    return channels_first(torch.empty(b, f, c, h, w)).normal_(generator=generator)
 
 
 def resize_mask_first_frame(mask: torch.Tensor, latent_shape: Sequence[int]) -> torch.Tensor:
@@ -85,5 +86,5 @@ def inpaint_latents(vae, video: torch.Tensor, mask: torch.Tensor, latent_shape: 
     scaling = vae.config.scaling_factor
     masked_latents = encode_mode(vae, masked, tiled=tiled) * scaling  # [1, 16, F_lat, h, w]
     mask_latents = resize_mask_first_frame(1 - mask, masked_latents.shape[2:]).to(masked_latents.device) * scaling
-    both = torch.cat([mask_latents.permute(0, 2, 1, 3, 4), masked_latents.permute(0, 2, 1, 3, 4)], dim=2)
+    both = torch.cat([frames_first(mask_latents), frames_first(masked_latents)], dim=2)
     return both.to(dtype)

@@ -16,7 +16,7 @@ from diffusers import AutoencoderKLCogVideoX
 from .configs import TransformerConfig, VaeConfig, config_from_dict, read_json
 from .fp8 import adopt_fp8_layers, take_fp8_layers
 from .transformer import DropletVideoTransformer3DModel
-from .vae_memory import trim_vae_memory
+from .vae_memory import REFERENCE_ENCODE_FRAMES, trim_vae_memory
 from .weights import load_tensors, metadata, refuse_pickle, tensor_shapes, weight_files
 
 logger = logging.getLogger(__name__)
@@ -24,8 +24,6 @@ logger = logging.getLogger(__name__)
 # Prefixes that single-file exports put in front of the diffusers keys.
 KEY_PREFIXES = ("model.diffusion_model.", "diffusion_model.", "transformer.", "vae.")
 PATCH_WEIGHT = "patch_embed.proj.weight"
-# The reference encodes 4 frames at a time (first chunk takes the remainder); diffusers uses 8.
-REFERENCE_ENCODE_FRAMES = 4
 # DropletVideo-V1.0-weights/vae/config.json, for a VAE file that comes without its config.
 RELEASE_VAE_CONFIG = Path(__file__).parent / "assets" / "release_vae_config.json"
 

@@ -13,6 +13,7 @@ import torch
 from PIL import Image
 
 from . import shapes
+from .axes import video_to_images
 from .conditioning import NOISE_AUG_STRENGTH, i2v_video_and_mask, inpaint_latents
 from .configs import read_json
 from .engine_options import EngineOptions, offload_mode, prepare_transformer
@@ -78,10 +79,10 @@ def video_to_pixels(video: torch.Tensor, frames: int, width: int, height: int) -
     """[F, H, W, 3] 0..1 -> [1, 3, F', H, W] -1..1 with F' = the first `frames` frames."""
     if video.ndim != 4 or video.shape[-1] != 3 or video.shape[0] == 0:
         raise ValueError(f"input video must be [frames, height, width, 3] with at least 1 frame, got {tuple(video.shape)}.")
-    pixels = video[:frames].permute(0, 3, 1, 2).float()
+    pixels = video[:frames].permute(0, 3, 1, 2).float()  # torch's image batch [F, 3, H, W], for resizing
     if pixels.shape[-2:] != (height, width):
         pixels = torch.nn.functional.interpolate(pixels, size=(height, width), mode="bilinear", antialias=True)
-    return (pixels * 2 - 1).permute(1, 0, 2, 3)[None]
+    return (pixels * 2 - 1).permute(1, 0, 2, 3)[None]  # the VAE's [1, 3, F, H, W]
 
 
 class DropletVideoPipeline:
@@ -131,7 +132,7 @@ class DropletVideoPipeline:
                                       torch.Generator().manual_seed(request.seed), request.tiled_vae)
         # The reference noises its `video` argument for strength < 1: the input video when given,
         # else the conditioning video (start image tiled, end image last; zeros for text-to-video).
-        source = request.video if request.video is not None else video[0].permute(1, 2, 3, 0)
+        source = request.video if request.video is not None else video_to_images(video[0])
         return [self._denoise_and_decode(request, fps, positive, negative, inpaint.to(self.device), latent_shape,
                                          frames, source, on_step, keep_step_latents) for fps in fps_conditions]
 
@@ -161,7 +162,7 @@ class DropletVideoPipeline:
         video = video[0]
         if request.trim_to_requested_frames:
             video = video[:, :frames]
-        return Result(video.permute(1, 2, 3, 0).cpu(), latents.cpu(), step_latents)
+        return Result(video_to_images(video).cpu(), latents.cpu(), step_latents)
 
     def video_latents(self, request: Request, frames, source_video: torch.Tensor) -> Optional[torch.Tensor]:
         """V2V (strength < 1): the source video's latents, sampled with the run's seed; else None."""

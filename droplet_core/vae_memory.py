@@ -59,6 +59,7 @@ def decode_latents(vae, z: torch.Tensor) -> torch.Tensor:
     return torch.cat(decoded, dim=2)
 
 
+# The reference encodes 4 frames at a time (the first batch takes the remainder too); diffusers 8.
 REFERENCE_ENCODE_FRAMES = 4
 
 

@@ -10,6 +10,7 @@ import torch
 
 from diffusers.models.autoencoders.vae import DiagonalGaussianDistribution
 
+from .axes import channels_first, frames_first
 from .vae_memory import decode_latents, encode_moments
 
 
@@ -79,7 +80,7 @@ def encode_sample(vae, pixels: torch.Tensor, generator: Optional[torch.Generator
 def encode_video_latents(vae, pixels: torch.Tensor, generator: Optional[torch.Generator],
                          tiled: bool = False) -> torch.Tensor:
     """V2V start latents: a sample x scaling_factor, as [B, F_lat, C, h, w]."""
-    return (encode_sample(vae, pixels, generator, tiled) * vae.config.scaling_factor).permute(0, 2, 1, 3, 4)
+    return frames_first(encode_sample(vae, pixels, generator, tiled) * vae.config.scaling_factor)
 
 
 @torch.no_grad()
@@ -87,7 +88,7 @@ def decode_to_frames(vae, latents: torch.Tensor, tiled: bool = False) -> torch.T
     """Scaled [B, F_lat, C, h, w] latents -> [B, 3, F, H, W] video in 0..1 (float32)."""
     device, dtype = _device_and_dtype(vae)
     set_tiling(vae, tiled)
-    latents = latents.permute(0, 2, 1, 3, 4)
+    latents = channels_first(latents)
     latents = 1 / vae.config.scaling_factor * latents
     latents = latents.to(device, dtype)
     frames = vae.decode(latents).sample if tiled else decode_latents(vae, latents)

@@ -4,6 +4,7 @@ the native MODEL, with ComfyUI's progress bar, previews and Cancel."""
 import comfy.model_management
 import torch
 
+from ..droplet_core.axes import channels_first, frames_first
 from ..droplet_core.positional import check_latent_frames_fit, fps_tensor
 from ..droplet_core.sample_plan import SampleInputs, SamplingPlan, noise_shape, sample
 from ..droplet_core.sampling import SCHEDULERS
@@ -50,7 +51,7 @@ def sampler_inputs(base, positive, negative, latent: dict, plan: SamplingPlan, d
     samples = latent["samples"]
     check_latent(samples, config, plan.strength, plan.long_video, plan.window_overlap)
     if plan.strength < 1.0:
-        inputs.start_video = base.process_latent_in(samples).movedim(1, 2)
+        inputs.start_video = frames_first(base.process_latent_in(samples))
     inputs.inpaint = engine_inpaint(base, positive, samples.shape[2:], device)
     return inputs
 
@@ -58,7 +59,7 @@ def sampler_inputs(base, positive, negative, latent: dict, plan: SamplingPlan, d
 def comfy_latent(base, latents: torch.Tensor) -> dict:
     """The engine's [1, F, C, h, w] latents in the model's space as ComfyUI's LATENT (unscaled
     [1, C, F, h, w] on the intermediate device)."""
-    out = base.process_latent_out(latents.movedim(2, 1).float())
+    out = base.process_latent_out(channels_first(latents).float())
     return {"samples": out.to(comfy.model_management.intermediate_device())}
 
 
@@ -66,9 +67,9 @@ def engine_inpaint(model, conditioning: list, latent_size, device) -> torch.Tens
     """The 17 concat channels in the engine's layout [1, F, 17, h, w], as the native model builds them."""
     values = options(conditioning)
     noise = torch.zeros(noise_shape(model.droplet_config, latent_size), device=device)
-    concat = model.concat_cond(noise=noise.movedim(1, 2), device=device, concat_latent_image=values.get(IMAGE),
+    concat = model.concat_cond(noise=channels_first(noise), device=device, concat_latent_image=values.get(IMAGE),
                                concat_mask=values.get(MASK))
-    return concat.movedim(1, 2)
+    return frames_first(concat)
 
 
 def sampler_plan(model, steps: int, cfg: float, seed: int, scheduler: str, use_dynamic_cfg: bool = False,

@@ -4,6 +4,7 @@ import comfy.model_management
 import torch
 
 from ..droplet_core import shapes
+from ..droplet_core.axes import video_to_images
 from ..droplet_core.vae_ops import decode_to_frames
 from . import latent_layout
 from .components import load_for_compute, module_dtype
@@ -45,4 +46,4 @@ class DropletVideoVAEDecode:
         keep = (latents.shape[1] - 1) * shapes.TEMPORAL_COMPRESSION + 1 if trim_to_frames else None
         out = comfy.model_management.intermediate_device()
         videos = [decode_to_frames(module, video[None], tiling)[0, :, :keep].to(out) for video in latents]
-        return (torch.cat(videos, dim=1).permute(1, 2, 3, 0),)
+        return (video_to_images(torch.cat(videos, dim=1)),)

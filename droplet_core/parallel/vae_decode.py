@@ -15,6 +15,7 @@ from typing import List, Optional, Tuple
 import torch
 import torch.distributed as dist
 
+from ..axes import channels_first
 from ..vae_memory import decode_latents
 from ..vae_ops import decode_to_frames, set_tiling
 
@@ -104,7 +105,7 @@ def decode_to_frames_across_ranks(vae, latents: torch.Tensor, rank: int, world_s
     parameter = next(vae.parameters())
     set_tiling(vae, True)
     # decode_to_frames' scaling, in its order of operations, so the tiles get the same numbers.
-    z = (1 / vae.config.scaling_factor * latents.permute(0, 2, 1, 3, 4)).to(parameter.device, parameter.dtype)
+    z = (1 / vae.config.scaling_factor * channels_first(latents)).to(parameter.device, parameter.dtype)
     if not (z.shape[4] > vae.tile_latent_min_width or z.shape[3] > vae.tile_latent_min_height):
         return decode_to_frames(vae, latents, tiled=True) if rank == 0 else None  # one tile: diffusers decodes whole
     frames = split_tiled_decode(vae, z, rank, world_size)

@@ -11,6 +11,8 @@ The model turns them into its 17 concat channels and the FPS embedding (model.py
 
 import torch
 
+from ...droplet_core.axes import channels_first
+
 FPS = "fps"
 IMAGE = "concat_latent_image"
 MASK = "concat_mask"
@@ -54,7 +56,7 @@ def video_conditioning(positive: list, negative: list, frames_shape, fps: float,
     input. The LATENT is zeros of the video's size, for a sampler to start from."""
     values = {FPS: fps}
     if inpaint is not None:
-        inpaint = inpaint.movedim(1, 2)  # [1, 17, F, h, w]
+        inpaint = channels_first(inpaint)  # [1, 17, F, h, w]
         values[MASK] = inpaint[:, :1].contiguous()
         values[IMAGE] = (inpaint[:, 1:] / scale_factor).contiguous()
     if projection is not None:

@@ -9,6 +9,7 @@ masked-video latents; model.py). The engine's `predict` works in [B, F, C, H, W]
 import comfy.patcher_extension
 import torch
 
+from ...droplet_core.axes import channels_first, frames_first
 from ...droplet_core.configs import TransformerConfig, config_from_dict
 from ...droplet_core.transformer import DropletVideoTransformer3DModel, run_block
 from .layers import use_operations
@@ -40,14 +41,14 @@ class ComfyDropletTransformer(DropletVideoTransformer3DModel):
                              "Encode (start/end frame) or DropletVideo Empty Conditioning (text-to-video); they "
                              "set fps on positive and negative.")
         noise_channels = self.config.out_channels or self.config.in_channels
-        hidden = x.movedim(1, 2)  # [B, F, C, H, W]
+        hidden = frames_first(x)  # [B, F, C, H, W]
         inpaint = hidden[:, :, noise_channels:] if hidden.shape[2] > noise_channels else None
         frames, height, width = hidden.shape[1], hidden.shape[3], hidden.shape[4]
         out = self.predict(hidden[:, :, :noise_channels], context, timestep, fps.reshape(-1)[:1].float(),
                            inpaint_latents=inpaint,
                            image_rotary_emb=self.rotary(frames, height, width, device=x.device),
                            block_runner=patched_block_runner(transformer_options))
-        return out.movedim(2, 1)
+        return channels_first(out)
 
 
 def patched_block_runner(transformer_options: dict):
