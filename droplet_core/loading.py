@@ -120,9 +120,10 @@ def assign_strict(model: torch.nn.Module, state: dict, source: str) -> None:
     model.load_state_dict(state, strict=True, assign=True)
 
 
-def transformer_source(path: PathLike, config_overrides: Optional[dict] = None):
-    """(config, weight files, source) of a transformer folder or single file; the config from
-    config.json, the file's metadata or, failing both, the tensor shapes."""
+def transformer_config_and_files(path: PathLike, config_overrides: Optional[dict] = None):
+    """(config, weight files, source) of a transformer folder or single file, `source` being what
+    error messages call it; the config from config.json, the file's metadata or, failing both,
+    the tensor shapes."""
     config_dict, source, files = _component_files(Path(path))
     if config_dict is None:
         shapes = {}
@@ -146,14 +147,14 @@ def read_transformer(path: PathLike, dtype: torch.dtype = torch.float32, config_
     """(config, state dict, fp8 layers, source) of a transformer folder or single file, each tensor
     already in `dtype` (memory-mapped when the file has that dtype); what load_transformer builds
     from (ComfyUI's native model, nodes/native, calls its two halves to pick its own path)."""
-    config, files, source = transformer_source(path, config_overrides)
+    config, files, source = transformer_config_and_files(path, config_overrides)
     return (config, *read_transformer_state(config, files, source, dtype, keep_fp8), source)
 
 
 def read_transformer_state(config: TransformerConfig, files: list, source: str, dtype: torch.dtype,
                            keep_fp8: bool = False):
-    """(state dict, fp8 layers) of transformer_source's files: float8 and scaled weights dequantized
-    to `dtype` but, with `keep_fp8`, the block Linear weights (fp8.py)."""
+    """(state dict, fp8 layers) of transformer_config_and_files's files: float8 and scaled weights
+    dequantized to `dtype` but, with `keep_fp8`, the block Linear weights (fp8.py)."""
     state = load_tensors(files, dtype, KEY_PREFIXES, keep_float8=True)
     fp8_layers = take_fp8_layers(state, dtype, keep_fp8, source)
     fit_to_config(config, state, files, source)

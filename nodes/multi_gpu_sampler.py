@@ -44,6 +44,8 @@ def carried_patches(model) -> list:
 
 
 def transformer_source(model):
+    """The TransformerSource the loader recorded on this MODEL (the file each worker loads again);
+    a MODEL with LoRAs or model patches is refused."""
     source = getattr(model.model, "droplet_source", None)
     if source is None:
         raise ValueError("this MODEL was not built by a DropletVideo loader (it does not say which transformer file it "

@@ -10,7 +10,8 @@ import comfy.utils
 import torch
 
 from ...droplet_core.configs import config_to_dict
-from ...droplet_core.loading import assign_strict, fit_to_config, read_transformer_state, transformer_source
+from ...droplet_core.loading import (assign_strict, fit_to_config, read_transformer_state,
+                                     transformer_config_and_files)
 from .model import DropletVideoLatentFormat, DropletVideoModelConfig
 from .quantized import keeps_quantized, load_quantized, read_quantized
 
@@ -33,7 +34,7 @@ def load_native_model(path, compute_dtype: torch.dtype, scale_factor: float, fp8
     fp8_weights stores every weight in float8_e4m3fn and computes in `compute_dtype` (ComfyUI's
     manual cast, as its own fp8 weight dtype). ComfyUI's scaled fp8 and mixed-precision files keep
     their quantized layers whatever fp8_weights says (on ComfyUI 0.4.0+; quantized.py)."""
-    config, files, source = transformer_source(path, config_overrides)
+    config, files, source = transformer_config_and_files(path, config_overrides)
     if keeps_quantized(files, source):
         if fp8_weights:
             logger.info("%s is already quantized: its own format is kept (weight_format fp8_e4m3fn is not "
