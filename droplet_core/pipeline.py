@@ -133,10 +133,10 @@ class DropletVideoPipeline:
         # The reference noises its `video` argument for strength < 1: the input video when given,
         # else the conditioning video (start image tiled, end image last; zeros for text-to-video).
         source = request.video if request.video is not None else video_to_images(video[0])
-        return [self._denoise_and_decode(request, fps, positive, negative, inpaint.to(self.device), latent_shape,
+        return [self._sample_and_decode(request, fps, positive, negative, inpaint.to(self.device), latent_shape,
                                          frames, source, on_step, keep_step_latents) for fps in fps_conditions]
 
-    def _denoise_and_decode(self, request, fps, positive, negative, inpaint, latent_shape, frames, source_video,
+    def _sample_and_decode(self, request, fps, positive, negative, inpaint, latent_shape, frames, source_video,
                             on_step, keep_step_latents) -> Result:
         with self.placement.on_device(self.vae):
             video_latents = self.video_latents(request, frames, source_video)

@@ -78,7 +78,7 @@ def worker_device(model, gpus: int) -> str:
 
 
 def multi_gpu_latent(model, positive, negative, latent: dict, seed: int, steps: int, cfg: float, scheduler: str,
-                     use_dynamic_cfg: bool, denoise: float, gpus: int, parallel: str) -> dict:
+                     use_dynamic_cfg: bool, strength: float, gpus: int, parallel: str) -> dict:
     """DropletVideoSampler's sample_latent (no long video, no step cache) on `gpus` worker processes."""
     base = model.model
     config = base.droplet_config
@@ -86,7 +86,7 @@ def multi_gpu_latent(model, positive, negative, latent: dict, seed: int, steps: 
     if parallel not in PARALLEL_MODES:
         raise ValueError(f"unknown parallel mode {parallel!r}: use one of {', '.join(PARALLEL_MODES)}.")
     plan_layout(parallel, gpus, config.num_attention_heads, cfg)  # refuses a split that cannot work, up front
-    plan = sampler_plan(model, steps, cfg, seed, scheduler, use_dynamic_cfg, denoise)
+    plan = sampler_plan(model, steps, cfg, seed, scheduler, use_dynamic_cfg, strength)
     inputs = sampler_inputs(base, positive, negative, latent, plan, torch.device("cpu"))
     if plan.step_count() == 0:  # denoise 0: the input, unchanged (as the DropletVideo Sampler)
         return latent

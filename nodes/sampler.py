@@ -21,14 +21,14 @@ def check_text(embeds: torch.Tensor, name: str, text_dim: int) -> None:
             f"on T5-XXL weights.")
 
 
-def check_latent(samples: torch.Tensor, config, denoise: float, long_video: bool, window_overlap: int) -> None:
+def check_latent(samples: torch.Tensor, config, strength: float, long_video: bool, window_overlap: int) -> None:
     channels = config.noise_channels
     if samples.ndim != 5 or samples.shape[0] != 1 or samples.shape[1] != channels:
         raise ValueError(f"the latent is {tuple(samples.shape)}; DropletVideo samples one video latent [1, {channels}, "
                          f"frames, height, width]: use the latent of DropletVideo Image Encode / Empty Conditioning, "
                          f"or DropletVideo VAE Encode's for video-to-video.")
-    if denoise < 1.0 and not samples.any():
-        raise ValueError(f"denoise {denoise} < 1 re-generates the latent input, but this latent is empty: connect "
+    if strength < 1.0 and not samples.any():  # strength: the node's denoise input
+        raise ValueError(f"denoise {strength} < 1 re-generates the latent input, but this latent is empty: connect "
                          f"DropletVideo VAE Encode's latent (video-to-video), or set denoise to 1.0.")
     if long_video and window_overlap >= config.latent_frames:
         raise ValueError(f"window_overlap {window_overlap} must be below the model's window of "
@@ -73,10 +73,11 @@ def engine_inpaint(model, conditioning: list, latent_size, device) -> torch.Tens
 
 
 def sampler_plan(model, steps: int, cfg: float, seed: int, scheduler: str, use_dynamic_cfg: bool = False,
-                 denoise: float = 1.0, long_video: bool = False, window_overlap: int = 0,
+                 strength: float = 1.0, long_video: bool = False, window_overlap: int = 0,
                  cache_threshold: float = 0.0) -> SamplingPlan:
-    """The sampler node's widgets as the engine's plan, on the MODEL's scheduler config."""
-    return SamplingPlan(model.model.scheduler_config, scheduler=scheduler, steps=steps, strength=denoise, seed=seed,
+    """The sampler node's widgets as the engine's plan, on the MODEL's scheduler config (`strength`
+    is the node's denoise input)."""
+    return SamplingPlan(model.model.scheduler_config, scheduler=scheduler, steps=steps, strength=strength, seed=seed,
                         guidance_scale=cfg, use_dynamic_cfg=use_dynamic_cfg, long_video=long_video,
                         window_overlap=window_overlap, cache_threshold=cache_threshold)
 
