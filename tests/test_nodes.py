@@ -210,7 +210,8 @@ def test_loaders_keep_nothing_once_comfyui_drops_their_outputs(pack, models_dir,
     import weakref
     gc.collect()  # models of earlier tests trim now, not in this test's count
     trims = []
-    monkeypatch.setattr(importlib.import_module(f"{pack.__name__}.nodes.heap_release"), "_MALLOC_TRIM", trims.append)
+    release = importlib.import_module(f"{pack.__name__}.nodes.heap_release").installed()
+    monkeypatch.setattr(release, "malloc_trim", trims.append)
     model, vae, text_encoder = run(pack, "DropletVideoModelLoader", model_folder="tiny", precision="fp32")
     probes = [weakref.ref(model.model.diffusion_model), weakref.ref(vae.patcher.model.module),
               weakref.ref(text_encoder.patcher.model.module)]
