@@ -10,6 +10,7 @@ a hung worker fails the test instead of hanging it.
 
 import importlib
 import json
+import os
 from pathlib import Path
 
 import comfy.model_management
@@ -22,6 +23,7 @@ from node_fixtures import as_image, conditioned, conds, image_cond, loaded, run,
 
 SMALL = dict(width=64, height=64, frames=5)
 SETTINGS = dict(steps=2, cfg=6.0, seed=42, scheduler="ddim", use_dynamic_cfg=False, denoise=1.0)
+RANK_PROBE = Path(__file__).parent / "rank_probe"  # its sitecustomize probes the workers (its docstring)
 
 
 @pytest.fixture(scope="module")
@@ -59,16 +61,18 @@ def close_to(parallel: torch.Tensor, single: torch.Tensor) -> None:
     assert error <= 1e-5 * max(1.0, single.abs().max().item()), f"max |multi-GPU - single| = {error:.3g}"
 
 
-def record_rank_reports(monkeypatch, node_module) -> list:
-    """The workers' rank<N>.json of each run, read before the job folder goes away."""
-    reports, read_latents = [], node_module.read_latents
+def probe_workers(monkeypatch, folder: Path, fail_rank=None) -> Path:
+    """Starts the workers with tests/rank_probe on their PYTHONPATH: each writes folder/probe<N>.json
+    (the shape of its first block input); `fail_rank` raises its own RuntimeError there."""
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join(filter(None, [str(RANK_PROBE), os.environ.get("PYTHONPATH")])))
+    monkeypatch.setenv("DROPLET_PROBE_DIR", str(folder))
+    if fail_rank is not None:
+        monkeypatch.setenv("DROPLET_PROBE_FAIL_RANK", str(fail_rank))
+    return folder
 
-    def reading(folder):
-        reports.append([json.loads(p.read_text()) for p in sorted(Path(folder).glob("rank*.json"))])
-        return read_latents(folder)
 
-    monkeypatch.setattr(node_module, "read_latents", reading)
-    return reports
+def probe_reports(folder: Path) -> list:
+    return [json.loads((folder / f"probe{rank}.json").read_text()) for rank in range(2)]
 
 
 # (parallel, denoise, the CFG batch on each rank (of 2), the number of ranks the video tokens are split over)
@@ -77,9 +81,9 @@ SPLITS = [("sequence", 1.0, 2, 2), ("cfg", 1.0, 1, 1), ("auto", 0.5, 1, 1)]
 
 @pytest.mark.parametrize("parallel, denoise, batch, token_ranks", SPLITS, ids=["sequence", "cfg", "auto-v2v"])
 def test_two_workers_give_the_samplers_latents_with_the_work_split(pack, loaded, inputs, single,  # noqa: F811
-                                                                   node_module, monkeypatch, parallel, denoise,
+                                                                   monkeypatch, tmp_path, parallel, denoise,
                                                                    batch, token_ranks):
-    reports, updates = record_rank_reports(monkeypatch, node_module), []
+    probes, updates = probe_workers(monkeypatch, tmp_path), []
     monkeypatch.setattr(comfy.utils, "PROGRESS_BAR_HOOK", lambda value, total, preview, node_id=None:
                         updates.append((value, total)))
     latent = single if denoise < 1 else inputs[2]  # video-to-video: re-generate the sampler's own latent
@@ -94,7 +98,8 @@ def test_two_workers_give_the_samplers_latents_with_the_work_split(pack, loaded,
     frames, height, width = latent["samples"].shape[2:]
     patch = loaded[0].model.droplet_config.patch_size
     tokens = frames * (height // patch) * (width // patch)
-    assert [r["attention_input"][:2] for r in reports[0]] == [[batch, tokens // token_ranks]] * 2, reports
+    reports = probe_reports(probes)
+    assert [r["block_input"][:2] for r in reports] == [[batch, tokens // token_ranks]] * 2, reports
 
 
 def test_a_model_with_a_lora_or_a_model_patch_is_refused(pack, loaded, inputs, models_dir):  # noqa: F811
@@ -169,3 +174,12 @@ def test_a_failing_worker_ends_the_run_with_its_error(pack, loaded, inputs, monk
     failed = r"(?s)worker rank [01] of 2 exited with status 2; the other workers were stopped.*error: .*moved does not"
     with pytest.raises(RuntimeError, match=failed):  # the rank that fails first (here both fail alike)
         multi_gpu(pack, loaded[0], inputs)
+
+
+def test_a_workers_own_error_reaches_the_user_as_itself(pack, loaded, inputs, monkeypatch, tmp_path):  # noqa: F811
+    """Rank 1 raises a RuntimeError of its own in its first block (as a shape error or CUDA OOM would);
+    rank 0 then stops at its next collective (STOPPED_BY_PEER). The error shows rank 1's traceback."""
+    probe_workers(monkeypatch, tmp_path, fail_rank=1)
+    own = r"(?s)worker rank 1 of 2 exited with status 1; .*RuntimeError: probe: rank 1 fails on its own"
+    with pytest.raises(RuntimeError, match=own):
+        multi_gpu(pack, loaded[0], inputs, parallel="sequence")

@@ -4,12 +4,14 @@
 the process group and builds the mesh; `ParallelRun.attach(pipe)` installs the sequence split on
 the transformer and hands the pipeline `wrap` (the CFG split) and `decode` (the tiled decode shared
 out across the ranks, vae_decode.py; rank 0 alone keeps and writes the video). `guard()` turns a
-failure of the distributed run (a peer killed, a collective timed out) into ParallelRunError
-naming this rank.
+failure of the distributed run (a peer killed or ended by its own error, a collective timed out)
+into ParallelRunError naming this rank; this rank's own errors (a shape error, CUDA out of
+memory) go through unchanged, so the user sees them as they are.
 """
 
 import contextlib
 import logging
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
@@ -28,10 +30,21 @@ from ..vae_ops import decode_to_frames
 
 logger = logging.getLogger(__name__)
 DEFAULT_TIMEOUT_S = 600.0  # per collective; the first step of a compiled model can take minutes
+# gloo reports a peer that closed its connection (killed, or ended by its own error) and a timed-out
+# collective as plain RuntimeErrors from its own sources: "[.../gloo/transport/tcp/pair.cc:553]
+# Connection closed by peer ...", "[.../unbound_buffer.cc:129] Timed out waiting ..." (torch 2.13).
+GLOO_ERROR = re.compile(r"gloo/\S+\.(cc|h):\d+\]")
 
 
 class ParallelRunError(RuntimeError):
     """The distributed run stopped on this rank (see the message for which rank and why)."""
+
+
+def from_the_group(error: BaseException) -> bool:
+    """Whether `error` is the distributed run's rather than this rank's own: torch.distributed's
+    DistError (NCCL's DistBackendError, the store's, the network's) or a gloo transport error."""
+    return isinstance(error, dist.DistError) or (isinstance(error, RuntimeError) and
+                                                 GLOO_ERROR.search(str(error)) is not None)
 
 
 @dataclass
@@ -74,12 +87,14 @@ class ParallelRun:
 
     @contextlib.contextmanager
     def guard(self):
+        """ParallelRunError for a failure of the group; any other error passes through as it is.
+        After either, close() leaves the group to the process exit."""
         try:
             yield
-        except (ValueError, FileNotFoundError, ParallelRunError):
-            raise
-        except RuntimeError as error:  # gloo/NCCL failures (DistBackendError is a RuntimeError)
+        except BaseException as error:
             self.failed = True
+            if isinstance(error, ParallelRunError) or not from_the_group(error):
+                raise
             raise ParallelRunError(
                 f"rank {self.rank} of {self.layout.world_size} ({self.layout.describe()}): the run across processes "
                 f"stopped: {error}. If another rank failed or was killed, its own output has the cause; this rank "

@@ -5,10 +5,11 @@ The caller writes a job folder (`write_job`: job.json with the settings, inputs.
 the tensors), starts one worker per device (`WorkerGroup`: `python -m droplet_core.parallel.
 sample_worker <folder>` with the environment torchrun would give each rank, the pack's root on
 PYTHONPATH) and waits. Rank 0 prints one progress line per step on stdout and writes the final
-latents into the folder; every rank writes what it computed (rank<N>.json) and its output to
-rank<N>.log. The caller owns the processes, not a torchrun agent: a rank that exits with an error
-stops the others at once, Cancel (the caller's `poll`) and the caller's own errors kill them all,
-and the error names the rank with the end of its log.
+latents into the folder; every rank writes its output to rank<N>.log. The caller owns the
+processes, not a torchrun agent: a rank that exits with an error stops the others at once, Cancel
+(the caller's `poll`) and the caller's own errors kill them all, and the error names the rank
+with the end of its log: the rank with its own error (its traceback) rather than one that
+stopped because a peer failed.
 """
 
 import json
@@ -34,6 +35,7 @@ JOB, INPUTS, LATENTS = "job.json", "inputs.safetensors", "latents.safetensors"
 PROGRESS = "droplet-step"  # rank 0's stdout: "droplet-step <step> <steps>", one line per finished step
 POLL_S = 0.1
 STOPPED_BY_PEER = 3  # a worker's exit status when the run failed elsewhere (ParallelRunError), as the CLI's
+OWN_ERRORS = (1, 2)  # a worker's own error (traceback) or refused setting: the cause of a failed run
 LOG_TAIL_LINES = 25
 
 
@@ -75,6 +77,13 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+def cause_order(code: int) -> int:
+    """Which failed worker's log shows the cause, lowest first: its own error (OWN_ERRORS), then a
+    signal (killed: out of host memory, or NCCL's watchdog aborting it), last STOPPED_BY_PEER (its
+    collectives ended because another rank failed)."""
+    return 0 if code in OWN_ERRORS else 2 if code == STOPPED_BY_PEER else 1
 
 
 class WorkerGroupError(RuntimeError):
@@ -129,8 +138,7 @@ class WorkerGroup:
                 codes = [p.poll() for p in self.procs]
                 failed = [rank for rank, code in enumerate(codes) if code not in (None, 0)]
                 if failed:
-                    # The rank that failed first ends the others' collectives (STOPPED_BY_PEER): report the cause.
-                    rank = min(failed, key=lambda r: (codes[r] == STOPPED_BY_PEER, r))
+                    rank = min(failed, key=lambda r: (cause_order(codes[r]), r))
                     raise WorkerGroupError(self._report(rank, f"exited with status {codes[rank]}"))
                 if all(code == 0 for code in codes):
                     break

@@ -4,14 +4,14 @@
 
 Each rank loads the transformer file as the loader did (precision, weight format, attention), joins
 the group and splits the work as the CLI does (ParallelRun: the sequence split on the transformer,
-the CFG split around it), then calls sample_plan.sample with the node's plan and inputs; so the latents are the single-device ones up to float summation order. Rank 0
-prints one progress line per step and writes the latents; every rank writes rank<N>.json (its layout
-and the shape of its first attention input: its share of the CFG batch and of the tokens).
+the CFG split around it), then calls sample_plan.sample with the node's plan and inputs; so the
+latents are the single-device ones up to float summation order. Rank 0 prints one progress line
+per step and writes the latents.
 Exit status: 0; 2 for a refused setting (ValueError, FileNotFoundError); STOPPED_BY_PEER when the
-run stopped because another rank failed (ParallelRunError); 1 otherwise, with the traceback.
+run stopped because another rank failed (ParallelRunError); 1 for this rank's own error (a shape
+error, CUDA out of memory: run.py's guard lets it through), with the traceback.
 """
 
-import json
 import logging
 import os
 import sys
@@ -36,17 +36,6 @@ def load(job: SampleJob, dtype: torch.dtype):
     return transformer
 
 
-def record_attention_input(transformer) -> dict:
-    """Fills {"attention_input": shape} at the first attention call of the first block on this rank."""
-    seen = {}
-
-    def hook(module, args, kwargs):
-        seen.setdefault("attention_input", list(kwargs["hidden_states"].shape))
-
-    transformer.transformer_blocks[0].attn1.register_forward_pre_hook(hook, with_kwargs=True)
-    return seen
-
-
 def report_step(index: int, total: int, latents) -> None:
     print(f"{PROGRESS} {index + 1} {total}", flush=True)
 
@@ -66,12 +55,10 @@ def main(folder) -> int:
                              f"0 alone: use auto, sequence or cfg on 2 or more.")
         transformer.to(run.device)
         run.attach(SimpleNamespace(transformer=transformer))  # the sequence split, as on the pipeline's transformer
-        seen = record_attention_input(transformer)
         with run.guard():
             latents = sample(transformer, job.plan, inputs, job.latent_size, run.device, dtype,
                              on_step=report_step if run.keeps_video else None,
                              wrap_model=lambda model: run.wrap(model, job.plan))
-        (folder / f"rank{run.rank}.json").write_text(json.dumps({"layout": run.layout.describe(), **seen}))
         if run.keeps_video:
             save_file({"latents": latents.float().cpu().contiguous()}, str(folder / "latents.part"))
             os.replace(folder / "latents.part", folder / LATENTS)  # complete, or absent
