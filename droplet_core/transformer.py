@@ -9,13 +9,13 @@ What is DropletVideo's own: `fps_proj`/`fps_embedding` and the positional-table 
 from typing import Callable, Optional
 
 import torch
-from diffusers.models._modeling_parallel import ContextParallelInput, ContextParallelOutput
 from diffusers.models.embeddings import CogVideoXPatchEmbed, TimestepEmbedding, Timesteps
 from diffusers.models.normalization import AdaLayerNorm
 from diffusers.models.transformers.cogvideox_transformer_3d import CogVideoXBlock
 from torch import nn
 
 from .configs import TransformerConfig
+from .diffusers_internals import ContextParallelInput, ContextParallelOutput
 from .positional import positional_rows, rotary_embeddings, sincos_table_3d
 
 # A block runner takes (block index, block, hidden, encoder_hidden, temb, rotary) and returns

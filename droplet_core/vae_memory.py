@@ -22,13 +22,17 @@ downsampling make equal to one pass over the whole video.
 each causal conv's unpadded input alive (the caller still holds it) while the padded copy and
 the output exist: four full-size tensors at every convolution. `LeanResnetBlock3D` runs SiLU
 and the residual add in place on fresh tensors and hands each conv its input without keeping a
-reference (`_causal_conv`), so the unpadded input dies before the output is allocated: three.
+reference (`causal_conv`), so the unpadded input dies before the output is allocated: three.
+
+The diffusers internals all this relies on (the conv-cache protocol, `causal_conv`, the class
+swap) are in diffusers_internals.py.
 """
 
 import torch
 import torch.nn.functional as F
-from diffusers.models.autoencoders.autoencoder_kl_cogvideox import CogVideoXResnetBlock3D, CogVideoXSpatialNorm3D
 from torch import nn
+
+from .diffusers_internals import CogVideoXResnetBlock3D, CogVideoXSpatialNorm3D, cached, causal_conv, swap_classes
 
 
 class _ReadOnce(dict):
@@ -54,7 +58,7 @@ def decode_latents(vae, z: torch.Tensor) -> torch.Tensor:
         if vae.post_quant_conv is not None:
             batch = vae.post_quant_conv(batch)
         cache = _read_once(cache)
-        batch, cache = vae.decoder(batch, conv_cache=cache)
+        batch, cache = cached(vae.decoder, batch, cache=cache)
         decoded.append(batch)
     return torch.cat(decoded, dim=2)
 
@@ -73,7 +77,7 @@ def encode_moments(vae, x: torch.Tensor) -> torch.Tensor:
         (0 if i == 0 else batch * i + frames % batch, batch * (i + 1) + frames % batch) for i in range(frames // batch)]
     for start, end in bounds:
         cache = _read_once(cache)
-        moments, cache = vae.encoder(x[:, :, start:end], conv_cache=cache)
+        moments, cache = cached(vae.encoder, x[:, :, start:end], cache=cache)
         if vae.quant_conv is not None:
             moments = vae.quant_conv(moments)
         encoded.append(moments)
@@ -91,19 +95,11 @@ class LeanSpatialNorm3D(CogVideoXSpatialNorm3D):
         else:
             zq = F.interpolate(zq, size=f.shape[-3:])
         out = self.norm_layer(f)
-        scale, new_conv_cache["conv_y"] = self.conv_y(zq, conv_cache=conv_cache.get("conv_y"))
+        scale, new_conv_cache["conv_y"] = cached(self.conv_y, zq, cache=conv_cache.get("conv_y"))
         out.mul_(scale)
         del scale
-        shift, new_conv_cache["conv_b"] = self.conv_b(zq, conv_cache=conv_cache.get("conv_b"))
+        shift, new_conv_cache["conv_b"] = cached(self.conv_b, zq, cache=conv_cache.get("conv_b"))
         return out.add_(shift), new_conv_cache
-
-
-def _causal_conv(conv, holder: list, conv_cache):
-    """CogVideoXCausalConv3d.forward on `holder.pop()`: the caller keeps no reference, so the
-    unpadded input is freed once padded, before the convolution allocates its output."""
-    padded = conv.fake_context_parallel_forward(holder.pop(), conv_cache)
-    new_cache = None if conv.pad_mode == "replicate" else padded[:, :, -conv.time_kernel_size + 1:].clone()
-    return conv.conv(padded), new_cache
 
 
 class LeanResnetBlock3D(CogVideoXResnetBlock3D):
@@ -113,14 +109,14 @@ class LeanResnetBlock3D(CogVideoXResnetBlock3D):
         conv_cache = conv_cache or {}
         new_conv_cache = {}
         holder = [self._norm_silu("norm1", inputs, zq, conv_cache, new_conv_cache)]
-        hidden, new_conv_cache["conv1"] = _causal_conv(self.conv1, holder, conv_cache.get("conv1"))
+        hidden, new_conv_cache["conv1"] = causal_conv(self.conv1, holder, conv_cache.get("conv1"))
         holder = [self._norm_silu("norm2", hidden, zq, conv_cache, new_conv_cache)]
         del hidden  # conv2 gets the only reference to its input (dropout is the identity in eval)
-        hidden, new_conv_cache["conv2"] = _causal_conv(self.conv2, holder, conv_cache.get("conv2"))
+        hidden, new_conv_cache["conv2"] = causal_conv(self.conv2, holder, conv_cache.get("conv2"))
         if self.in_channels != self.out_channels:
             if self.use_conv_shortcut:
-                inputs, new_conv_cache["conv_shortcut"] = self.conv_shortcut(
-                    inputs, conv_cache=conv_cache.get("conv_shortcut"))
+                inputs, new_conv_cache["conv_shortcut"] = cached(self.conv_shortcut, inputs,
+                                                                 cache=conv_cache.get("conv_shortcut"))
             else:
                 inputs = self.conv_shortcut(inputs)
         return hidden.add_(inputs), new_conv_cache
@@ -128,7 +124,7 @@ class LeanResnetBlock3D(CogVideoXResnetBlock3D):
     def _norm_silu(self, name, x, zq, conv_cache, new_conv_cache):
         norm = getattr(self, name)
         if zq is not None:
-            x, new_conv_cache[name] = norm(x, zq, conv_cache=conv_cache.get(name))
+            x, new_conv_cache[name] = cached(norm, x, zq, cache=conv_cache.get(name))
         else:
             x = norm(x)
         return F.silu(x, inplace=True)  # the norm's output is fresh: nobody else reads it
@@ -137,8 +133,4 @@ class LeanResnetBlock3D(CogVideoXResnetBlock3D):
 def trim_vae_memory(vae) -> None:
     """Swaps every spatial norm and resnet block of a loaded VAE for the lean ones (same
     parameters and keys)."""
-    for module in vae.modules():
-        if type(module) is CogVideoXSpatialNorm3D:
-            module.__class__ = LeanSpatialNorm3D
-        elif type(module) is CogVideoXResnetBlock3D:
-            module.__class__ = LeanResnetBlock3D
+    swap_classes(vae, {CogVideoXSpatialNorm3D: LeanSpatialNorm3D, CogVideoXResnetBlock3D: LeanResnetBlock3D})
