@@ -384,8 +384,9 @@ def test_core_sampler_graphs_stop_before_loading_on_the_stand_in(name, pack, inf
         tool.execute(api, pack, tool.demo_core_nodes(tmp_path / "x.mp4", 64, 64))
 
 
-# The README's core-sampler numbers: euler/simple from the reference's noise, tiny model, 128x128x9,
-# 50 steps, cfg 6 (the workflow's sampler, scheduler and cfg), final latents in the model's space.
+# The core-sampler bound (README, docs/core_ksampler.md): euler/simple from the reference's noise,
+# tiny model, 128x128x9, 50 steps, cfg 6 (the workflow's sampler, scheduler and cfg), final latents
+# in the model's space.
 CORE_SIZE = argparse.Namespace(width=128, height=128, frames=9, steps=50)
 CORE_REL_L2, CORE_MAX_ABS = 9.9e-5, 5.0e-4
 
