@@ -87,7 +87,7 @@ class ModelPatcher:
         n.patches = {k: v[:] for k, v in self.patches.items()}
         n.patches_uuid = self.patches_uuid
         n.model_options = {k: (v.copy() if isinstance(v, dict) else v) for k, v in self.model_options.items()}
-        n.wrappers = {kind: {key: list(found) for key, found in by_key.items()} for kind, by_key in self.wrappers.items()}
+        n.wrappers = comfy.patcher_extension.copy_nested_dicts(self.wrappers)
         n.backup = self.backup  # shared: the weights are the module's, whichever clone patched them
         n.cached_patcher_init = self.cached_patcher_init
         n.parent = self
