@@ -218,11 +218,13 @@ def test_every_scheduler_runs_deterministically_and_each_gives_its_own_video(pip
             assert not torch.equal(videos[a], videos[b]), (a, b)
 
 
-def test_trim_to_requested_frames(pipe, start_image):
+def test_trim_to_requested_frames_keeps_the_first_frames_of_the_full_video(pipe, start_image):
     request = Request(prompt="a", image=start_image, **SMALL)  # 5 frames -> 2 latents -> 8 decoded (quirk 3)
-    assert pipe.generate(request).frames.shape[0] == 8
+    full = pipe.generate(request).frames
     request.trim_to_requested_frames = True
-    assert pipe.generate(request).frames.shape[0] == 5
+    trimmed = pipe.generate(request).frames
+    assert full.shape[0] == 8 and trimmed.shape[0] == 5
+    torch.testing.assert_close(trimmed, full[:5], atol=0, rtol=0)
 
 
 def test_cli_writes_the_same_frames_as_the_engine(tiny_ckpt, pipe, tmp_path, start_image):

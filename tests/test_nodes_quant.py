@@ -178,3 +178,35 @@ def test_without_mixed_ops_a_scaled_fp8_file_is_dequantized_and_a_mixed_one_refu
     name = write_model(models_dir, "tiny_mixed_refused", state, {**metadata, "_quantization_metadata": "{}"})
     with pytest.raises(ValueError, match="mixed-precision format.*update ComfyUI to 0.4.0 or newer"):
         load(pack, name)
+
+
+def test_with_mixed_ops_a_scaled_fp8_file_reaches_comfyuis_conversion_as_stored(pack, scaled_fp8, fp8_state,
+                                                                               monkeypatch):
+    """The kept-quantized path up to ComfyUI's own functions, in CI: the stand-in has no
+    QuantizedTensor, so it gets ComfyUI 0.4.0's three names and the loader is stopped at the first.
+    A scaled fp8 file reaches convert_old_quants with its float8 weights, scales and marker as
+    stored (not dequantized) and the key prefix its marker sits under."""
+    handed = {}
+
+    class Handed(Exception):
+        pass
+
+    def convert_old_quants(state_dict, model_prefix="", metadata=None):
+        handed.update(state=dict(state_dict), prefix=model_prefix)
+        raise Handed
+
+    monkeypatch.setattr(comfy.utils, "convert_old_quants", convert_old_quants, raising=False)
+    monkeypatch.setattr(comfy.utils, "detect_layer_quantization", lambda state_dict, prefix: None, raising=False)
+    monkeypatch.setattr(comfy.ops, "mixed_precision_ops", lambda *args, **kwargs: None, raising=False)
+    with pytest.raises(Handed):
+        load(pack, scaled_fp8)
+    state, _ = fp8_state
+    assert handed["prefix"] == PREFIX and PREFIX + "scaled_fp8" in handed["state"]
+    stored = {key: value for key, value in state.items() if value.dtype == FP8 or key.endswith(".scale_weight")}
+    assert len(stored) > 2
+
+    def raw(tensor):  # float8 compared bit for bit
+        return tensor.view(torch.uint8) if tensor.dtype == FP8 else tensor
+
+    for key, value in stored.items():
+        assert handed["state"][key].dtype == value.dtype and torch.equal(raw(handed["state"][key]), raw(value)), key

@@ -14,6 +14,7 @@ import torch
 from diffusers import AutoencoderKLCogVideoX
 
 import run_workflow as tool
+from droplet_core.sample_plan import initial_noise
 from lora_files import random_factors, write_peft
 from node_fixtures import loaded  # noqa: F401
 
@@ -383,11 +384,40 @@ def test_core_sampler_graphs_stop_before_loading_on_the_stand_in(name, pack, inf
         tool.execute(api, pack, tool.demo_core_nodes(tmp_path / "x.mp4", 64, 64))
 
 
+# The core-sampler bound (README, docs/core_ksampler.md): euler/simple from the reference's noise,
+# tiny model, 128x128x9, 50 steps, cfg 6 (the workflow's sampler, scheduler and cfg), final latents
+# in the model's space.
+CORE_SIZE = argparse.Namespace(width=128, height=128, frames=9, steps=50)
+CORE_REL_L2, CORE_MAX_ABS = 9.9e-5, 5.0e-4
+
+
+def reference_noise(latent_image, seed, noise_inds=None):
+    """comfy.sample.prepare_noise drawing the DropletVideo Sampler's noise for the seed ([1, F, C, h, w]
+    from a generator on the device, quirk 8) in ComfyUI's layout, so both samplers start alike."""
+    batch, channels, frames, height, width = latent_image.shape
+    return initial_noise((batch, frames, channels, height, width), seed, "cpu", torch.float32).movedim(1, 2)
+
+
 @pytest.mark.skipif(not COMFYUI_PATH, reason=CORE_RUN_REASON)
-def test_core_ksampler_workflow_runs_the_native_model(pack, info, tmp_path):
-    droplet = run_graph("droplet_i2v", pack, info, tmp_path)
-    core = run_graph("droplet_i2v_core_ksampler", pack, info, tmp_path)
-    assert core.shape == droplet.shape == (8, 64, 64, 3) and torch.isfinite(core).all()
+def test_core_ksampler_workflow_stays_within_the_documented_bound_of_the_pack_sampler(pack, info, tmp_path,
+                                                                                     monkeypatch):
+    import comfy.sample
+
+    api, results = run_api("droplet_i2v", pack, info, tmp_path, CORE_SIZE)
+    droplet = results[by_type(api, "DropletVideoSampler")[0]][0]["samples"]
+    scale = results[by_type(api, "DropletVideoModelLoader")[0]][0].model.latent_format.scale_factor
+    monkeypatch.setattr(comfy.sample, "prepare_noise", reference_noise)
+    api, results = run_api("droplet_i2v_core_ksampler", pack, info, tmp_path, CORE_SIZE)
+    _, ksampler = by_type(api, "KSampler")
+    assert (ksampler["sampler_name"], ksampler["scheduler"], ksampler["cfg"]) == ("euler", "simple", 6.0)
+    core = results[by_type(api, "KSampler")[0]][0]["samples"]
+    assert core.shape == droplet.shape == (1, 16, 3, 16, 16)
+    difference = (core - droplet) * scale
+    # 10% over the README's numbers: the workflow's prompt and image are not the benchmark's.
+    assert float(difference.norm() / (droplet * scale).norm()) < 1.1 * CORE_REL_L2
+    assert float(difference.abs().max()) < 1.1 * CORE_MAX_ABS
+    frames = results[by_type(api, "SaveVideo")[0]][0][0]
+    assert frames.shape == (9, 128, 128, 3) and torch.isfinite(frames).all()
 
 
 @pytest.mark.skipif(not COMFYUI_PATH, reason=CORE_RUN_REASON)

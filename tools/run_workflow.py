@@ -204,12 +204,27 @@ REAL_CORE = {"KSampler": ("nodes", "KSampler"), "EasyCache": ("comfy_extras.node
              "TorchCompileModel": ("comfy_extras.nodes_torch_compile", "TorchCompileModel")}
 
 
+def comfyui_nodes_module():
+    """The real ComfyUI's nodes.py, loaded from its file beside the comfy package: where the pack's
+    root is on sys.path (the tests'), the name `nodes` is the pack's own folder."""
+    import comfy
+
+    if "comfyui_core_nodes" not in sys.modules:
+        nodes_py = Path(next(iter(comfy.__path__))).parent / "nodes.py"  # comfy may be a namespace package
+        spec = importlib.util.spec_from_file_location("comfyui_core_nodes", nodes_py)
+        module = importlib.util.module_from_spec(spec)
+        sys.modules["comfyui_core_nodes"] = module
+        spec.loader.exec_module(module)
+    return sys.modules["comfyui_core_nodes"]
+
+
 def real_core_nodes() -> dict:
     """The classes of KSampler, EasyCache and TorchCompileModel in the real ComfyUI on sys.path
     (COMFYUI_PATH), for execute's `core`."""
     import importlib
 
-    return {name: getattr(importlib.import_module(module), cls) for name, (module, cls) in REAL_CORE.items()}
+    return {name: getattr(comfyui_nodes_module() if module == "nodes" else importlib.import_module(module), cls)
+            for name, (module, cls) in REAL_CORE.items()}
 
 
 def make_small(api: dict, args) -> dict:

@@ -34,6 +34,7 @@ class BaseModel(torch.nn.Module):
         self.model_config = model_config
         self.manual_cast_dtype = model_config.manual_cast_dtype
         self.device = device
+        self.current_patcher = None  # the ModelPatcher sampling it (ModelPatcher.pre_run)
         operations = comfy.ops.pick_operations(unet_config.get("dtype"), self.manual_cast_dtype)
         self.diffusion_model = unet_model(**unet_config, device=device, operations=operations)
         self.diffusion_model.eval()

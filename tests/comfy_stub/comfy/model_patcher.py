@@ -19,9 +19,26 @@ import torch
 
 import comfy.lora
 import comfy.model_management
+import comfy.patcher_extension
 import comfy.utils
 
 Backup = collections.namedtuple("Dimension", ["weight", "inplace_update"])
+
+
+def create_model_options_clone(orig_model_options: dict) -> dict:
+    return comfy.patcher_extension.copy_nested_dicts(orig_model_options)
+
+
+def set_model_options_patch_replace(model_options, patch, name, block_name, number, transformer_index=None):
+    """model_options with transformer_options["patches_replace"][name][(block_name, number)] = patch,
+    the dicts on the way copied (clones keep their own)."""
+    options = model_options["transformer_options"].copy()
+    options["patches_replace"] = options.get("patches_replace", {}).copy()
+    options["patches_replace"][name] = options["patches_replace"].get(name, {}).copy()
+    block = (block_name, number) if transformer_index is None else (block_name, number, transformer_index)
+    options["patches_replace"][name][block] = patch
+    model_options["transformer_options"] = options
+    return model_options
 
 
 class ModelPatcher:
@@ -33,6 +50,7 @@ class ModelPatcher:
         self.patches = {}
         self.backup = {}
         self.model_options = {"transformer_options": {}}
+        self.wrappers = {}
         self.load_device = load_device
         self.offload_device = offload_device
         self.weight_inplace_update = weight_inplace_update
@@ -69,6 +87,7 @@ class ModelPatcher:
         n.patches = {k: v[:] for k, v in self.patches.items()}
         n.patches_uuid = self.patches_uuid
         n.model_options = {k: (v.copy() if isinstance(v, dict) else v) for k, v in self.model_options.items()}
+        n.wrappers = comfy.patcher_extension.copy_nested_dicts(self.wrappers)
         n.backup = self.backup  # shared: the weights are the module's, whichever clone patched them
         n.cached_patcher_init = self.cached_patcher_init
         n.parent = self
@@ -76,6 +95,19 @@ class ModelPatcher:
 
     def is_clone(self, other):
         return hasattr(other, "model") and self.model is other.model
+
+    def add_wrapper_with_key(self, wrapper_type: str, key: str, wrapper):
+        self.wrappers.setdefault(wrapper_type, {}).setdefault(key, []).append(wrapper)
+
+    def set_model_patch_replace(self, patch, name, block_name, number, transformer_index=None):
+        self.model_options = set_model_options_patch_replace(self.model_options, patch, name, block_name, number,
+                                                             transformer_index)
+
+    def pre_run(self):
+        self.model.current_patcher = self
+
+    def cleanup(self):
+        self.model.current_patcher = None
 
     def model_patches_models(self):
         return []

@@ -1,8 +1,10 @@
-"""Stand-in for comfy.patcher_extension: wrapper lookup and the class executor (ComfyUI 0.33)."""
+"""Stand-in for comfy.patcher_extension: wrapper lookup, the executors and the nested-dict merge
+that puts a ModelPatcher's wrappers into the sampler's transformer_options (ComfyUI 0.33)."""
 
 
 class WrappersMP:
     OUTER_SAMPLE = "outer_sample"
+    CALC_COND_BATCH = "calc_cond_batch"
     APPLY_MODEL = "apply_model"
     DIFFUSION_MODEL = "diffusion_model"
 
@@ -23,6 +25,10 @@ class WrapperExecutor:
         self.original, self.class_obj, self.wrappers, self.idx = original, class_obj, wrappers, idx
 
     @classmethod
+    def new_executor(cls, original, wrappers, idx=0):
+        return cls(original, None, list(wrappers), idx)
+
+    @classmethod
     def new_class_executor(cls, original, class_obj, wrappers, idx=0):
         return cls(original, class_obj, list(wrappers), idx)
 
@@ -33,3 +39,28 @@ class WrapperExecutor:
         if self.idx < len(self.wrappers):
             return self.wrappers[self.idx](self, *args, **kwargs)
         return self.original(*args, **kwargs)
+
+
+def add_wrapper_with_key(wrapper_type: str, key: str, wrapper, transformer_options: dict, is_model_options=False):
+    if is_model_options:
+        transformer_options = transformer_options.setdefault("transformer_options", {})
+    transformer_options.setdefault("wrappers", {}).setdefault(wrapper_type, {}).setdefault(key, []).append(wrapper)
+
+
+def copy_nested_dicts(source: dict) -> dict:
+    """Dicts and lists copied at every level; other values shared."""
+    return {key: copy_nested_dicts(value) if isinstance(value, dict) else value.copy() if isinstance(value, list)
+            else value for key, value in source.items()}
+
+
+def merge_nested_dicts(dict1: dict, dict2: dict, copy_dict1=True) -> dict:
+    """dict2 into dict1 (a copy of it unless copy_dict1 is False): dicts merge, lists extend, the rest is set."""
+    merged = copy_nested_dicts(dict1) if copy_dict1 else dict1
+    for key, value in dict2.items():
+        if isinstance(value, dict):
+            merged[key] = merge_nested_dicts(merged.setdefault(key, {}), value)
+        elif isinstance(value, list):
+            merged.setdefault(key, []).extend(value)
+        else:
+            merged[key] = value
+    return merged
