@@ -6,6 +6,7 @@ COMFYUI_PATH the core patch nodes themselves are put before the sampler."""
 
 import importlib
 import os
+import sys
 
 import pytest
 import torch
@@ -13,6 +14,7 @@ import torch
 import comfy.ldm.modules.attention as comfy_attention
 import run_workflow as tool
 from node_fixtures import as_image, conds, image_cond, loaded, run, sample, start_image  # noqa: F401
+from test_nodes_lora import core_nodes_module
 
 COMFYUI_PATH = os.environ.get("COMFYUI_PATH")
 STEPS = 2
@@ -100,6 +102,8 @@ def test_the_sampler_runs_the_attention_override_on_every_block_of_every_step(pa
 def test_model_attention_backend_pytorch_keeps_the_video(pack, loaded, conds, small_cond, plain):  # noqa: F811
     """What core Model Attention Backend does (ModelPatcher.set_model_optimized_attention)."""
     model = loaded[0].clone()
+    if not hasattr(model, "set_model_optimized_attention"):
+        pytest.skip("this ComfyUI has no Model Attention Backend (ModelPatcher.set_model_optimized_attention)")
     calls = []
 
     def pytorch_attention(*args, **kwargs):
@@ -234,8 +238,10 @@ CORE_PATCHES = {  # node id: (module, class, inputs besides the model, what the 
 
 @pytest.mark.skipif(not COMFYUI_PATH, reason="the core patch nodes need a real ComfyUI: set COMFYUI_PATH")
 @pytest.mark.parametrize("node", sorted(CORE_PATCHES))
-def test_core_patch_nodes_before_the_sampler_run_or_are_refused(pack, loaded, conds, small_cond, plain, node):  # noqa: F811
+def test_core_patch_nodes_before_the_sampler_run_or_are_refused(pack, loaded, conds, small_cond, plain, node,  # noqa: F811
+                                                                 monkeypatch):
     module, cls, inputs, refused = CORE_PATCHES[node]
+    monkeypatch.setitem(sys.modules, "nodes", core_nodes_module())  # comfy_extras import ComfyUI's nodes.py
     node_class = getattr(importlib.import_module(module), cls, None)
     if node_class is None:
         pytest.skip(f"this ComfyUI has no {node}")
