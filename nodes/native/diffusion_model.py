@@ -35,7 +35,6 @@ class ComfyDropletTransformer(DropletVideoTransformer3DModel):
     def use_attention(self, choice: str) -> None:
         """The loaders' `attention` choice: comfy, sdpa or sage, each through ComfyUI (attention.py)."""
         set_attention(self, "sdpa" if choice == "comfy" else choice, comfy_attention_fn(choice))
-        self.attention = choice
 
     def forward(self, x, timestep, context, fps=None, control=None, transformer_options=None, **kwargs):
         transformer_options = transformer_options or {}
