@@ -88,6 +88,20 @@ def test_the_loader_attention_choice_picks_comfyuis_function(pack, choice, monke
     assert len(override_calls) == model.config.num_layers  # the override applies whatever the choice
 
 
+def test_an_older_comfyui_without_attention_options_still_runs(pack, monkeypatch):
+    """Before wrap_attn and the registry: no transformer_options to ComfyUI's function; sdpa is the pack's own."""
+    native = importlib.import_module(f"{pack.__name__}.nodes.native.attention")
+    monkeypatch.delattr(comfy_attention, "get_attention_function")
+    monkeypatch.delattr(comfy_attention, "wrap_attn")
+    query, key, value = torch.randn(3, 1, 2, 5, 4).unbind(0)
+    expected = torch.nn.functional.scaled_dot_product_attention(query, key, value).transpose(1, 2).flatten(2)
+    torch.testing.assert_close(native.comfy_attention_fn("sdpa")(query, key, value, {"x": 1}), expected, atol=0, rtol=0)
+    received = []
+    monkeypatch.setattr(comfy_attention, "optimized_attention", lambda *args, **kwargs: received.append(kwargs))
+    native.comfy_attention_fn("comfy")(query, key, value, {"optimized_attention_override": None})
+    assert received == [{"skip_reshape": True}]
+
+
 def test_the_sampler_runs_the_attention_override_on_every_block_of_every_step(pack, loaded, conds, small_cond,  # noqa: F811
                                                                             plain):
     calls = []
