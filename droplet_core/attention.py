@@ -3,11 +3,13 @@
 `DropletAttnProcessor` is diffusers' CogVideoXAttnProcessor2_0 (text and video tokens attend
 jointly; RoPE on the video part of q and k) with a choice of kernel: "sdpa" (torch's
 scaled_dot_product_attention, what diffusers uses) or "sage" (SageAttention, CUDA fp16/bf16,
-imported at run time). With fused projections one Linear `to_qkv` replaces to_q/to_k/to_v
+imported at run time), or an attention function of the caller's (ComfyUI's native model passes
+one that calls ComfyUI's attention with each call's options). With fused projections one Linear `to_qkv` replaces to_q/to_k/to_v
 (one matmul instead of three); its parameter names differ, so merge LoRAs before fusing.
 """
 
 import importlib
+from typing import Callable, Optional
 
 import torch
 import torch.nn.functional as F
@@ -17,6 +19,10 @@ from torch import nn
 from .fp8 import Fp8Linear, dense_weight
 
 ATTENTION_BACKENDS = ("sdpa", "sage")
+
+# An attention function: (q, k, v in [B, heads, tokens, head_dim], options) -> [B, tokens, heads * head_dim].
+# `options` is what the transformer's caller passed as attention_options (None from the engine).
+AttentionFn = Callable[..., torch.Tensor]
 
 
 def attention_kernel(backend: str):
@@ -33,12 +39,20 @@ def attention_kernel(backend: str):
     raise ValueError(f"unknown attention backend {backend!r}: use one of {', '.join(ATTENTION_BACKENDS)}.")
 
 
-class DropletAttnProcessor:
-    def __init__(self, backend: str = "sdpa"):
-        self.backend = backend
-        self.attend = attention_kernel(backend)
+def kernel_attention(backend: str) -> AttentionFn:
+    """The engine's attention function: `backend`'s kernel; it takes no options."""
+    attend = attention_kernel(backend)
+    return lambda query, key, value, options=None: attend(query, key, value).transpose(1, 2).flatten(2)
 
-    def __call__(self, attn, hidden_states, encoder_hidden_states, attention_mask=None, image_rotary_emb=None):
+
+class DropletAttnProcessor:
+    def __init__(self, backend: str = "sdpa", attention_fn: Optional[AttentionFn] = None):
+        """`attention_fn` replaces `backend`'s kernel (the sequence-parallel processor reads `backend`)."""
+        self.backend = backend
+        self.attention_fn = attention_fn or kernel_attention(backend)
+
+    def __call__(self, attn, hidden_states, encoder_hidden_states, attention_mask=None, image_rotary_emb=None,
+                 attention_options=None):
         if attention_mask is not None:
             raise ValueError("DropletVideo's joint attention takes no attention mask.")
         text_len = encoder_hidden_states.size(1)
@@ -56,20 +70,20 @@ class DropletAttnProcessor:
             query[:, :, text_len:] = apply_rotary_emb(query[:, :, text_len:], image_rotary_emb)
             if not attn.is_cross_attention:
                 key[:, :, text_len:] = apply_rotary_emb(key[:, :, text_len:], image_rotary_emb)
-        out = self.joint_attention(query, key, value, text_len)
+        out = self.joint_attention(query, key, value, text_len, attention_options)
         out = attn.to_out[1](attn.to_out[0](out))
         encoder_hidden_states, hidden_states = out.split([text_len, out.size(1) - text_len], dim=1)
         return hidden_states, encoder_hidden_states
 
-    def joint_attention(self, query, key, value, text_len: int) -> torch.Tensor:
+    def joint_attention(self, query, key, value, text_len: int, options=None) -> torch.Tensor:
         """[B, heads, text + video tokens, head_dim] -> [B, tokens, heads * head_dim]; the sequence-parallel
         processor (parallel/joint_attention.py) overrides this."""
-        return self.attend(query, key, value).transpose(1, 2).flatten(2)
+        return self.attention_fn(query, key, value, options)
 
 
-def set_attention(transformer, backend: str = "sdpa") -> None:
-    """Every block's attention runs through DropletAttnProcessor with `backend`."""
-    processor = DropletAttnProcessor(backend)
+def set_attention(transformer, backend: str = "sdpa", attention_fn: Optional[AttentionFn] = None) -> None:
+    """Every block's attention runs through DropletAttnProcessor with `backend` (or `attention_fn`)."""
+    processor = DropletAttnProcessor(backend, attention_fn)
     for block in transformer.transformer_blocks:
         block.attn1.set_processor(processor)
 
@@ -93,4 +107,5 @@ def fuse_qkv(transformer, dtype: torch.dtype) -> None:
         del attn.to_q, attn.to_k, attn.to_v
         attn.to_qkv = fused
         attn.fused_projections = True
-    set_attention(transformer, getattr(transformer.transformer_blocks[0].attn1.processor, "backend", "sdpa"))
+    processor = transformer.transformer_blocks[0].attn1.processor
+    set_attention(transformer, getattr(processor, "backend", "sdpa"), getattr(processor, "attention_fn", None))

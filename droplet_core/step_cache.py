@@ -59,7 +59,7 @@ class StepCache:
         norm1 decides the skip). Block swap asks, so a skipped step streams nothing."""
         return index == 0 or not self.history.skipping
 
-    def __call__(self, index, block, hidden, encoder_hidden, temb, rotary):
+    def __call__(self, index, block, hidden, encoder_hidden, temb, rotary, attention_options=None):
         history = self.history
         if index == 0:
             history.skipping = self._skip(block.norm1(hidden, encoder_hidden, temb)[0])
@@ -70,7 +70,7 @@ class StepCache:
             self.computed_steps += 1
         elif history.skipping:
             return hidden, encoder_hidden
-        hidden, encoder_hidden = run_block(index, block, hidden, encoder_hidden, temb, rotary)
+        hidden, encoder_hidden = run_block(index, block, hidden, encoder_hidden, temb, rotary, attention_options)
         if index == self.last_index:
             history.residuals = (hidden - history.inputs[0], encoder_hidden - history.inputs[1])
         return hidden, encoder_hidden

@@ -18,13 +18,16 @@ from .configs import TransformerConfig
 from .diffusers_internals import ContextParallelInput, ContextParallelOutput
 from .positional import positional_rows, rotary_embeddings, sincos_table_3d
 
-# A block runner takes (block index, block, hidden, encoder_hidden, temb, rotary) and returns
-# (hidden, encoder_hidden); offload and caching plug in here without touching the model.
+# A block runner takes (block index, block, hidden, encoder_hidden, temb, rotary, attention_options=None)
+# and returns (hidden, encoder_hidden); offload and caching plug in here without touching the model.
+# attention_options go, untouched, to the block's attention function (attention.py).
 BlockRunner = Callable[..., tuple]
 
 
-def run_block(index, block, hidden, encoder_hidden, temb, rotary):
-    return block(hidden_states=hidden, encoder_hidden_states=encoder_hidden, temb=temb, image_rotary_emb=rotary)
+def run_block(index, block, hidden, encoder_hidden, temb, rotary, attention_options=None):
+    extra = {} if attention_options is None else {"attention_kwargs": {"attention_options": attention_options}}
+    return block(hidden_states=hidden, encoder_hidden_states=encoder_hidden, temb=temb, image_rotary_emb=rotary,
+                 **extra)
 
 
 class DropletVideoTransformer3DModel(nn.Module):
@@ -94,8 +97,10 @@ class DropletVideoTransformer3DModel(nn.Module):
 
     def predict(self, hidden_states: torch.Tensor, encoder_hidden_states: torch.Tensor,
                 timestep: torch.Tensor, fps: torch.Tensor, inpaint_latents: Optional[torch.Tensor] = None,
-                image_rotary_emb=None, block_runner: BlockRunner = run_block) -> torch.Tensor:
-        """The engine's call (also `forward`; ComfyUI's native model overrides forward and calls this)."""
+                image_rotary_emb=None, block_runner: BlockRunner = run_block,
+                attention_options=None) -> torch.Tensor:
+        """The engine's call (also `forward`; ComfyUI's native model overrides forward and calls this).
+        `attention_options` reach every block's attention function (ComfyUI: the call's transformer_options)."""
         batch, frames, channels, height, width = hidden_states.shape
         p = self.config.patch_size
 
@@ -120,7 +125,7 @@ class DropletVideoTransformer3DModel(nn.Module):
         # 4. Blocks.
         for index, block in enumerate(self.transformer_blocks):
             hidden_states, encoder_hidden_states = block_runner(
-                index, block, hidden_states, encoder_hidden_states, emb, image_rotary_emb)
+                index, block, hidden_states, encoder_hidden_states, emb, image_rotary_emb, attention_options)
 
         # 5. Final norm (over text + video on the rotary path, as the reference does).
         if not self.config.use_rotary_positional_embeddings:

@@ -5,7 +5,6 @@ while its inputs are unchanged, and "Free model and node cache" drops them."""
 from pathlib import Path
 from typing import NamedTuple
 
-from ..droplet_core.attention import ATTENTION_BACKENDS, attention_kernel, set_attention
 from ..droplet_core.configs import VaeConfig, config_from_dict, read_json
 from ..droplet_core.engine_options import WEIGHT_FORMATS
 from ..droplet_core.fp8 import quantize_t5
@@ -15,6 +14,7 @@ from ..droplet_core.sampling import RELEASE_SCHEDULER_CONFIG
 from ..droplet_core.text import load_text_encoder
 from .components import DropletTextEncoder, DropletVae, text_encoder_patcher, vae_patcher
 from .heap_release import release_heap_when_freed
+from .native.attention import COMFY_ATTENTION, check_attention
 from .native.loading import load_native_model
 
 PRECISIONS = ("bf16", "fp16", "fp32")
@@ -27,9 +27,11 @@ TRANSFORMER_OPTIONS = {
                       "(ComfyUI's fp8 weight dtype): half the memory of bf16, slightly less exact. LoRAs apply to "
                       "fp8 weights too. ComfyUI scaled-fp8 and mixed-precision files keep their own storage "
                       "either way (ComfyUI 0.4.0 or newer; older ones dequantize scaled fp8)."}),
-    "attention": (list(ATTENTION_BACKENDS), {"default": "sdpa", "tooltip": "sdpa: PyTorch's scaled_dot_product_"
-                  "attention (flash/memory-efficient kernels on CUDA). sage: SageAttention (faster on recent GPUs; "
-                  "needs `pip install sageattention`)."}),
+    "attention": (list(COMFY_ATTENTION), {"default": "comfy", "tooltip": "All through ComfyUI's attention, so "
+                  "Model Attention Backend and attention patches apply. comfy: what ComfyUI's launch flags chose "
+                  "(--use-sage-attention, --use-flash-attention, ...). sdpa: PyTorch's scaled_dot_product_attention "
+                  "(flash/memory-efficient kernels on CUDA; the reference's). sage: SageAttention (faster on recent "
+                  "GPUs; needs `pip install sageattention`)."}),
 }
 TEXT_ENCODER_WEIGHTS_INPUT = (list(WEIGHT_FORMATS), {"default": "default", "tooltip": "default: T5 in the precision "
                                "above. fp8_e4m3fn: its Linear weights (but the feed-forward outputs) stored in fp8 "
@@ -47,7 +49,7 @@ class TransformerSource(NamedTuple):
     path: str
     precision: str
     weight_format: str
-    attention: str
+    attention: str  # the engine's kernel for the workers (outside ComfyUI): "comfy" runs there as sdpa
 
 
 def dtype_for(precision: str):
@@ -59,18 +61,16 @@ def dtype_for(precision: str):
 def build_model(transformer_path: Path, precision: str, weight_format=None, attention=None,
                 scheduler_config: dict = RELEASE_SCHEDULER_CONFIG, scale_factor: float = VaeConfig().scaling_factor):
     """The native MODEL (a ModelPatcher around DropletVideoModel)."""
-    weight_format, attention = weight_format or "default", attention or "sdpa"
+    weight_format, attention = weight_format or "default", attention or "comfy"
     if weight_format not in WEIGHT_FORMATS:
         raise ValueError(f"unknown weight_format {weight_format!r}: use one of {', '.join(WEIGHT_FORMATS)}.")
-    if attention not in ATTENTION_BACKENDS:
-        raise ValueError(f"unknown attention {attention!r}: use one of {', '.join(ATTENTION_BACKENDS)}.")
-    attention_kernel(attention)  # a missing `sageattention` fails here, before the slow part
+    check_attention(attention)  # a missing `sageattention` fails here, before the slow part
     patcher = load_native_model(transformer_path, dtype_for(precision), scale_factor,
                                 fp8_weights=weight_format == "fp8_e4m3fn")
-    if attention != "sdpa":
-        set_attention(patcher.model.diffusion_model, attention)
+    patcher.model.diffusion_model.use_attention(attention)
     patcher.model.scheduler_config = dict(scheduler_config)
-    patcher.model.droplet_source = TransformerSource(str(transformer_path), precision, weight_format, attention)
+    patcher.model.droplet_source = TransformerSource(str(transformer_path), precision, weight_format,
+                                                     "sdpa" if attention == "comfy" else attention)
     if hasattr(patcher, "cached_patcher_init"):  # ComfyUI 0.33+: MultiGPU CFG Split rebuilds the model per GPU
         patcher.cached_patcher_init = (build_model, (transformer_path, precision, weight_format, attention,
                                                      scheduler_config, scale_factor))

@@ -15,32 +15,13 @@ import torch.distributed as dist
 
 from ..droplet_core.parallel import DEFAULT_TIMEOUT_S, plan_layout
 from ..droplet_core.parallel.sample_job import SampleJob, WorkerGroup, read_latents, write_job
+from .model_patches import model_patches
 from .progress import comfy_on_step
 from .sampler import DropletVideoSampler, comfy_latent, sampler_inputs, sampler_plan
 
 PARALLEL_MODES = ("auto", "sequence", "cfg")
 COLLECTIVE_TIMEOUT_S = DEFAULT_TIMEOUT_S  # a worker that hangs in a collective fails after this
 RUN_LIMIT_S = None  # the whole call; none in ComfyUI (a long video takes hours); the tests bound it
-PATCH_ATTRIBUTES = ("object_patches", "wrappers", "callbacks", "hook_patches", "injections", "additional_models")
-
-
-def holds_something(value) -> bool:
-    if isinstance(value, dict):
-        return any(holds_something(v) for v in value.values())
-    if isinstance(value, (list, tuple, set)):
-        return any(holds_something(v) for v in value)
-    return value is not None and value is not False
-
-
-def carried_patches(model) -> list:
-    """What this MODEL adds to the loaded transformer: weight patches (LoRA), object patches,
-    model_options entries, wrappers, callbacks, hooks."""
-    found = [f"{len(model.patches)} weight patches (LoRA)"] if model.patches else []
-    options = {**model.model_options.get("transformer_options", {}),
-               **{k: v for k, v in model.model_options.items() if k != "transformer_options"}}
-    found += [f"model_options {name}" for name, value in options.items() if holds_something(value)]
-    found += [name.replace("_", " ") for name in PATCH_ATTRIBUTES if holds_something(getattr(model, name, None))]
-    return found
 
 
 def transformer_source(model):
@@ -50,11 +31,11 @@ def transformer_source(model):
     if source is None:
         raise ValueError("this MODEL was not built by a DropletVideo loader (it does not say which transformer file it "
                          "holds): load it with DropletVideo Model Loader or Transformer Loader.")
-    patches = carried_patches(model)
+    patches = ", ".join(patch.name for patch in model_patches(model))
     if patches:
         raise ValueError(f"multi-GPU sampling loads the transformer file in each worker; LoRAs and model patches are "
-                         f"not carried over (this MODEL has {', '.join(patches)}): use the DropletVideo Sampler, or "
-                         f"the command line under torchrun with --lora (README, Multi-GPU).")
+                         f"not carried over (this MODEL has {patches}): use the DropletVideo Sampler, or the command "
+                         f"line under torchrun with --lora (README, Multi-GPU).")
     return source
 
 

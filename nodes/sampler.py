@@ -1,5 +1,6 @@
 """DropletVideoSampler: the reference's denoising loop (its DDIM and dynamic CFG, bit for bit) on
-the native MODEL, with ComfyUI's progress bar, previews and Cancel."""
+the native MODEL, with ComfyUI's progress bar, previews and Cancel. The MODEL's patches that
+the model's forward reads run; the others are refused by name (model_patches.py)."""
 
 import comfy.model_management
 import torch
@@ -9,6 +10,7 @@ from ..droplet_core.positional import check_latent_frames_fit, fps_tensor
 from ..droplet_core.sample_plan import SampleInputs, SamplingPlan, noise_shape, sample
 from ..droplet_core.sampling import SCHEDULERS
 from .native.conditioning import IMAGE, MASK, PREVIEW, fps_of, options, text_embeds
+from .model_patches import check_patches
 from .native.diffusion_model import EngineView
 from .progress import comfy_on_step
 
@@ -87,6 +89,7 @@ def sample_latent(model, positive, negative, latent: dict, plan: SamplingPlan, f
     overrides the conditioning's FPS (the sweep)."""
     base, device = model.model, model.load_device
     config = base.droplet_config
+    transformer_options = check_patches(model)
     inputs = sampler_inputs(base, positive, negative, latent, plan, device, fps)
     if plan.step_count() == 0:  # denoise 0: the input, unchanged (as the engine)
         return latent
@@ -97,7 +100,7 @@ def sample_latent(model, positive, negative, latent: dict, plan: SamplingPlan, f
     shape = [1 + plan.uses_cfg, config.noise_channels, window, *latent_size[1:]]
     memory = base.memory_required(shape, {"c_crossattn": [inputs.positive.shape]})
     comfy.model_management.load_models_gpu([model], memory_required=memory)
-    latents = sample(EngineView(base.diffusion_model), plan, inputs, latent_size, device, dtype,
+    latents = sample(EngineView(base.diffusion_model, transformer_options), plan, inputs, latent_size, device, dtype,
                      on_step=comfy_on_step(plan.step_count(), options(positive).get(PREVIEW)))
     return comfy_latent(base, latents)
 

@@ -113,7 +113,7 @@ def test_a_model_with_a_lora_or_a_model_patch_is_refused(pack, loaded, inputs, m
     wrapped = loaded[0].clone()
     wrapped.model_options["transformer_options"]["wrappers"] = {
         "diffusion_model": {None: [lambda executor, *args, **kwargs: executor(*args, **kwargs)]}}
-    with pytest.raises(ValueError, match=refused + r" \(this MODEL has model_options wrappers\)"):
+    with pytest.raises(ValueError, match=refused + r" \(this MODEL has wrappers diffusion_model\)"):
         multi_gpu(pack, wrapped, inputs)
 
 

@@ -4,11 +4,15 @@ their API conversion (the wiring of the native MODEL / CONDITIONING / LATENT gra
 headless demo; each graph run through the node classes on the tiny checkpoint."""
 
 import argparse
+import importlib
 import json
 import os
+import sys
 from pathlib import Path
 
+import comfy.ldm.modules.attention as comfy_attention
 import comfy.model_management
+import comfy.model_patcher
 import pytest
 import torch
 from diffusers import AutoencoderKLCogVideoX
@@ -25,6 +29,7 @@ WORKFLOWS = sorted((ROOT / "workflows").glob("*.json"))
 CONTROL_VALUES = {"fixed", "increment", "decrement", "randomize"}
 NODE_KEYS = {"id", "type", "pos", "size", "flags", "order", "mode", "inputs", "outputs", "properties", "widgets_values"}
 CORE_SAMPLING = {"droplet_i2v_core_ksampler", "droplet_i2v_model_patches"}  # need this pack and core nodes only
+PATCHED_SAMPLER = "droplet_i2v_patched_sampler"  # a core model patch before the DropletVideo Sampler
 
 
 def load(name: str) -> dict:
@@ -195,7 +200,8 @@ def test_i2v_workflow_converts_as_the_frontend_queues_it(info):
 # The wiring of each graph: MODEL from the loader (through LoRA loaders and model patches), the
 # prompt through the conditioning node, its latent (or VAE Encode's) into the sampler.
 MODEL_PATH = {"droplet_lora": ["DropletVideoLoraLoader"],
-              "droplet_i2v_model_patches": ["TorchCompileModel", "EasyCache"]}
+              "droplet_i2v_model_patches": ["TorchCompileModel", "EasyCache"],
+              PATCHED_SAMPLER: ["ModelAttentionBackend"]}
 LOADER = {"droplet_i2v_split_loaders": ("DropletVideoTransformerLoader", "DropletVideoT5Loader")}
 
 
@@ -288,7 +294,33 @@ def run_api(name, pack, info, tmp_path, size=SMALL, **overrides):
     core = tool.demo_core_nodes(tmp_path / f"{name}.mp4", size.width, size.height)
     if name in CORE_SAMPLING:
         core.update(tool.real_core_nodes())
+    if name == PATCHED_SAMPLER:
+        core["ModelAttentionBackend"] = model_attention_backend()
     return api, tool.execute(api, pack, core)
+
+
+def model_attention_backend():
+    """Core Model Attention Backend: the node itself with COMFYUI_PATH (its module imports ComfyUI's
+    nodes.py, whose name is this pack's folder on the tests' path), else what it does on 0.33."""
+    if COMFYUI_PATH:
+        from test_nodes_lora import core_nodes_module
+
+        pack_nodes = sys.modules.pop("nodes", None)
+        sys.modules["nodes"] = core_nodes_module()
+        try:
+            return importlib.import_module("comfy_extras.nodes_model_advanced").ModelAttentionBackend
+        finally:
+            sys.modules.pop("nodes")
+            if pack_nodes is not None:
+                sys.modules["nodes"] = pack_nodes
+
+    def stand_in(model, attention):
+        assert attention == "pytorch attention"
+        patched = model.clone()
+        patched.set_model_optimized_attention(comfy_attention.get_attention_function("pytorch"))
+        return (patched,)
+
+    return stand_in
 
 
 def run_graph(name, pack, info, tmp_path, size=SMALL, **overrides):
@@ -313,6 +345,24 @@ def test_lora_workflow_runs_and_its_lora_changes_the_video(pack, info, tmp_path,
     assert with_lora.shape == plain.shape == (8, 64, 64, 3)  # 2 latent frames decode to 8 (quirk 3)
     assert (with_lora - plain).abs().max() > 0.01
     torch.testing.assert_close(switched_off, plain, atol=1e-6, rtol=0)
+
+
+def test_patched_sampler_workflow_runs_model_attention_backend_in_every_block(pack, info, tmp_path, loaded,  # noqa: F811
+                                                                              monkeypatch):
+    if not hasattr(comfy.model_patcher.ModelPatcher, "set_model_optimized_attention"):
+        pytest.skip("this ComfyUI has no Model Attention Backend (ComfyUI 0.33 or newer)")
+    plain = run_graph("droplet_i2v", pack, info, tmp_path)
+    calls = []
+    pytorch_attention = comfy_attention.get_attention_function("pytorch")
+
+    def counted(*args, **kwargs):
+        calls.append(1)
+        return pytorch_attention(*args, **kwargs)
+
+    monkeypatch.setitem(comfy_attention.REGISTERED_ATTENTION_FUNCTIONS, "pytorch", counted)  # what the node picks
+    patched = run_graph(PATCHED_SAMPLER, pack, info, tmp_path)
+    assert len(calls) == SMALL.steps * loaded[0].model.droplet_config.num_layers  # once per block per step
+    torch.testing.assert_close(patched, plain, atol=1e-5, rtol=0)  # PyTorch attention: the i2v video
 
 
 def test_t2v_and_start_end_workflows_run_and_differ_from_i2v(pack, info, tmp_path):

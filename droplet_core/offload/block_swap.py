@@ -56,7 +56,7 @@ class BlockSwap:
         """A block runner that streams swapped blocks around `inner`."""
         uses_block = getattr(inner, "uses_block", lambda index: True)
 
-        def runner(index, block, hidden, encoder_hidden, temb, rotary):
+        def runner(index, block, hidden, encoder_hidden, temb, rotary, attention_options=None):
             used = uses_block(index)
             swapped = used and index in self.parked
             if swapped:
@@ -66,7 +66,7 @@ class BlockSwap:
             if wanted and following in self.parked and following not in self.pending and following != index:
                 self._prefetch(following)
             try:
-                return inner(index, block, hidden, encoder_hidden, temb, rotary)
+                return inner(index, block, hidden, encoder_hidden, temb, rotary, attention_options)
             finally:
                 if swapped:
                     self.parked[index].park()

@@ -25,7 +25,8 @@ class UlyssesJointAttnProcessor(DropletAttnProcessor):
         super().__init__(backend)
         self._parallel_config = parallel_config  # diffusers' ParallelConfig, set up on the mesh
 
-    def joint_attention(self, query, key, value, text_len: int) -> torch.Tensor:
+    def joint_attention(self, query, key, value, text_len: int, options=None) -> torch.Tensor:
+        """`options` is unused: the engine's workers call with none."""
         cp = self._parallel_config.context_parallel_config
         rank, degree = cp._ulysses_local_rank, cp.ulysses_degree
         text_share = text_len // degree + (rank < text_len % degree)  # the size tensor_split gives this rank

@@ -3,15 +3,19 @@ ComfyUI's layer classes and ComfyUI's call signature.
 
 ComfyUI calls `forward(x, timestep, context, fps=..., transformer_options=...)` with x in its
 latent layout [B, C, F, H, W], C = 16 noise channels followed by the 17 concat channels (mask,
-masked-video latents; model.py). The engine's `predict` works in [B, F, C, H, W].
+masked-video latents; model.py). The engine's `predict` works in [B, F, C, H, W]. The blocks'
+attention is ComfyUI's (attention.py), called with each call's transformer_options; the pack's
+sampler calls the same forward (EngineView), so the MODEL's wrappers and patches reach both.
 """
 
 import comfy.patcher_extension
 import torch
 
 from ...droplet_core.axes import channels_first, frames_first
+from ...droplet_core.attention import set_attention
 from ...droplet_core.configs import TransformerConfig, config_from_dict
 from ...droplet_core.transformer import DropletVideoTransformer3DModel, run_block
+from .attention import comfy_attention_fn
 from .layers import use_operations
 
 BLOCK_PATCH = "double_block"  # the key ComfyUI's DiT patches (SkipLayerGuidanceDiT) replace blocks under
@@ -27,6 +31,11 @@ class ComfyDropletTransformer(DropletVideoTransformer3DModel):
             if operations is not None:
                 use_operations(self, operations, dtype=dtype)
         self.dtype = dtype
+        self.use_attention("comfy")
+
+    def use_attention(self, choice: str) -> None:
+        """The loaders' `attention` choice: comfy, sdpa or sage, each through ComfyUI (attention.py)."""
+        set_attention(self, "sdpa" if choice == "comfy" else choice, comfy_attention_fn(choice))
 
     def forward(self, x, timestep, context, fps=None, control=None, transformer_options=None, **kwargs):
         transformer_options = transformer_options or {}
@@ -35,35 +44,38 @@ class ComfyDropletTransformer(DropletVideoTransformer3DModel):
         return comfy.patcher_extension.WrapperExecutor.new_class_executor(self._forward, self, wrappers).execute(
             x, timestep, context, fps, transformer_options, **kwargs)
 
-    def _forward(self, x, timestep, context, fps, transformer_options, **kwargs):
+    def _forward(self, x, timestep, context, fps, transformer_options, block_runner=run_block, **kwargs):
+        """`block_runner` is the pack sampler's (its step cache), inside ComfyUI's block replacements."""
         if fps is None:
             raise ValueError("DropletVideo needs its FPS condition: build the conditioning with DropletVideo Image "
                              "Encode (start/end frame) or DropletVideo Empty Conditioning (text-to-video); they "
                              "set fps on positive and negative.")
-        noise_channels = self.config.out_channels or self.config.in_channels
+        noise_channels = self.config.noise_channels
         hidden = frames_first(x)  # [B, F, C, H, W]
         inpaint = hidden[:, :, noise_channels:] if hidden.shape[2] > noise_channels else None
         frames, height, width = hidden.shape[1], hidden.shape[3], hidden.shape[4]
         out = self.predict(hidden[:, :, :noise_channels], context, timestep, fps.reshape(-1)[:1].float(),
                            inpaint_latents=inpaint,
                            image_rotary_emb=self.rotary(frames, height, width, device=x.device),
-                           block_runner=patched_block_runner(transformer_options))
+                           block_runner=patched_block_runner(transformer_options, block_runner),
+                           attention_options=transformer_options)
         return channels_first(out)
 
 
-def patched_block_runner(transformer_options: dict):
-    """run_block, or ComfyUI's replacement for block i when a DiT patch set one (patches_replace['dit'])."""
+def patched_block_runner(transformer_options: dict, inner=run_block):
+    """`inner`, or ComfyUI's replacement for block i when a DiT patch set one (patches_replace['dit'])."""
     replaced = transformer_options.get("patches_replace", {}).get("dit", {})
     if not replaced:
-        return run_block
+        return inner
 
-    def runner(index, block, hidden, encoder_hidden, temb, rotary):
+    def runner(index, block, hidden, encoder_hidden, temb, rotary, attention_options=None):
         patch = replaced.get((BLOCK_PATCH, index))
         if patch is None:
-            return run_block(index, block, hidden, encoder_hidden, temb, rotary)
+            return inner(index, block, hidden, encoder_hidden, temb, rotary, attention_options)
 
         def original(args):
-            img, txt = run_block(index, block, args["img"], args["txt"], args["vec"], args["pe"])
+            img, txt = inner(index, block, args["img"], args["txt"], args["vec"], args["pe"],
+                             args.get("transformer_options", attention_options))
             return {"img": img, "txt": txt}
 
         out = patch({"img": hidden, "txt": encoder_hidden, "vec": temb, "pe": rotary,
@@ -75,13 +87,20 @@ def patched_block_runner(transformer_options: dict):
 
 class EngineView:
     """The engine's view of the native diffusion model (what droplet_core.sampling.denoising_loop and
-    SlidingWindowTransformer call): calls go to `predict`, in the engine's [B, F, C, H, W]."""
+    SlidingWindowTransformer call), in the engine's [B, F, C, H, W]: calls go through the model's
+    ComfyUI forward with the MODEL's transformer_options (its diffusion-model wrappers, DiT block
+    replacements, attention override), the same arithmetic as `predict`."""
 
-    def __init__(self, model: ComfyDropletTransformer):
-        self.model, self.config = model, model.config
+    def __init__(self, model: ComfyDropletTransformer, transformer_options: dict):
+        self.model, self.config, self.transformer_options = model, model.config, transformer_options
 
-    def __call__(self, *args, **kwargs):
-        return self.model.predict(*args, **kwargs)
+    def __call__(self, hidden_states, encoder_hidden_states, timestep, fps, inpaint_latents=None,
+                 image_rotary_emb=None, block_runner=run_block):
+        """`image_rotary_emb` is the one the forward builds for these latents (the loop's, or a window's)."""
+        x = hidden_states if inpaint_latents is None else torch.cat([hidden_states, inpaint_latents], dim=2)
+        out = self.model(channels_first(x), timestep, encoder_hidden_states, fps=fps,
+                         transformer_options=self.transformer_options, block_runner=block_runner)
+        return frames_first(out)
 
     def rotary(self, frames: int, height: int, width: int, device=None):
         return self.model.rotary(frames, height, width, device)

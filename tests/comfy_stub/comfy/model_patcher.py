@@ -8,8 +8,10 @@ comfy.lora.calculate_weight) as new Parameters after backing up the originals, a
 unpatch_model puts the originals back. partially_load re-patches when the module carries
 another clone's patches (model.current_weight_patches_uuid). load(lowvram_model_memory=N)
 is ComfyUI's partial (lowvram) path: layers beyond N bytes keep their weights on the offload
-device and cast them per call. No hooks or object patches. Like ComfyUI's, it writes
-`model.device`, so wrapping a module whose `device` is a read-only property fails here too.
+device and cast them per call. Wrappers and object patches are held (add_wrapper_with_key,
+add_object_patch) and cloned as ComfyUI does; set_model_optimized_attention stores the attention
+override as ComfyUI 0.33 does; object patches are not applied on load. No hooks. Like
+ComfyUI's, it writes `model.device`, so wrapping a module whose `device` is a read-only property fails here too.
 """
 
 import collections
@@ -50,7 +52,7 @@ class ModelPatcher:
         self.patches = {}
         self.backup = {}
         self.model_options = {"transformer_options": {}}
-        self.wrappers = {}
+        self.wrappers, self.object_patches = {}, {}
         self.load_device = load_device
         self.offload_device = offload_device
         self.weight_inplace_update = weight_inplace_update
@@ -88,10 +90,23 @@ class ModelPatcher:
         n.patches_uuid = self.patches_uuid
         n.model_options = {k: (v.copy() if isinstance(v, dict) else v) for k, v in self.model_options.items()}
         n.wrappers = comfy.patcher_extension.copy_nested_dicts(self.wrappers)
+        n.object_patches = dict(self.object_patches)
         n.backup = self.backup  # shared: the weights are the module's, whichever clone patched them
         n.cached_patcher_init = self.cached_patcher_init
         n.parent = self
         return n
+
+    def add_wrapper_with_key(self, wrapper_type, key, wrapper):
+        self.wrappers.setdefault(wrapper_type, {}).setdefault(key, []).append(wrapper)
+
+    def add_object_patch(self, name, obj):
+        self.object_patches[name] = obj
+
+    def set_model_optimized_attention(self, optimized_attention):
+        def optimized_attention_override(_, *args, **kwargs):
+            return optimized_attention(*args, **kwargs)
+
+        self.model_options["transformer_options"]["optimized_attention_override"] = optimized_attention_override
 
     def is_clone(self, other):
         return hasattr(other, "model") and self.model is other.model
