@@ -171,3 +171,14 @@ def test_lora_errors_name_the_fix(pack, loaded, loras):
     write_peft(loras / "droplet_test_nan.safetensors", factors)
     with pytest.raises(ValueError, match="droplet_test_nan.safetensors: LoRA tensor .*to_q.lora_A.weight' holds NaN/inf"):
         with_lora(pack, loaded[0], "droplet_test_nan.safetensors", 1.0)
+
+
+def test_a_lora_whose_factors_disagree_in_rank_is_refused_by_name(pack, loaded, loras):
+    """lora_A 4 x in with lora_B out x 8: ComfyUI would log the failed product and run without the layer."""
+    width = loaded[0].model.diffusion_model.transformer_blocks[0].attn1.to_q.in_features
+    save_file({"transformer.transformer_blocks.0.attn1.to_q.lora_A.weight": torch.ones(4, width),
+               "transformer.transformer_blocks.0.attn1.to_q.lora_B.weight": torch.ones(width, 8)},
+              str(loras / "droplet_test_ranks.safetensors"))
+    with pytest.raises(ValueError, match=f"'droplet_test_ranks.safetensors', layer transformer_blocks.0.attn1.to_q: "
+                                         f"up \\({width}, 8\\) has rank 8 but down \\(4, {width}\\) has rank 4"):
+        with_lora(pack, loaded[0], "droplet_test_ranks.safetensors", 1.0)
