@@ -3,9 +3,7 @@ again, they stack, core LoraLoaderModelOnly gives the same model; and the ModelP
 it relies on (clone, add_patches, patch on load_models_gpu, restore when another clone loads),
 checked on the stand-in or on a real ComfyUI."""
 
-import importlib.util
 import os
-import sys
 from pathlib import Path
 
 import comfy.model_management
@@ -16,8 +14,8 @@ from safetensors.torch import load_file, save_file
 
 from droplet_core.lora import lora_deltas, merge_loras, read_lora
 from lora_files import random_factors, write_kohya, write_peft
-from node_fixtures import (ATOL, as_image, conds, engine_latent, image_cond, load_engine, loaded, run,  # noqa: F401
-                           sample, start_image)
+from node_fixtures import (ATOL, as_image, conds, core_nodes_module, engine_latent, image_cond, load_engine,  # noqa: F401
+                           loaded, run, sample, start_image)
 
 LORA_ATOL = 1e-5
 PEFT, KOHYA = "droplet_test_peft.safetensors", "droplet_test_kohya.safetensors"
@@ -119,17 +117,6 @@ def test_model_management_patches_on_load_and_restores(pack, loaded, loras, orig
         assert got.keys() == expected.keys()
         for k in got:
             torch.testing.assert_close(got[k], expected[k].cpu(), atol=LORA_ATOL, rtol=0, msg=k)
-
-
-def core_nodes_module():
-    """ComfyUI's nodes.py (the name `nodes` is this pack's folder on the tests' path)."""
-    if "comfyui_core_nodes" not in sys.modules:
-        spec = importlib.util.spec_from_file_location("comfyui_core_nodes",
-                                                      Path(os.environ["COMFYUI_PATH"]) / "nodes.py")
-        module = importlib.util.module_from_spec(spec)
-        sys.modules["comfyui_core_nodes"] = module
-        spec.loader.exec_module(module)
-    return sys.modules["comfyui_core_nodes"]
 
 
 @pytest.mark.skipif(not os.environ.get("COMFYUI_PATH"), reason="core LoraLoaderModelOnly needs a real ComfyUI")

@@ -26,6 +26,7 @@ class ComfyDropletTransformer(DropletVideoTransformer3DModel):
             if operations is not None:
                 use_operations(self, operations, dtype=dtype)
         self.dtype = dtype
+        self.in_channels = config.in_channels  # read by core patches (RenormCFG), as on core's own models
 
     def forward(self, x, timestep, context, fps=None, control=None, transformer_options=None, **kwargs):
         transformer_options = transformer_options or {}
