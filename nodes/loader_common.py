@@ -66,10 +66,9 @@ def build_model(transformer_path: Path, precision: str, weight_format=None, atte
         raise ValueError(f"unknown attention {attention!r}: use one of {', '.join(ATTENTION_BACKENDS)}.")
     attention_kernel(attention)  # a missing `sageattention` fails here, before the slow part
     patcher = load_native_model(transformer_path, dtype_for(precision), scale_factor,
-                                fp8_weights=weight_format == "fp8_e4m3fn")
+                                fp8_weights=weight_format == "fp8_e4m3fn", scheduler_config=scheduler_config)
     if attention != "sdpa":
         set_attention(patcher.model.diffusion_model, attention)
-    patcher.model.scheduler_config = dict(scheduler_config)
     patcher.model.droplet_source = TransformerSource(str(transformer_path), precision, weight_format, attention)
     if hasattr(patcher, "cached_patcher_init"):  # ComfyUI 0.33+: MultiGPU CFG Split rebuilds the model per GPU
         patcher.cached_patcher_init = (build_model, (transformer_path, precision, weight_format, attention,
