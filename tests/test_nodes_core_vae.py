@@ -8,8 +8,11 @@ stand-in's comfy.sd / comfy.ldm.cogvideo, which batch frames as core does). The 
 against the reference's goldens (docs/core_vae.md has the numbers).
 """
 
+import importlib.util
 import json
+import os
 import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -22,10 +25,10 @@ from droplet_core.tiny import VAE as TINY_VAE
 from node_fixtures import GOLDENS, as_image, loaded, run  # noqa: F401
 
 CASES = json.loads((GOLDENS / "cases.json").read_text())
-MEASURED = ("i2v_fps8", "i2v_end_image", "i2v_wide_cfg1")
-# Largest differences to the goldens measured on ComfyUI 0.33 (docs/core_vae.md), with headroom:
-LATENT_BOUND = 0.05  # final latents (the model's space)
-VIDEO_BOUND = 0.05  # decoded frames, 0..1
+# Differences to the goldens measured on ComfyUI 0.33 (docs/core_vae.md) x 1.5: final latents (the
+# model's space) max |diff|, decoded frames (0..1) max and mean |diff|. 9 frames is core's worst
+# case (a lone first frame in its first encode batch, after which it keeps no causal cache).
+BOUNDS = {"i2v_fps8": (1.5, 0.3, 0.03), "i2v_end_image": (1.7, 0.27, 0.032), "i2v_wide_cfg1": (0.11, 0.12, 0.0063)}
 
 
 @pytest.fixture(scope="module")
@@ -41,7 +44,7 @@ def core_vae_file(models_dir):
 @pytest.fixture(scope="module")
 def core_vae(core_vae_file):
     """comfy.sd.VAE (what Load VAE returns) on that file, core's CogVideoX VAE at the tiny widths."""
-    import comfy.ldm.cogvideo.vae as cogvideo
+    cogvideo = pytest.importorskip("comfy.ldm.cogvideo.vae", reason="this ComfyUI's core has no CogVideoX VAE")
     import comfy.sd
 
     original = cogvideo.AutoencoderKLCogVideoX
@@ -86,7 +89,7 @@ def core_vae_run(pack, loaded, core_vae, name):
     return final, frames.permute(3, 0, 1, 2)
 
 
-@pytest.mark.parametrize("name", MEASURED)
+@pytest.mark.parametrize("name", sorted(BOUNDS))
 def test_the_core_vae_path_stays_near_the_goldens(name, pack, loaded, core_vae):
     golden = load_file(str(GOLDENS / f"{name}.safetensors"))
     final, frames = core_vae_run(pack, loaded, core_vae, name)
@@ -96,7 +99,7 @@ def test_the_core_vae_path_stays_near_the_goldens(name, pack, loaded, core_vae):
     video_diff = (frames[:, :, ::8, ::8].cpu() - golden["video_sub"]).abs()
     print(f"{name}: final latents max |diff| {latent_diff:.2e}; video max |diff| {video_diff.max().item():.2e}, "
           f"mean {video_diff.mean().item():.2e}")
-    assert latent_diff <= LATENT_BOUND and video_diff.max().item() <= VIDEO_BOUND
+    assert all(value <= bound for value, bound in zip((latent_diff, video_diff.max(), video_diff.mean()), BOUNDS[name]))
 
 
 def test_core_vae_encode_gives_cores_mean_and_a_preview_map(pack, loaded, core_vae):
@@ -113,7 +116,7 @@ def test_core_vae_encode_gives_cores_mean_and_a_preview_map(pack, loaded, core_v
     assert empty["droplet_rgb_projection"][0].shape == (3, 16)
 
 
-@pytest.mark.parametrize("node,inputs", [
+VAE_NODES = [
     ("DropletVideoVAEDecode", dict(latent={"samples": torch.zeros(1, 16, 2, 8, 8)}, tiling=False,
                                    trim_to_frames=False)),
     ("DropletVideoVAEEncode", dict(image=torch.zeros(5, 64, 64, 3), tiling=False, seed=1)),
@@ -121,18 +124,48 @@ def test_core_vae_encode_gives_cores_mean_and_a_preview_map(pack, loaded, core_v
                                      width=64, height=64, frames=5, fps=8, resize_mode="stretch",
                                      noise_augmentation=False, noise_aug_strength=0.0, noise_aug_seed=1,
                                      vae_tiling=False, start_image=torch.zeros(1, 64, 64, 3))),
-])
-def test_a_core_vae_is_refused_by_name_where_core_cannot_run_the_cogvideox_vae(node, inputs, pack, core_vae,
-                                                                              monkeypatch):
-    monkeypatch.setitem(sys.modules, "comfy.ldm.cogvideo.vae", None)  # as on ComfyUI 0.8.0 (January 2026)
+]
+
+
+def another_core_vae():
+    """What Load VAE gives for another model's VAE file (its first_stage_model is not CogVideoX's)."""
+    return type("VAE", (), {"first_stage_model": torch.nn.Identity()})()
+
+
+@pytest.mark.parametrize("node,inputs", VAE_NODES)
+def test_a_core_vae_is_refused_by_name_where_core_cannot_run_the_cogvideox_vae(node, inputs, pack, monkeypatch):
+    if importlib.util.find_spec("comfy.ldm.cogvideo") is not None:  # else this ComfyUI is one (0.8.0, Jan 2026)
+        monkeypatch.setitem(sys.modules, "comfy.ldm.cogvideo.vae", None)
     with pytest.raises(ValueError, match="core cannot load the CogVideoX VAE.*DropletVideo VAE Loader"):
-        run(pack, node, vae=core_vae, **inputs)
-    monkeypatch.undo()
-    other = type("VAE", (), {"first_stage_model": torch.nn.Identity()})()  # another model's core VAE
+        run(pack, node, vae=another_core_vae(), **inputs)
+
+
+@pytest.mark.parametrize("node,inputs", VAE_NODES)
+def test_another_models_core_vae_is_refused_by_name(node, inputs, pack):
+    pytest.importorskip("comfy.ldm.cogvideo.vae", reason="this ComfyUI's core has no CogVideoX VAE")
     with pytest.raises(ValueError, match="a Identity, not the CogVideoX VAE.*DropletVideo VAE Loader"):
-        run(pack, node, vae=other, **inputs)
+        run(pack, node, vae=another_core_vae(), **inputs)
 
 
 def test_the_vae_sockets_take_the_pack_s_vae_and_core_s(pack):
     for node in ("DropletVideoImageEncode", "DropletVideoVAEDecode", "DropletVideoVAEEncode"):
         assert pack.NODE_CLASS_MAPPINGS[node].INPUT_TYPES()["required"]["vae"][0] == "DROPLET_VAE,VAE"
+
+
+@pytest.mark.skipif(not os.environ.get("COMFYUI_PATH"), reason="compares the stand-in with a real ComfyUI's VAE")
+def test_the_stand_in_vae_batches_frames_as_core_does(core_vae):
+    """Keeps tests/comfy_stub/comfy/ldm/cogvideo/vae.py honest: equal to core's on 1 to 21 frames."""
+    path = Path(__file__).parent / "comfy_stub" / "comfy" / "ldm" / "cogvideo" / "vae.py"
+    spec = importlib.util.spec_from_file_location("stand_in_cogvideo_vae", path)
+    stand_in = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(stand_in)
+    ours = stand_in.AutoencoderKLCogVideoX(block_out_channels=TINY_VAE.block_out_channels,
+                                           layers_per_block=TINY_VAE.layers_per_block, groups=TINY_VAE.norm_num_groups)
+    ours.load_state_dict(core_vae.first_stage_model.state_dict())
+    core, generator = core_vae.first_stage_model.float().cpu(), torch.Generator().manual_seed(0)
+    for frames in (1, 5, 9, 13, 21):
+        pixels = torch.rand(1, 3, frames, 32, 32, generator=generator) * 2 - 1
+        latents = torch.randn(1, 16, (frames - 1) // 4 + 1, 4, 4, generator=generator)
+        with torch.no_grad():
+            torch.testing.assert_close(ours.encode(pixels), core.encode(pixels), atol=1e-5, rtol=0)
+            torch.testing.assert_close(ours.decode(latents), core.decode(latents), atol=1e-5, rtol=0)
