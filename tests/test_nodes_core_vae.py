@@ -169,3 +169,13 @@ def test_the_stand_in_vae_batches_frames_as_core_does(core_vae):
         with torch.no_grad():
             torch.testing.assert_close(ours.encode(pixels), core.encode(pixels), atol=1e-5, rtol=0)
             torch.testing.assert_close(ours.decode(latents), core.decode(latents), atol=1e-5, rtol=0)
+
+
+@pytest.mark.skipif(not os.environ.get("COMFYUI_PATH"), reason="the stand-in's VAE has no tiling")
+def test_core_vae_tiling_goes_through_cores_tiled_encode_and_decode(pack, core_vae):
+    with torch.inference_mode():  # as ComfyUI runs nodes (core's tiled decode writes in place)
+        frames = run(pack, "DropletVideoVAEDecode", vae=core_vae, latent={"samples": torch.randn(1, 16, 3, 16, 16)},
+                     tiling=True, trim_to_frames=False)[0]
+        latent = run(pack, "DropletVideoVAEEncode", vae=core_vae, image=frames, tiling=True, seed=1)[0]
+    assert frames.shape == (9, 128, 128, 3)
+    assert latent["samples"].shape == (1, 16, 3, 16, 16)
