@@ -61,6 +61,35 @@ def resize_mask_first_frame(mask: torch.Tensor, latent_shape: Sequence[int]) -> 
     return torch.cat([first, rest], dim=2)
 
 
+def masked_video(video: torch.Tensor, mask: torch.Tensor, noise_aug_strength: Optional[float] = None,
+                 noise_generator: Optional[torch.Generator] = None):
+    """(the masked video in -1..1, the binarised mask 0/1) that the reference VAE-encodes.
+
+    `video` is 0..1, `mask` 0/255 as from i2v_video_and_mask; masked frames are -1 (black)."""
+    init_video = (2.0 * video - 1.0).to(torch.float32)  # VaeImageProcessor normalisation
+    mask = (mask / 255 >= 0.5).to(torch.float32)  # binarised, as the mask processor does
+    mask_tile = torch.tile(mask, [1, 3, 1, 1, 1])
+    masked = init_video * (mask_tile < 0.5) + torch.ones_like(init_video) * (mask_tile > 0.5) * -1
+    if noise_aug_strength:
+        sigma = torch.ones((masked.shape[0],)) * noise_aug_strength
+        noise = augmentation_noise(masked.shape, noise_generator) * sigma[:, None, None, None, None]
+        masked = masked + torch.where(masked == -1, torch.zeros_like(masked), noise)
+    return masked, mask
+
+
+def inpaint_from_latents(masked_latents: torch.Tensor, mask: torch.Tensor, scaling: float) -> torch.Tensor:
+    """[1, F_lat, 1 + 16, h, w] from the masked video's unscaled latents [1, 16, F_lat, h, w] and
+    the binarised mask of masked_video: (1 - mask) resized, then the latents, both x scaling."""
+    masked_latents = masked_latents * scaling
+    mask_latents = resize_mask_first_frame(1 - mask, masked_latents.shape[2:]).to(masked_latents.device) * scaling
+    return torch.cat([frames_first(mask_latents), frames_first(masked_latents)], dim=2)
+
+
+def all_masked(mask: torch.Tensor) -> bool:
+    """Text-to-video: the reference gives zeros for both parts of the inpaint input."""
+    return bool((mask == 255).all())
+
+
 def inpaint_latents(vae, video: torch.Tensor, mask: torch.Tensor, latent_shape: Sequence[int],
                     dtype: torch.dtype, noise_aug_strength: Optional[float] = None,
                     noise_generator: Optional[torch.Generator] = None, tiled: bool = False) -> torch.Tensor:
@@ -70,21 +99,7 @@ def inpaint_latents(vae, video: torch.Tensor, mask: torch.Tensor, latent_shape: 
     An all-255 mask (text-to-video) gives zeros for both parts, as the reference does.
     """
     frames, height, width = latent_shape
-    channels = vae.config.latent_channels
-    if bool((mask == 255).all()):
-        return torch.zeros(1, frames, 1 + channels, height, width, dtype=dtype)
-
-    init_video = (2.0 * video - 1.0).to(torch.float32)  # VaeImageProcessor normalisation
-    mask = (mask / 255 >= 0.5).to(torch.float32)  # binarised, as the mask processor does
-    mask_tile = torch.tile(mask, [1, 3, 1, 1, 1])
-    masked = init_video * (mask_tile < 0.5) + torch.ones_like(init_video) * (mask_tile > 0.5) * -1
-    if noise_aug_strength:
-        sigma = torch.ones((masked.shape[0],)) * noise_aug_strength
-        noise = augmentation_noise(masked.shape, noise_generator) * sigma[:, None, None, None, None]
-        masked = masked + torch.where(masked == -1, torch.zeros_like(masked), noise)
-
-    scaling = vae.config.scaling_factor
-    masked_latents = encode_mode(vae, masked, tiled=tiled) * scaling  # [1, 16, F_lat, h, w]
-    mask_latents = resize_mask_first_frame(1 - mask, masked_latents.shape[2:]).to(masked_latents.device) * scaling
-    both = torch.cat([frames_first(mask_latents), frames_first(masked_latents)], dim=2)
-    return both.to(dtype)
+    if all_masked(mask):
+        return torch.zeros(1, frames, 1 + vae.config.latent_channels, height, width, dtype=dtype)
+    masked, mask = masked_video(video, mask, noise_aug_strength, noise_generator)
+    return inpaint_from_latents(encode_mode(vae, masked, tiled=tiled), mask, vae.config.scaling_factor).to(dtype)

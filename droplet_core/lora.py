@@ -101,6 +101,10 @@ def lora_deltas(lora: Lora, model: torch.nn.Module, strength: float) -> Dict[str
     deltas = {}
     for name, layer in lora.layers.items():
         weight = params[f"{name}.weight"]
+        if layer.up.shape[1] != layer.down.shape[0]:
+            raise ValueError(f"LoRA layer {name}: up {tuple(layer.up.shape)} has rank {layer.up.shape[1]} but down "
+                             f"{tuple(layer.down.shape)} has rank {layer.down.shape[0]}; the file is damaged or was "
+                             f"saved wrongly (lora_B must be out x rank and lora_A rank x in): use another LoRA.")
         delta = layer.delta(strength)
         if delta.shape != weight.shape:
             raise ValueError(f"LoRA layer {name}: delta {tuple(delta.shape)} does not fit weight {tuple(weight.shape)};"

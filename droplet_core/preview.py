@@ -18,9 +18,9 @@ Projection = Tuple[torch.Tensor, torch.Tensor]  # (weight [3, C], bias [3])
 def fit_rgb_projection(latent_frame: torch.Tensor, image: torch.Tensor) -> Projection:
     """latent_frame [C, h, w]; image [3, H, W] in 0..1 -> the map from latents to that image."""
     channels, height, width = latent_frame.shape
-    target = F.interpolate(image[None].float(), size=(height, width), mode="area")[0]
-    inputs = torch.cat([latent_frame.float().reshape(channels, -1), torch.ones(1, height * width)]).T
-    solution = torch.linalg.lstsq(inputs.cpu(), target.reshape(3, -1).T.cpu()).solution  # [C + 1, 3]
+    target = F.interpolate(image[None].float().cpu(), size=(height, width), mode="area")[0]
+    inputs = torch.cat([latent_frame.float().cpu().reshape(channels, -1), torch.ones(1, height * width)]).T
+    solution = torch.linalg.lstsq(inputs, target.reshape(3, -1).T).solution  # [C + 1, 3]
     return solution[:channels].T.contiguous(), solution[channels].contiguous()
 
 
@@ -40,3 +40,9 @@ def latents_to_rgb(latent_frame: torch.Tensor, projection: Projection) -> torch.
     weight, bias = projection
     rgb = torch.einsum("chw,rc->hwr", latent_frame.float().cpu(), weight) + bias
     return (rgb.clamp(0, 1) * 255).round().to(torch.uint8)
+
+
+def rescaled(projection: Projection, factor: float) -> Projection:
+    """The same map for latents multiplied by `factor` (LATENT's unscaled latents -> the model's)."""
+    weight, bias = projection
+    return weight / factor, bias

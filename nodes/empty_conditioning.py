@@ -4,6 +4,7 @@ from ..droplet_core import shapes
 from ..droplet_core.preview import color_pattern, fit_rgb_projection
 from ..droplet_core.vae_ops import encode_mode
 from .components import load_for_compute, module_dtype
+from .core_vae import VAE_TYPES, core_encode, is_core_vae
 from .image_encode import CONDITIONING_INPUTS, FPS_INPUT, SIZE_INPUTS, latent_shape
 from .memory import vae_encode_memory
 from .native.conditioning import video_conditioning
@@ -12,13 +13,15 @@ PATTERN_SIZE = 128
 
 
 def pattern_projection(vae):
-    """The latent-to-RGB preview map, fitted on the VAE's encoding of the built-in colour pattern."""
+    """The preview map of unscaled latents, fitted on the VAE's encoding of the built-in colour pattern."""
+    pattern = color_pattern(PATTERN_SIZE)
+    pixels = (pattern * 2 - 1)[None, :, None]  # [1, 3, 1, H, W]
+    if is_core_vae(vae):
+        return fit_rgb_projection(core_encode(vae, pixels)[0, :, 0], pattern)
     module = vae.patcher.model.module
     module = load_for_compute(vae.patcher, vae_encode_memory(1, PATTERN_SIZE, PATTERN_SIZE, module_dtype(module),
                                                              False))
-    pattern = color_pattern(PATTERN_SIZE)
-    latents = encode_mode(module, (pattern * 2 - 1)[None, :, None]) * module.config.scaling_factor
-    return fit_rgb_projection(latents[0, :, 0], pattern)
+    return fit_rgb_projection(encode_mode(module, pixels)[0, :, 0], pattern)
 
 
 class DropletVideoEmptyConditioning:
@@ -35,9 +38,9 @@ class DropletVideoEmptyConditioning:
     @classmethod
     def INPUT_TYPES(cls):
         return {"required": {**CONDITIONING_INPUTS, **SIZE_INPUTS, "fps": FPS_INPUT}, "optional": {
-            "vae": ("DROPLET_VAE", {"tooltip": "Only for progress previews: the sampler's preview pictures need a "
-                                    "latent-to-RGB map, fitted on this VAE's encoding of a built-in colour pattern. "
-                                    "The video is the same with or without it."}),
+            "vae": (VAE_TYPES, {"tooltip": "Only for progress previews: the sampler's preview pictures need a "
+                                "latent-to-RGB map, fitted on this VAE's encoding of a built-in colour pattern "
+                                "(DropletVideo's VAE or core Load VAE's). The video is the same with or without it."}),
         }}
 
     def build(self, positive, negative, width, height, frames, fps, vae=None):

@@ -9,6 +9,7 @@ from ..droplet_core.conditioning import NOISE_AUG_STRENGTH, i2v_video_and_mask, 
 from ..droplet_core.positional import check_frames_fit
 from ..droplet_core.preview import fit_rgb_projection
 from .components import load_for_compute, module_dtype
+from .core_vae import VAE_TOOLTIP, VAE_TYPES, core_inpaint_latents, is_core_vae
 from .images import RESIZE_MODES, first_image, fit
 from .memory import vae_encode_memory
 from .native.conditioning import video_conditioning
@@ -57,7 +58,7 @@ class DropletVideoImageEncode:
         return {
             "required": {
                 **CONDITIONING_INPUTS,
-                "vae": ("DROPLET_VAE", {"tooltip": "From a DropletVideo loader."}),
+                "vae": (VAE_TYPES, {"tooltip": VAE_TOOLTIP}),
                 **SIZE_INPUTS,
                 "fps": FPS_INPUT,
                 "resize_mode": (RESIZE_MODES, {"default": "stretch", "tooltip": "How images meet the video size: "
@@ -93,14 +94,22 @@ class DropletVideoImageEncode:
                       for image, name in ((start_image, "start_image"), (end_image, "end_image")))
         video, mask = i2v_video_and_mask(frames, width, height, start, end)
         strength = noise_aug_strength if noise_augmentation else None
-
-        module = vae.patcher.model.module
-        memory = vae_encode_memory(frames, height, width, module_dtype(module), vae_tiling)
-        module = load_for_compute(vae.patcher, memory)
-        # float32 here; the model casts to its dtype, as the engine's single cast does.
+        generator = torch.Generator().manual_seed(noise_aug_seed)
         grid = latent_shape(width, height, frames)
-        latents = inpaint_latents(module, video, mask, grid, torch.float32, strength,
-                                  torch.Generator().manual_seed(noise_aug_seed), vae_tiling)
-        projection = None if start is None else fit_rgb_projection(latents[0, 0, 1:], video[0, :, 0])
+        if is_core_vae(vae):
+            latents, scale = core_inpaint_latents(vae, video, mask, grid, strength, generator, vae_tiling), 1.0
+        else:
+            latents, scale = droplet_inpaint_latents(vae, video, mask, grid, strength, generator, vae_tiling)
+        projection = None if start is None else fit_rgb_projection(latents[0, 0, 1:] / scale, video[0, :, 0])
         latents = latents.to(comfy.model_management.intermediate_device())
-        return video_conditioning(positive, negative, grid, fps, latents, module.config.scaling_factor, projection)
+        return video_conditioning(positive, negative, grid, fps, latents, scale, projection)
+
+
+def droplet_inpaint_latents(vae, video, mask, grid, strength, generator, tiled: bool):
+    """(the engine's inpaint latents, their scaling factor) with the pack's VAE."""
+    frames, height, width = video.shape[2:]
+    module = vae.patcher.model.module
+    module = load_for_compute(vae.patcher, vae_encode_memory(frames, height, width, module_dtype(module), tiled))
+    # float32 here; the model casts to its dtype, as the engine's single cast does.
+    latents = inpaint_latents(module, video, mask, grid, torch.float32, strength, generator, tiled)
+    return latents, module.config.scaling_factor

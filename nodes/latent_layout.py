@@ -8,11 +8,28 @@ core video models use them. The engine (droplet_core) and its transformer work i
 Values are the VAE's latents unscaled, as ComfyUI keeps them; the native model's latent format
 multiplies by the VAE's scaling_factor (1.15258426 for the release) on the way in, so core
 latent nodes and samplers work on them.
+
+A LATENT may also carry "droplet_rgb_projection": the linear map (weight [3, 16], bias [3]) from
+these unscaled latents to RGB that the DropletVideo samplers draw progress previews with. The
+node that made the latents from pixels fits it (Image Encode, Empty Conditioning with a VAE,
+VAE Encode); core latent nodes and KSampler copy the dict, so it follows the video.
 """
+
+from typing import Optional
 
 import torch
 
 from ..droplet_core.axes import channels_first, frames_first
+PREVIEW = "droplet_rgb_projection"
+
+
+def with_preview(latent: dict, projection) -> dict:
+    """`latent` with the preview projection added (unchanged when there is none)."""
+    return latent if projection is None else {**latent, PREVIEW: projection}
+
+
+def preview_of(latent: dict) -> Optional[tuple]:
+    return latent.get(PREVIEW)
 
 
 def to_comfy(latents: torch.Tensor) -> dict:

@@ -66,9 +66,8 @@ def build_model(transformer_path: Path, precision: str, weight_format=None, atte
         raise ValueError(f"unknown weight_format {weight_format!r}: use one of {', '.join(WEIGHT_FORMATS)}.")
     check_attention(attention)  # a missing `sageattention` fails here, before the slow part
     patcher = load_native_model(transformer_path, dtype_for(precision), scale_factor,
-                                fp8_weights=weight_format == "fp8_e4m3fn")
+                                fp8_weights=weight_format == "fp8_e4m3fn", scheduler_config=scheduler_config)
     patcher.model.diffusion_model.use_attention(attention)
-    patcher.model.scheduler_config = dict(scheduler_config)
     patcher.model.droplet_source = TransformerSource(str(transformer_path), precision, weight_format,
                                                      "sdpa" if attention == "comfy" else attention)
     if hasattr(patcher, "cached_patcher_init"):  # ComfyUI 0.33+: MultiGPU CFG Split rebuilds the model per GPU

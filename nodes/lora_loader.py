@@ -42,15 +42,20 @@ def unused_keys(tensors: dict, patches: dict) -> list:
 
 
 def check_shapes(patches: dict, base_model, name: str) -> None:
-    """LoRA factors must fit their weight (ComfyUI would only log and skip a mismatch at load)."""
+    """LoRA factors must agree in rank and fit their weight (ComfyUI would only log and skip either
+    mismatch at load, and the run would go on without that layer)."""
     weights = base_model.state_dict()
     for key, adapter in patches.items():
         if getattr(adapter, "name", None) != "lora":
             continue
-        up, down = adapter.weights[0], adapter.weights[1]
+        up, down, mid = adapter.weights[0], adapter.weights[1], adapter.weights[3]
         shape = weights[key].shape
+        layer = key[len(MODEL_PREFIX):-len(".weight")]
+        if mid is None and up.shape[1] != down.shape[0]:  # core would log the failed product and skip the layer
+            raise ValueError(f"LoRA {name!r}, layer {layer}: up {tuple(up.shape)} has rank {up.shape[1]} but down "
+                             f"{tuple(down.shape)} has rank {down.shape[0]}; the file is damaged or was saved "
+                             f"wrongly (lora_B must be out x rank and lora_A rank x in): use another LoRA.")
         if (up.shape[0], down.flatten(1).shape[1]) != (shape[0], shape[1:].numel()):
-            layer = key[len(MODEL_PREFIX):-len(".weight")]
             raise ValueError(f"LoRA {name!r}, layer {layer}: up {tuple(up.shape)} x down {tuple(down.shape)} does not "
                              f"fit the weight {tuple(shape)}; the LoRA was trained for a model of another size: use "
                              f"one made for this DropletVideo/CogVideoX transformer.")

@@ -16,6 +16,7 @@ import torch.distributed as dist
 from ..droplet_core.parallel import DEFAULT_TIMEOUT_S, plan_layout
 from ..droplet_core.parallel.sample_job import SampleJob, WorkerGroup, read_latents, write_job
 from .model_patches import model_patches
+from .latent_layout import preview_of
 from .progress import comfy_on_step
 from .sampler import DropletVideoSampler, comfy_latent, sampler_inputs, sampler_plan
 
@@ -84,7 +85,7 @@ def multi_gpu_latent(model, positive, negative, latent: dict, seed: int, steps: 
         workers.wait(lambda index, total: on_step(index, total, None),
                      comfy.model_management.throw_exception_if_processing_interrupted, RUN_LIMIT_S)
         latents = read_latents(folder)
-    return comfy_latent(base, latents)
+    return comfy_latent(base, latents, preview_of(latent))
 
 
 class DropletVideoMultiGPUSampler:

@@ -7,10 +7,12 @@ import torch
 
 from ..droplet_core.axes import channels_first, frames_first
 from ..droplet_core.positional import check_latent_frames_fit, fps_tensor
+from ..droplet_core.preview import rescaled
 from ..droplet_core.sample_plan import SampleInputs, SamplingPlan, noise_shape, sample
 from ..droplet_core.sampling import SCHEDULERS
-from .native.conditioning import IMAGE, MASK, PREVIEW, fps_of, options, text_embeds
+from .latent_layout import preview_of, with_preview
 from .model_patches import check_patches
+from .native.conditioning import IMAGE, MASK, fps_of, options, text_embeds
 from .native.diffusion_model import EngineView
 from .progress import comfy_on_step
 
@@ -58,11 +60,17 @@ def sampler_inputs(base, positive, negative, latent: dict, plan: SamplingPlan, d
     return inputs
 
 
-def comfy_latent(base, latents: torch.Tensor) -> dict:
+def comfy_latent(base, latents: torch.Tensor, projection=None) -> dict:
     """The engine's [1, F, C, h, w] latents in the model's space as ComfyUI's LATENT (unscaled
-    [1, C, F, h, w] on the intermediate device)."""
+    [1, C, F, h, w] on the intermediate device), with the input's preview projection."""
     out = base.process_latent_out(channels_first(latents).float())
-    return {"samples": out.to(comfy.model_management.intermediate_device())}
+    return with_preview({"samples": out.to(comfy.model_management.intermediate_device())}, projection)
+
+
+def engine_preview(base, latent: dict):
+    """The LATENT's preview projection, for the engine's latents (x the latent format's scale)."""
+    projection = preview_of(latent)
+    return None if projection is None else rescaled(projection, base.latent_format.scale_factor)
 
 
 def engine_inpaint(model, conditioning: list, latent_size, device) -> torch.Tensor:
@@ -101,8 +109,8 @@ def sample_latent(model, positive, negative, latent: dict, plan: SamplingPlan, f
     memory = base.memory_required(shape, {"c_crossattn": [inputs.positive.shape]})
     comfy.model_management.load_models_gpu([model], memory_required=memory)
     latents = sample(EngineView(base.diffusion_model, transformer_options), plan, inputs, latent_size, device, dtype,
-                     on_step=comfy_on_step(plan.step_count(), options(positive).get(PREVIEW)))
-    return comfy_latent(base, latents)
+                     on_step=comfy_on_step(plan.step_count(), engine_preview(base, latent)))
+    return comfy_latent(base, latents, preview_of(latent))
 
 
 class DropletVideoSampler:

@@ -8,6 +8,7 @@ from ..droplet_core.axes import video_to_images
 from ..droplet_core.vae_ops import decode_to_frames
 from . import latent_layout
 from .components import load_for_compute, module_dtype
+from .core_vae import VAE_TOOLTIP, VAE_TYPES, core_decode, is_core_vae
 from .memory import vae_decode_memory
 
 
@@ -24,7 +25,7 @@ class DropletVideoVAEDecode:
     @classmethod
     def INPUT_TYPES(cls):
         return {"required": {
-            "vae": ("DROPLET_VAE", {"tooltip": "From a DropletVideo loader."}),
+            "vae": (VAE_TYPES, {"tooltip": VAE_TOOLTIP}),
             "latent": ("LATENT", {"tooltip": "From DropletVideo Sampler, KSampler, or DropletVideo VAE Encode."}),
             "tiling": ("BOOLEAN", {"default": False, "tooltip": "Decode in spatial tiles: much less memory, "
                                    "faint seams possible."}),
@@ -33,17 +34,20 @@ class DropletVideoVAEDecode:
         }}
 
     def decode(self, vae, latent, tiling, trim_to_frames):
-        # LATENT is unscaled (ComfyUI's convention); decode_to_frames takes the transformer's space.
-        latents = latent_layout.from_comfy(latent) * vae.scaling_factor  # [B, F, C, h, w]
+        latents = latent_layout.from_comfy(latent)  # [B, F, C, h, w], unscaled
         if not bool(torch.isfinite(latents).all()):  # core samplers do not check each step as ours does
             raise ValueError("the latent holds NaN/inf values, which would decode to a black video. Usual causes: "
                              "a damaged LoRA or model file, fp16 overflow (use bf16 or fp32), or an extreme cfg.")
+        keep = (latents.shape[1] - 1) * shapes.TEMPORAL_COMPRESSION + 1 if trim_to_frames else None
+        out = comfy.model_management.intermediate_device()
+        if is_core_vae(vae):
+            return (torch.cat([core_decode(vae, video[None], tiling)[0, :keep].to(out)
+                               for video in latent["samples"]]),)
+        latents = latents * vae.scaling_factor  # decode_to_frames takes the transformer's space
         module = vae.patcher.model.module
         scale = shapes.SPATIAL_COMPRESSION
         memory = vae_decode_memory(latents.shape[1], latents.shape[3] * scale, latents.shape[4] * scale,
                                    module_dtype(module), tiling)
         module = load_for_compute(vae.patcher, memory)
-        keep = (latents.shape[1] - 1) * shapes.TEMPORAL_COMPRESSION + 1 if trim_to_frames else None
-        out = comfy.model_management.intermediate_device()
         videos = [decode_to_frames(module, video[None], tiling)[0, :, :keep].to(out) for video in latents]
         return (video_to_images(torch.cat(videos, dim=1)),)

@@ -5,9 +5,11 @@ import torch
 
 from ..droplet_core import shapes
 from ..droplet_core.pipeline import video_to_pixels
+from ..droplet_core.preview import fit_rgb_projection
 from ..droplet_core.vae_ops import encode_video_latents
 from . import latent_layout
 from .components import load_for_compute, module_dtype
+from .core_vae import VAE_TOOLTIP, VAE_TYPES, core_encode, is_core_vae
 from .memory import vae_encode_memory
 
 
@@ -24,11 +26,12 @@ class DropletVideoVAEEncode:
     @classmethod
     def INPUT_TYPES(cls):
         return {"required": {
-            "vae": ("DROPLET_VAE", {"tooltip": "From a DropletVideo loader."}),
+            "vae": (VAE_TYPES, {"tooltip": VAE_TOOLTIP}),
             "image": ("IMAGE", {"tooltip": "The video frames, e.g. from Get Video Components."}),
             "tiling": ("BOOLEAN", {"default": False, "tooltip": "Encode in spatial tiles: less memory."}),
             "seed": ("INT", {"default": 42, "min": 0, "max": 0xFFFFFFFFFFFFFFFF, "control_after_generate": True,
-                             "tooltip": "Seed of the latent sample (the reference uses the sampler's seed)."}),
+                             "tooltip": "Seed of the latent sample (the reference uses the sampler's seed). A core "
+                             "VAE gives the distribution's mean instead, as core's VAE Encode does."}),
         }}
 
     def encode(self, vae, image, tiling, seed):
@@ -42,9 +45,21 @@ class DropletVideoVAEEncode:
             raise ValueError(f"video frames are {width}x{height}: {error} Resize them first (core node "
                              f"'Upscale Image').") from error
         frames = shapes.round_frames(image.shape[0])
-        pixels = video_to_pixels(image, frames, width, height)
-        module = vae.patcher.model.module
-        module = load_for_compute(vae.patcher, vae_encode_memory(frames, height, width, module_dtype(module), tiling))
-        generator = torch.Generator(device=vae.patcher.load_device).manual_seed(seed)
-        latents = encode_video_latents(module, pixels, generator, tiling) / vae.scaling_factor  # LATENT: unscaled
-        return (latent_layout.to_comfy(latents.to(comfy.model_management.intermediate_device())),)
+        pixels = video_to_pixels(image, frames, width, height)  # [1, 3, F, H, W] in -1..1
+        if is_core_vae(vae):
+            latents = core_encode(vae, pixels, tiling)
+        else:
+            latents = latent_layout.to_comfy(droplet_sample(vae, pixels, tiling, seed))["samples"]
+        # the preview map: the causal VAE's first latent frame encodes the first frame alone
+        projection = fit_rgb_projection(latents[0, :, 0], (pixels[0, :, 0] + 1) / 2)
+        latent = {"samples": latents.to(comfy.model_management.intermediate_device())}
+        return (latent_layout.with_preview(latent, projection),)
+
+
+def droplet_sample(vae, pixels: torch.Tensor, tiling: bool, seed: int) -> torch.Tensor:
+    """A sample of the pack's VAE's distribution, unscaled, [1, F_lat, C, h, w] (the reference's V2V latents)."""
+    frames, height, width = pixels.shape[2:]
+    module = vae.patcher.model.module
+    module = load_for_compute(vae.patcher, vae_encode_memory(frames, height, width, module_dtype(module), tiling))
+    generator = torch.Generator(device=vae.patcher.load_device).manual_seed(seed)
+    return encode_video_latents(module, pixels, generator, tiling) / vae.scaling_factor

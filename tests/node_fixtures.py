@@ -1,6 +1,9 @@
 """What the node tests share: running a node, the tiny model loaded through the nodes, the
 engine on the nodes' device, the prompt's embeddings, the i2v settings they compare at."""
 
+import importlib.util
+import os
+import sys
 from pathlib import Path
 
 import comfy.model_management
@@ -80,6 +83,17 @@ def engine_frames(engine, **request):
 def engine_latent(engine, **request):
     """The engine's final latents as the sampler's LATENT ([B, C, F, H, W], unscaled)."""
     return engine_result(engine, **request).latents.permute(0, 2, 1, 3, 4) / engine.vae.config.scaling_factor
+
+
+def core_nodes_module():
+    """ComfyUI's nodes.py (the name `nodes` is this pack's folder on the tests' path)."""
+    if "comfyui_core_nodes" not in sys.modules:
+        spec = importlib.util.spec_from_file_location("comfyui_core_nodes",
+                                                      Path(os.environ["COMFYUI_PATH"]) / "nodes.py")
+        module = importlib.util.module_from_spec(spec)
+        sys.modules["comfyui_core_nodes"] = module
+        spec.loader.exec_module(module)
+    return sys.modules["comfyui_core_nodes"]
 
 
 def load_engine(models_dir):

@@ -73,6 +73,17 @@ def test_a_lora_for_another_model_is_refused(tiny_ckpt, tmp_path):
         read_lora(tmp_path / "sd.safetensors", load_transformer(tiny_ckpt / "transformer"))
 
 
+def test_a_lora_whose_factors_disagree_in_rank_is_refused_by_name(tiny_ckpt, tmp_path):
+    model = load_transformer(tiny_ckpt / "transformer")
+    width = model.transformer_blocks[0].attn1.to_q.in_features
+    save_file({"transformer.transformer_blocks.0.attn1.to_q.lora_A.weight": torch.ones(4, width),
+               "transformer.transformer_blocks.0.attn1.to_q.lora_B.weight": torch.ones(width, 8)},
+              str(tmp_path / "ranks.safetensors"))
+    with pytest.raises(ValueError, match=f"LoRA layer transformer_blocks.0.attn1.to_q: up \\({width}, 8\\) has rank 8 "
+                                         f"but down \\(4, {width}\\) has rank 4"):
+        merge_loras(model, [(str(tmp_path / "ranks.safetensors"), 1.0)])
+
+
 def test_fps_sweep_equals_separate_runs(tiny_ckpt, start_image):
     pipe = load_pipeline(tiny_ckpt)
     request = Request(prompt="a panda", image=start_image, width=128, height=128, frames=5, steps=2, seed=8)

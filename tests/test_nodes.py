@@ -159,8 +159,11 @@ def test_progress_previews_the_middle_frame_through_the_fitted_projection(pack, 
     cond = image_cond(pack, loaded[1], start=as_image(start), frames=9)
     video, mask = i2v_video_and_mask(9, 128, 128, start)
     encoded = inpaint_latents(engine.vae, video, mask, (3, 16, 16), torch.float32, None, None, False)
-    expected_projection = preview.fit_rgb_projection(encoded[0, 0, 1:], video[0, :, 0])
-    projection = conditioned(pack, conds, cond)[0][0][1]["droplet_rgb_projection"]
+    scale = engine.vae.config.scaling_factor
+    expected_projection = preview.fit_rgb_projection(encoded[0, 0, 1:] / scale, video[0, :, 0])  # LATENT's space
+    positive, _, latent = conditioned(pack, conds, cond)
+    assert "droplet_rgb_projection" not in positive[0][1]  # it travels in the LATENT, not in CONDITIONING
+    projection = latent["droplet_rgb_projection"]
     for ours, theirs in zip(projection, expected_projection):
         torch.testing.assert_close(ours, theirs, atol=1e-4, rtol=0)
 
@@ -182,21 +185,21 @@ def test_progress_previews_the_middle_frame_through_the_fitted_projection(pack, 
     assert len(previews) == len(steps) == 3
     for (kind, picture, max_size), latents in zip(previews, steps):
         assert kind == "JPEG" and max_size == comfy.cli_args.args.preview_size and picture.size == (16, 16)
-        expected = preview.latents_to_rgb(latents[0, latents.shape[1] // 2], projection).numpy()
+        expected = preview.latents_to_rgb(latents[0, latents.shape[1] // 2] / scale, projection).numpy()
         assert np.abs(np.array(picture).astype(int) - expected).max() <= 1
     previews.clear()
     sample(pack, loaded[0], conds, empty_cond(frames=9))
     assert previews == [None] * 3  # text-to-video without a VAE: nothing to fit a projection on
     t2v = empty_cond(frames=9, vae=loaded[1])
-    t2v_projection = conditioned(pack, conds, t2v)[0][0][1]["droplet_rgb_projection"]
+    t2v_projection = conditioned(pack, conds, t2v)[2]["droplet_rgb_projection"]
     pattern = preview.color_pattern(128)
     with torch.no_grad():
         latent = engine.vae.encode((pattern * 2 - 1)[None, :, None]).latent_dist.mode()[0, :, 0]
-    expected_projection = preview.fit_rgb_projection(latent * engine.vae.config.scaling_factor, pattern)
+    expected_projection = preview.fit_rgb_projection(latent, pattern)
     for ours, theirs in zip(t2v_projection, expected_projection):
         torch.testing.assert_close(ours, theirs, atol=1e-4, rtol=0)
     previews.clear()
-    latent = sample(pack, loaded[0], conds, t2v)["samples"] * engine.vae.config.scaling_factor
+    latent = sample(pack, loaded[0], conds, t2v)["samples"]
     assert len(previews) == 3 and all(p is not None for p in previews)
     last = latent[0, :, latent.shape[2] // 2]  # ComfyUI's [B, C, F, H, W]: the middle frame's channels
     expected = preview.latents_to_rgb(last, t2v_projection).numpy()

@@ -3,9 +3,7 @@ again, they stack, core LoraLoaderModelOnly gives the same model; and the ModelP
 it relies on (clone, add_patches, patch on load_models_gpu, restore when another clone loads),
 checked on the stand-in or on a real ComfyUI."""
 
-import importlib.util
 import os
-import sys
 from pathlib import Path
 
 import comfy.model_management
@@ -16,8 +14,8 @@ from safetensors.torch import load_file, save_file
 
 from droplet_core.lora import lora_deltas, merge_loras, read_lora
 from lora_files import random_factors, write_kohya, write_peft
-from node_fixtures import (ATOL, as_image, conds, engine_latent, image_cond, load_engine, loaded, run,  # noqa: F401
-                           sample, start_image)
+from node_fixtures import (ATOL, as_image, conds, core_nodes_module, engine_latent, image_cond, load_engine,  # noqa: F401
+                           loaded, run, sample, start_image)
 
 LORA_ATOL = 1e-5
 PEFT, KOHYA = "droplet_test_peft.safetensors", "droplet_test_kohya.safetensors"
@@ -121,17 +119,6 @@ def test_model_management_patches_on_load_and_restores(pack, loaded, loras, orig
             torch.testing.assert_close(got[k], expected[k].cpu(), atol=LORA_ATOL, rtol=0, msg=k)
 
 
-def core_nodes_module():
-    """ComfyUI's nodes.py (the name `nodes` is this pack's folder on the tests' path)."""
-    if "comfyui_core_nodes" not in sys.modules:
-        spec = importlib.util.spec_from_file_location("comfyui_core_nodes",
-                                                      Path(os.environ["COMFYUI_PATH"]) / "nodes.py")
-        module = importlib.util.module_from_spec(spec)
-        sys.modules["comfyui_core_nodes"] = module
-        spec.loader.exec_module(module)
-    return sys.modules["comfyui_core_nodes"]
-
-
 @pytest.mark.skipif(not os.environ.get("COMFYUI_PATH"), reason="core LoraLoaderModelOnly needs a real ComfyUI")
 @pytest.mark.parametrize("name", [PEFT, KOHYA])
 def test_core_lora_loader_gives_the_same_model_as_the_pack(pack, loaded, loras, name):
@@ -171,3 +158,14 @@ def test_lora_errors_name_the_fix(pack, loaded, loras):
     write_peft(loras / "droplet_test_nan.safetensors", factors)
     with pytest.raises(ValueError, match="droplet_test_nan.safetensors: LoRA tensor .*to_q.lora_A.weight' holds NaN/inf"):
         with_lora(pack, loaded[0], "droplet_test_nan.safetensors", 1.0)
+
+
+def test_a_lora_whose_factors_disagree_in_rank_is_refused_by_name(pack, loaded, loras):
+    """lora_A 4 x in with lora_B out x 8: ComfyUI would log the failed product and run without the layer."""
+    width = loaded[0].model.diffusion_model.transformer_blocks[0].attn1.to_q.in_features
+    save_file({"transformer.transformer_blocks.0.attn1.to_q.lora_A.weight": torch.ones(4, width),
+               "transformer.transformer_blocks.0.attn1.to_q.lora_B.weight": torch.ones(width, 8)},
+              str(loras / "droplet_test_ranks.safetensors"))
+    with pytest.raises(ValueError, match=f"'droplet_test_ranks.safetensors', layer transformer_blocks.0.attn1.to_q: "
+                                         f"up \\({width}, 8\\) has rank 8 but down \\(4, {width}\\) has rank 4"):
+        with_lora(pack, loaded[0], "droplet_test_ranks.safetensors", 1.0)

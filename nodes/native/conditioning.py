@@ -1,22 +1,26 @@
 """What DropletVideo puts into CONDITIONING, and reads back out of it.
 
 Each entry of a CONDITIONING list is [text embeddings [1, T, D], options]. The conditioning
-nodes add to the options (on positive and negative alike, as core's image-to-video nodes do):
+nodes add to the options (on positive and negative alike, as core's image-to-video nodes do),
+in core's own contract (comfy_extras/nodes_wan.py, model_base.WAN21.concat_cond):
 - "fps": the FPS condition (a number);
 - "concat_latent_image": the masked conditioning video's latents, unscaled, [1, 16, F, H, W];
-- "concat_mask": its mask at latent resolution, [1, 1, F, H, W];
-- "droplet_rgb_projection": the latent-to-RGB map for progress previews (or absent).
-The model turns them into its 17 concat channels and the FPS embedding (model.py).
+- "concat_mask": its mask at latent resolution, [1, 1, F, H, W], 1 where frames are generated
+  and 0 where they are given (the start frame, an end frame).
+So a core node that builds or edits these (WanImageToVideo's mask, a mask from core's mask
+nodes) composes with the pack's. The model turns them into its 17 concat channels (the
+reference's (1 - mask) x scaling_factor, then the latents x scaling_factor) and the FPS
+embedding (model.py). The preview projection travels in the LATENT, not here (latent_layout.py).
 """
 
 import torch
 
 from ...droplet_core.axes import channels_first
+from ..latent_layout import with_preview
 
 FPS = "fps"
 IMAGE = "concat_latent_image"
 MASK = "concat_mask"
-PREVIEW = "droplet_rgb_projection"
 LATENT_CHANNELS = 16
 
 
@@ -52,14 +56,13 @@ def video_conditioning(positive: list, negative: list, frames_shape, fps: float,
     """(positive, negative, LATENT) of a conditioning node.
 
     `frames_shape` is (latent frames, height, width); `inpaint` the engine's [1, F, 1 + 16, h, w]
-    (mask, then masked-video latents x scale_factor), or None for the all-masked text-to-video
-    input. The LATENT is zeros of the video's size, for a sampler to start from."""
+    ((1 - mask) x scale_factor, then masked-video latents x scale_factor), or None for the
+    all-masked text-to-video input. The LATENT is zeros of the video's size, for a sampler to
+    start from, carrying `projection` (the preview map of unscaled latents) when there is one."""
     values = {FPS: fps}
     if inpaint is not None:
-        inpaint = channels_first(inpaint)  # [1, 17, F, h, w]
-        values[MASK] = inpaint[:, :1].contiguous()
-        values[IMAGE] = (inpaint[:, 1:] / scale_factor).contiguous()
-    if projection is not None:
-        values[PREVIEW] = projection
-    latent = {"samples": torch.zeros((1, LATENT_CHANNELS, *frames_shape))}
+        inpaint = channels_first(inpaint) / scale_factor  # [1, 17, F, h, w], unscaled
+        values[MASK] = (1 - inpaint[:, :1]).contiguous()  # core's convention: 1 = generate
+        values[IMAGE] = inpaint[:, 1:].contiguous()
+    latent = with_preview({"samples": torch.zeros((1, LATENT_CHANNELS, *frames_shape))}, projection)
     return with_values(positive, values), with_values(negative, values), latent

@@ -31,6 +31,7 @@ class ComfyDropletTransformer(DropletVideoTransformer3DModel):
             if operations is not None:
                 use_operations(self, operations, dtype=dtype)
         self.dtype = dtype
+        self.in_channels = config.in_channels  # read by core patches (RenormCFG), as on core's own models
         self.use_attention("comfy")
 
     def use_attention(self, choice: str) -> None:

@@ -1,7 +1,8 @@
 """DropletVideo's ComfyUI model type: latent format, model config and BaseModel.
 
 Sampling is the release scheduler's: v-prediction on linear betas 0.00085-0.012 (1000 steps)
-rescaled to zero terminal SNR. LATENT holds the VAE's latents unscaled, [B, 16, F, H, W], as
+rescaled to zero terminal SNR, read from the same scheduler config the DropletVideo Sampler's
+DDIM is built on (`sampling_settings`). LATENT holds the VAE's latents unscaled, [B, 16, F, H, W], as
 ComfyUI's video models keep them; the latent format multiplies by the VAE's scaling_factor on
 the way in and divides on the way out.
 """
@@ -14,11 +15,30 @@ import torch
 
 from ...droplet_core.configs import VaeConfig
 from ...droplet_core.positional import fps_tensor
+from ...droplet_core.sampling import RELEASE_SCHEDULER_CONFIG
 from ..memory import transformer_memory
 from .diffusion_model import ComfyDropletTransformer
 
 MASK_CHANNELS = 1
 DEFAULT_TEXT_TOKENS = 226  # for memory estimates when the prompt's length is not known yet
+# diffusers' beta schedules by ComfyUI's names (ComfyUI's "linear" spaces the square roots).
+BETA_SCHEDULES = {"scaled_linear": "linear", "linear": "sqrt_linear"}
+
+
+def model_sampling_settings(scheduler_config: dict) -> dict:
+    """ComfyUI's model-sampling settings for a v-prediction DDIM-family scheduler config (the
+    release's scheduler/scheduler_config.json, or droplet_core.sampling.RELEASE_SCHEDULER_CONFIG)."""
+    schedule = scheduler_config.get("beta_schedule", "linear")
+    prediction = scheduler_config.get("prediction_type", "epsilon")
+    if schedule not in BETA_SCHEDULES or scheduler_config.get("trained_betas") is not None or \
+            prediction != "v_prediction":
+        raise ValueError(f"scheduler config with beta_schedule {schedule!r}, prediction_type {prediction!r}"
+                         f"{' and trained_betas' if scheduler_config.get('trained_betas') is not None else ''}: "
+                         f"DropletVideo's MODEL samples v-prediction on a linear or scaled_linear schedule, as the "
+                         f"release's scheduler/scheduler_config.json; use that file.")
+    return {"linear_start": scheduler_config["beta_start"], "linear_end": scheduler_config["beta_end"],
+            "beta_schedule": BETA_SCHEDULES[schedule], "timesteps": scheduler_config.get("num_train_timesteps", 1000),
+            "zsnr": bool(scheduler_config.get("rescale_betas_zero_snr", False))}
 
 
 class DropletVideoLatentFormat(comfy.latent_formats.LatentFormat):
@@ -37,7 +57,7 @@ class DropletVideoModelConfig(comfy.supported_models_base.BASE):
 
     unet_config = {"image_model": "dropletvideo"}
     unet_extra_config = {}
-    sampling_settings = {"linear_start": 0.00085, "linear_end": 0.012, "beta_schedule": "linear", "zsnr": True}
+    sampling_settings = model_sampling_settings(RELEASE_SCHEDULER_CONFIG)  # loading.py: the loaded folder's
     latent_format = DropletVideoLatentFormat
     supported_inference_dtypes = [torch.bfloat16, torch.float16, torch.float32]
     memory_usage_factor = 2.0
@@ -56,9 +76,11 @@ class DropletVideoModel(comfy.model_base.BaseModel):
         return self.diffusion_model.config
 
     def concat_cond(self, **kwargs):
-        """[mask ; masked-video latents x scaling_factor] (17 channels) for the inpaint model, from
-        the conditioning's concat_mask / concat_latent_image; zeros (every frame masked, the
-        reference's text-to-video input) when the conditioning has none."""
+        """The reference's 17 inpaint channels, [(1 - mask) x scaling_factor ; masked-video latents x
+        scaling_factor], from the conditioning's concat_mask (core's convention: 1 = generate; a
+        several-channel mask, as WAN's first-last-frame node makes, counts by its mean) and
+        concat_latent_image; zeros (every frame masked, the reference's text-to-video input) when
+        the conditioning has none."""
         noise = kwargs["noise"]
         extra = self.droplet_config.in_channels - noise.shape[1]
         if extra <= 0:
@@ -68,7 +90,11 @@ class DropletVideoModel(comfy.model_base.BaseModel):
             return torch.zeros((noise.shape[0], extra, *noise.shape[2:]), dtype=noise.dtype, device=noise.device)
         check_concat_shape(image, mask, noise, extra)
         device = kwargs.get("device", noise.device)
-        concat = torch.cat([mask.to(device, image.dtype), self.process_latent_in(image.to(device))], dim=1)
+        mask = mask.to(device, image.dtype)
+        if mask.shape[1] != MASK_CHANNELS:
+            mask = mask.mean(dim=1, keepdim=True)
+        given = (1 - mask) * self.latent_format.scale_factor  # the reference scales its mask channel too
+        concat = torch.cat([given, self.process_latent_in(image.to(device))], dim=1)
         return concat.expand(noise.shape[0], *concat.shape[1:])
 
     def extra_conds(self, **kwargs):
@@ -89,7 +115,8 @@ class DropletVideoModel(comfy.model_base.BaseModel):
 
 
 def check_concat_shape(image, mask, noise, extra_channels: int) -> None:
-    if mask is None or image.shape[1] + MASK_CHANNELS != extra_channels or image.shape[2:] != noise.shape[2:]:
+    if mask is None or image.shape[1] + MASK_CHANNELS != extra_channels or image.shape[2:] != noise.shape[2:] or \
+            mask.ndim != noise.ndim or mask.shape[2:] != noise.shape[2:]:
         raise ValueError(
             f"the image conditioning ({None if image is None else tuple(image.shape)} latents, mask "
             f"{None if mask is None else tuple(mask.shape)}) does not fit the sampled latent {tuple(noise.shape)}: "

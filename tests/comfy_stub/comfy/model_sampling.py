@@ -32,7 +32,13 @@ class ModelSamplingDiscrete(torch.nn.Module):
         super().__init__()
         settings = model_config.sampling_settings if model_config is not None else {}
         start, end = settings.get("linear_start", 0.00085), settings.get("linear_end", 0.012)
-        betas = torch.linspace(start ** 0.5, end ** 0.5, 1000, dtype=torch.float64) ** 2
+        schedule, steps = settings.get("beta_schedule", "linear"), settings.get("timesteps", 1000)
+        if schedule == "linear":  # ComfyUI's "linear" spaces the square roots (diffusers' scaled_linear)
+            betas = torch.linspace(start ** 0.5, end ** 0.5, steps, dtype=torch.float64) ** 2
+        elif schedule == "sqrt_linear":
+            betas = torch.linspace(start, end, steps, dtype=torch.float64)
+        else:
+            raise NotImplementedError(f"the ComfyUI stand-in has no {schedule!r} beta schedule")
         alphas_cumprod = torch.cumprod(1 - betas, dim=0)
         sigmas = ((1 - alphas_cumprod) / alphas_cumprod) ** 0.5
         if settings.get("zsnr", False):
