@@ -7,7 +7,7 @@ import torch
 from ..droplet_core.positional import check_latent_frames_fit, fps_tensor
 from ..droplet_core.sample_plan import SampleInputs, SamplingPlan, noise_shape, sample
 from ..droplet_core.sampling import SCHEDULERS
-from .native.conditioning import IMAGE, MASK, PREVIEW, fps_of, options, text_embeds
+from .native.conditioning import IMAGE, MASK, fps_of, options, preview_projection, text_embeds
 from .native.diffusion_model import EngineView
 from .progress import comfy_on_step
 
@@ -96,7 +96,7 @@ def sample_latent(model, positive, negative, latent: dict, plan: SamplingPlan, f
     memory = base.memory_required(shape, {"c_crossattn": [inputs.positive.shape]})
     comfy.model_management.load_models_gpu([model], memory_required=memory)
     latents = sample(EngineView(base.diffusion_model), plan, inputs, latent_size, device, dtype,
-                     on_step=comfy_on_step(plan.step_count(), options(positive).get(PREVIEW)))
+                     on_step=comfy_on_step(plan.step_count(), preview_projection(positive)))
     return comfy_latent(base, latents)
 
 

@@ -157,7 +157,8 @@ def test_progress_previews_the_middle_frame_through_the_fitted_projection(pack, 
     video, mask = i2v_video_and_mask(9, 128, 128, start)
     encoded = inpaint_latents(engine.vae, video, mask, (3, 16, 16), torch.float32, None, None, False)
     expected_projection = preview.fit_rgb_projection(encoded[0, 0, 1:], video[0, :, 0])
-    projection = conditioned(pack, conds, cond)[0][0][1]["droplet_rgb_projection"]
+    preview_projection = importlib.import_module(f"{pack.__name__}.nodes.native.conditioning").preview_projection
+    projection = preview_projection(conditioned(pack, conds, cond)[0])
     for ours, theirs in zip(projection, expected_projection):
         torch.testing.assert_close(ours, theirs, atol=1e-4, rtol=0)
 
@@ -185,7 +186,7 @@ def test_progress_previews_the_middle_frame_through_the_fitted_projection(pack, 
     sample(pack, loaded[0], conds, empty_cond(frames=9))
     assert previews == [None] * 3  # text-to-video without a VAE: nothing to fit a projection on
     t2v = empty_cond(frames=9, vae=loaded[1])
-    t2v_projection = conditioned(pack, conds, t2v)[0][0][1]["droplet_rgb_projection"]
+    t2v_projection = preview_projection(conditioned(pack, conds, t2v)[0])
     pattern = preview.color_pattern(128)
     with torch.no_grad():
         latent = engine.vae.encode((pattern * 2 - 1)[None, :, None]).latent_dist.mode()[0, :, 0]

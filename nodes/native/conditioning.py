@@ -5,11 +5,17 @@ nodes add to the options (on positive and negative alike, as core's image-to-vid
 - "fps": the FPS condition (a number);
 - "concat_latent_image": the masked conditioning video's latents, unscaled, [1, 16, F, H, W];
 - "concat_mask": its mask at latent resolution, [1, 1, F, H, W];
-- "droplet_rgb_projection": the latent-to-RGB map for progress previews (or absent).
+- "droplet_rgb_projection": the latent-to-RGB map for progress previews (or absent), one tensor
+  [3, C + 1] (weight, then bias), since core's walkers of conditioning options (Train LoRA's
+  process_cond_list) recurse into lists and tuples until they reach a 0-d tensor and fail.
 The model turns them into its 17 concat channels and the FPS embedding (model.py).
 """
 
+from typing import Optional
+
 import torch
+
+from ...droplet_core.preview import Projection
 
 FPS = "fps"
 IMAGE = "concat_latent_image"
@@ -37,6 +43,12 @@ def options(conditioning: list) -> dict:
     return conditioning[0][1] if conditioning else {}
 
 
+def preview_projection(conditioning: list) -> Optional[Projection]:
+    """The (weight [3, C], bias [3]) the conditioning node fitted for previews, or None."""
+    packed = options(conditioning).get(PREVIEW)
+    return None if packed is None else (packed[:, :-1], packed[:, -1])
+
+
 def fps_of(conditioning: list, name: str) -> float:
     fps = options(conditioning).get(FPS)
     if fps is None:
@@ -58,6 +70,7 @@ def video_conditioning(positive: list, negative: list, frames_shape, fps: float,
         values[MASK] = inpaint[:, :1].contiguous()
         values[IMAGE] = (inpaint[:, 1:] / scale_factor).contiguous()
     if projection is not None:
-        values[PREVIEW] = projection
+        weight, bias = projection
+        values[PREVIEW] = torch.cat([weight, bias[:, None]], dim=1)
     latent = {"samples": torch.zeros((1, LATENT_CHANNELS, *frames_shape))}
     return with_values(positive, values), with_values(negative, values), latent
