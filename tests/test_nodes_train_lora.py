@@ -87,3 +87,13 @@ def test_a_train_lora_difference_of_the_wrong_size_is_refused_by_name(pack, load
     with pytest.raises(ValueError, match="difference for norm_final.weight is \\(7,\\).*another size"):
         run(pack, "DropletVideoLoraLoader", model=loaded[0], lora_name="droplet_test_train_wide.safetensors",
             strength=1.0)
+
+
+def test_conditioning_options_are_flat_tensors_and_numbers(pack, loaded, conds, small_i2v):
+    """Core walks conditioning options (Train LoRA's process_cond_list recurses into every list and
+    tuple down to 0-d tensors, and fails there), so the pack stores only tensors and numbers."""
+    node, inputs = small_i2v
+    positive, negative, _ = run(pack, node, positive=conds[0], negative=conds[1], fps=8, **inputs)
+    for entry in (*positive, *negative):
+        for name, value in entry[1].items():
+            assert isinstance(value, (torch.Tensor, int, float)), f"{name} is a {type(value).__name__}"
