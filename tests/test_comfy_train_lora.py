@@ -2,8 +2,8 @@
 
 Two short clips with their image-to-video conditioning (FPS and the start frame's concat
 channels) train a LoRA with core *Train LoRA*; core *Save LoRA* writes it; core
-LoraLoaderModelOnly and the pack's LoRA Loader both load the file, give the same weights, and
-change the video."""
+LoraLoaderModelOnly and the pack's LoRA Loader both load the file (core Load LoRA Model takes its
+tensors), give the same weights, and change the video."""
 
 import importlib
 import os
@@ -103,9 +103,13 @@ def test_saved_lora_has_core_names_and_loads_with_core_and_the_pack(pack, loaded
     shutil.copy(saved, loras / saved.name)
     ours = run(pack, "DropletVideoLoraLoader", model=loaded[0], lora_name=saved.name, strength=1.0)[0]
     core = core_nodes_module().LoraLoaderModelOnly().load_lora_model_only(loaded[0], saved.name, 1.0)[0]
-    ours_weights, core_weights = on_device(pack, ours), on_device(pack, core)
-    for k in ours_weights:
-        torch.testing.assert_close(core_weights[k], ours_weights[k], atol=1e-6, rtol=0, msg=k)
+    train = importlib.import_module("comfy_extras.nodes_train")
+    direct = train.LoraModelLoader.execute(loaded[0], tensors, 1.0).args[0]  # Load LoRA Model: no file
+    ours_weights = on_device(pack, ours)
+    for other in (core, direct):
+        other_weights = on_device(pack, other)
+        for k in ours_weights:
+            torch.testing.assert_close(other_weights[k], ours_weights[k], atol=1e-6, rtol=0, msg=k)
     cond = "DropletVideoImageEncode", dict(vae=loaded[1], **SMALL, resize_mode="stretch", noise_augmentation=False,
                                            noise_aug_strength=0.0563, noise_aug_seed=42, vae_tiling=False,
                                            start_image=as_image(start_image))
