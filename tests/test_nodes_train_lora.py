@@ -13,6 +13,8 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
+from droplet_core.loading import load_transformer
+from droplet_core.lora import merge_loras
 from lora_files import train_lora_layout
 from node_fixtures import as_image, conds, image_cond, loaded, run, sample, start_image  # noqa: F401
 from test_nodes_lora import core_nodes_module, on_device
@@ -97,3 +99,17 @@ def test_conditioning_options_are_flat_tensors_and_numbers(pack, loaded, conds, 
     for entry in (*positive, *negative):
         for name, value in entry[1].items():
             assert isinstance(value, (torch.Tensor, int, float)), f"{name} is a {type(value).__name__}"
+
+
+def test_the_engine_merges_a_train_lora_file_as_the_lora_loader_patches_it(pack, loaded, models_dir, trained_file):
+    """The CLI/engine path (droplet_core.lora.merge_loras) reads core Train LoRA files too: LoRA
+    factors (the patch embedding's convolution included), norm and bias differences."""
+    transformer = load_transformer(models_dir / "DropletVideo" / "tiny" / "transformer")
+    assert merge_loras(transformer, [(str(models_dir / "loras" / TRAINED), 0.8)]) == []
+    patched = on_device(pack, run(pack, "DropletVideoLoraLoader", model=loaded[0], lora_name=TRAINED,
+                                  strength=0.8)[0])
+    merged = transformer.state_dict()
+    assert merged.keys() == patched.keys()
+    for k in merged:
+        torch.testing.assert_close(merged[k], patched[k], atol=1e-6, rtol=0, msg=k)
+    on_device(pack, loaded[0])
