@@ -35,17 +35,19 @@ from run_workflow import input_specs, is_widget, ui_to_api  # noqa: E402 (tools/
 SMALL = {"width": 64, "height": 64, "frames": 5, "steps": 2, "precision": "fp32"}
 SAMPLERS = {"KSampler": "droplet_i2v_core_ksampler.json", "DropletVideoSampler": "droplet_i2v.json"}
 DROPPED = ("DropletVideoVAEDecode", "CreateVideo", "SaveVideo")  # the latents are what is compared
-TOLERANCE = 1e-5  # relative to the unpatched latents' largest magnitude
+# Relative to the unpatched latents' largest magnitude. A patch that only changes how core batches
+# the model calls (an extra cond, a compiled graph) moves the fp32 latents by about 1e-4 of it here.
+TOLERANCE = 1e-3
 REFUSALS = ("ValueError", "NotImplementedError", "FileNotFoundError")
 VERDICTS = ("acts", "no effect", "refused", "fails", "absent")
-PATCH_ID, SAVE_ID = "900", "901"
+PATCH_ID, SAVE_ID, EMPTY_IDS = "900", "901", ("902", "903")
 
 # The video-relevant patch nodes (ComfyUI 0.33's advanced/guidance, model/patch, experimental,
 # advanced/debug, guiders and unet-patch categories) and the settings they run with: the
 # defaults, except where a default does nothing on a 2-step, 5-frame, 2-block run.
 PATCHES = {
     "APG": {}, "CFGZeroStar": {}, "CFGNorm": {}, "TCFG": {}, "NAGuidance": {},
-    "RescaleCFG": {}, "RenormCFG": {}, "Mahiro": {}, "FreSca": {},
+    "RescaleCFG": {}, "RenormCFG": {}, "Mahiro": {}, "FreSca": {"freq_cutoff": 2},
     "SelfAttentionGuidance": {}, "PerturbedAttentionGuidance": {}, "PerpNeg": {},
     "SkipLayerGuidanceDiT": {"double_layers": "1", "single_layers": "1", "start_percent": 0.0, "end_percent": 1.0},
     "SkipLayerGuidanceDiTSimple": {"double_layers": "1", "single_layers": "1"},
@@ -56,8 +58,8 @@ PATCHES = {
     "ModelAttentionBackend": {}, "ModelComputeDtype": {"dtype": "bf16"}, "TorchCompileModel": {},
     "ScaleROPE": {"scale_t": 2.0, "scale_x": 2.0}, "ContextWindowsManual": {"context_length": 1, "context_overlap": 0,
                                                                             "dim": 2},
-    "FreeU_V2": {}, "DifferentialDiffusion": {}, "UNetSelfAttentionMultiply": {"q": 2.0},
-    "UNetCrossAttentionMultiply": {"q": 2.0}, "TomePatchModel": {},
+    "FreeU_V2": {}, "DifferentialDiffusion": {}, "UNetSelfAttentionMultiply": {"v": 2.0},
+    "UNetCrossAttentionMultiply": {"v": 2.0}, "TomePatchModel": {},
 }
 # Why a patch cannot change this model: shown only where the measured verdict is "no effect".
 REASONS = {
@@ -68,6 +70,8 @@ REASONS = {
     "DifferentialDiffusion": "acts only with a denoise mask (inpainting latents); the image-to-video graph has none",
     "ScaleROPE": "scales ComfyUI's RoPE options (Flux, Wan, Qwen models); DropletVideo builds its own 3-D rotary table",
     "ModelAttentionBackend": "the only backend offered here is PyTorch attention, the SDPA DropletVideo already uses",
+    "NAGuidance": "works through the attention-output patch (attn1_output_patch), which DropletVideo's blocks never call",
+    "UNetCrossAttentionMultiply": "scales cross-attention (attn2) weights; DropletVideo's joint attention has no attn2",
     "EasyCache": "reuses steps whose input barely changed; 2 steps leave nothing to reuse",
     "LazyCache": "reuses steps whose input barely changed; 2 steps leave nothing to reuse",
 }
@@ -89,7 +93,8 @@ def classify(baseline: dict, record: dict, tolerance: float = TOLERANCE) -> tupl
         if record.get("max_diff") is None:
             return "acts", "the latent's shape changed"
         relative = record["max_diff"] / max(record.get("scale") or 0.0, 1e-12)
-        return ("acts", f"max |Δ| {relative:.2g} of the scale") if relative > tolerance else ("no effect", "")
+        detail = f"max |Δ| {relative:.2g} of the scale" if relative else ""
+        return ("acts" if relative > tolerance else "no effect"), detail
     message = " ".join(str(record.get("message", "")).split())
     if status == "rejected" or record.get("exception_type") in REFUSALS:
         return "refused", message
@@ -219,12 +224,23 @@ def widget_default(spec):
     return choices[0] if choices else {"BOOLEAN": False, "STRING": ""}.get(kind, 0)
 
 
+def empty_prompt(api: dict) -> list:
+    """A link to the empty prompt with the graph's image and FPS conditions (PerpNeg's
+    empty_conditioning): a second text encode ("") through a second Image Encode."""
+    text_id, text = next((i, n) for i, n in api.items() if n["class_type"] == "DropletVideoTextEncode")
+    encode = next(n for n in api.values() if n["class_type"] == "DropletVideoImageEncode")
+    api[EMPTY_IDS[0]] = {"class_type": text["class_type"], "inputs": {
+        **text["inputs"], "prompt": "", "negative_prompt": "", "append_quality_suffix": False}}
+    api[EMPTY_IDS[1]] = {"class_type": encode["class_type"], "inputs": {
+        **encode["inputs"], "positive": [EMPTY_IDS[0], 0], "negative": [EMPTY_IDS[0], 1]}}
+    return [EMPTY_IDS[1], 0]
+
+
 def with_patch(api: dict, sampler: str, node: str, definition: dict, settings: dict) -> dict:
-    """`api` with `node` between the loader's MODEL and the sampler; CONDITIONING inputs (PerpNeg's
-    empty prompt) take the conditioning node's negative. ValueError for another required input."""
+    """`api` with `node` between the loader's MODEL and the sampler; a CONDITIONING input (PerpNeg's
+    empty prompt) gets the empty prompt. ValueError for another required input."""
     api = json.loads(json.dumps(api))
     sampler_id = next(i for i, n in api.items() if n["class_type"] == sampler)
-    encode_id = next(i for i, n in api.items() if n["class_type"] == "DropletVideoImageEncode")
     inputs = {}
     for name, spec, optional in input_specs(definition):
         if is_widget(spec):
@@ -232,7 +248,7 @@ def with_patch(api: dict, sampler: str, node: str, definition: dict, settings: d
         elif spec[0] == "MODEL":
             inputs[name] = api[sampler_id]["inputs"]["model"]
         elif spec[0] == "CONDITIONING":
-            inputs[name] = [encode_id, 1]
+            inputs[name] = empty_prompt(api)
         elif not optional:
             raise ValueError(f"{node} needs a {spec[0]} input ({name}), which this tool does not provide")
     api[PATCH_ID] = {"class_type": node, "inputs": inputs}
