@@ -261,7 +261,7 @@ def test_train_lora_workflow_is_wired_for_core_training(info):
                                                                                ("ConditioningCombine", 0))
     for latent, cond in ((batch["samples1"], combine["conditioning_1"]), (batch["samples2"], combine["conditioning_2"])):
         vae_encode, encode = api[latent[0]]["inputs"], api[cond[0]]["inputs"]
-        assert source(api, vae_encode["image"]) == source(api, encode["start_image"]) == ("ImageScale", 0)
+        assert vae_encode["image"] == encode["start_image"] and source(api, encode["start_image"]) == ("ImageScale", 0)
         scale = api[vae_encode["image"][0]]["inputs"]
         frames = api[scale["image"][0]]["inputs"]
         assert source(api, scale["image"]) == ("ImageFromBatch", 0)
