@@ -59,8 +59,14 @@ def dtype_for(precision: str):
 
 
 def build_model(transformer_path: Path, precision: str, weight_format=None, attention=None,
-                scheduler_config: dict = RELEASE_SCHEDULER_CONFIG, scale_factor: float = VaeConfig().scaling_factor):
-    """The native MODEL (a ModelPatcher around DropletVideoModel)."""
+                scheduler_config: dict = RELEASE_SCHEDULER_CONFIG, scale_factor: float = VaeConfig().scaling_factor,
+                *, disable_dynamic: bool = False):
+    """The native MODEL (a ModelPatcher around DropletVideoModel).
+
+    Also the MODEL's cached_patcher_init factory: ComfyUI 0.33 rebuilds a patcher through it with
+    `disable_dynamic=True` (ModelPatcher.clone(force_deepcopy=True) in core Train LoRA, and every
+    non-dynamic delegate). That asks for a plain ModelPatcher, which is the only kind built here."""
+    del disable_dynamic  # never dynamic: load_native_model wraps the model in a plain ModelPatcher
     weight_format, attention = weight_format or "default", attention or "comfy"
     if weight_format not in WEIGHT_FORMATS:
         raise ValueError(f"unknown weight_format {weight_format!r}: use one of {', '.join(WEIGHT_FORMATS)}.")

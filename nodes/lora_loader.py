@@ -3,7 +3,9 @@
 It is core LoraLoaderModelOnly with DropletVideo's key names added: core maps kohya
 (`lora_unet_transformer_blocks_0_attn1_to_q`) and ComfyUI (`diffusion_model.…`) keys of any
 model, but not the diffusers/peft names CogVideoX LoRAs are usually saved with
-(`transformer.transformer_blocks.0.attn1.to_q`), which only core's own model classes map. The
+(`transformer.transformer_blocks.0.attn1.to_q`), which only core's own model classes map. Core
+*Train LoRA* files (`diffusion_model.…` LoRA factors, plus `.diff` / `.diff_b` differences for
+norm weights and biases) load here and through core LoraLoaderModelOnly alike. The
 patches are core's adapters (LoRA, LoHa, LoKr, DoRA), applied by ComfyUI when it loads the
 model, on fp8 weights too; chain loaders to stack LoRAs.
 """
@@ -18,6 +20,7 @@ LORA_FOLDER = "loras"
 MODEL_PREFIX = "diffusion_model."
 # Text-encoder parts some trainers save beside the transformer's: not this node's to apply.
 TEXT_ENCODER_PREFIXES = ("lora_te", "text_encoder.", "te.")
+DIFFERENCE_SUFFIXES = ("diff", "diff_b")
 
 
 def droplet_key_map(base_model) -> dict:
@@ -33,19 +36,29 @@ def droplet_key_map(base_model) -> dict:
     return key_map
 
 
-def unused_keys(tensors: dict, patches: dict) -> list:
+def unused_keys(tensors: dict, patches: dict, key_map: dict) -> list:
+    """Keys no patch came from: adapters list theirs; core's plain differences (`.diff` for 1-D
+    weights, `.diff_b` for biases, as core Train LoRA saves them) are used when their layer is mapped."""
     used = set()
     for adapter in patches.values():
         used.update(getattr(adapter, "loaded_keys", ()))
+    for key in tensors:
+        layer, _, suffix = key.rpartition(".")
+        if suffix in DIFFERENCE_SUFFIXES and layer in key_map:
+            used.add(key)
     return [key for key in tensors if key not in used and not key.endswith(".alpha")
             and not key.startswith(TEXT_ENCODER_PREFIXES)]
 
 
 def check_shapes(patches: dict, base_model, name: str) -> None:
-    """LoRA factors must agree in rank and fit their weight (ComfyUI would only log and skip either
-    mismatch at load, and the run would go on without that layer)."""
+    """LoRA factors must agree in rank, and they and differences must fit their weight (ComfyUI would
+    only log and skip a mismatch at load, and the run would go on without that layer)."""
     weights = base_model.state_dict()
     for key, adapter in patches.items():
+        if isinstance(adapter, tuple) and adapter[0] == "diff" and adapter[1][0].shape != weights[key].shape:
+            raise ValueError(f"LoRA {name!r}: the difference for {key[len(MODEL_PREFIX):]} is "
+                             f"{tuple(adapter[1][0].shape)}, the weight {tuple(weights[key].shape)}; the LoRA was "
+                             f"trained for a model of another size: use one made for this DropletVideo transformer.")
         if getattr(adapter, "name", None) != "lora":
             continue
         up, down, mid = adapter.weights[0], adapter.weights[1], adapter.weights[3]
@@ -66,8 +79,9 @@ def lora_patches(model, path, name: str) -> dict:
     tensors = load_tensors([path])
     check_lora_finite(name, tensors)
     tensors = comfy.lora_convert.convert_lora(tensors)
-    patches = comfy.lora.load_lora(tensors, droplet_key_map(model.model), log_missing=False)
-    unused = unused_keys(tensors, patches)
+    key_map = droplet_key_map(model.model)
+    patches = comfy.lora.load_lora(tensors, key_map, log_missing=False)
+    unused = unused_keys(tensors, patches, key_map)
     if not patches or unused:
         raise ValueError(f"LoRA {name!r}: {len(unused)} of its {len(tensors)} keys match no layer of this DropletVideo "
                          f"transformer (first: {unused[0] if unused else 'none'}); it was made for another model: "

@@ -101,8 +101,12 @@ def test_workflow_is_valid(path, info):
         for (name, spec, _), value in zip(slots, values):
             check_value(f"{where}.{name}", spec, value)
         sockets = [(n, s[0], o) for n, s, o in tool.input_specs(definition) if not tool.is_widget(s)]
-        assert [(i["name"], i["type"]) for i in node["inputs"]] == [(n, t) for n, t, _ in sockets], where
-        assert all(i["link"] is not None for i, (_, _, optional) in zip(node["inputs"], sockets) if not optional), \
+        linked_widgets = [i for i in node["inputs"] if "widget" in i]  # a widget fed by a link (SaveLoRA's steps)
+        assert all(i["widget"]["name"] == i["name"] and i["link"] is not None and i["name"] in
+                   {name for name, _, _ in slots} for i in linked_widgets), where
+        node_sockets = [i for i in node["inputs"] if "widget" not in i]
+        assert [(i["name"], i["type"]) for i in node_sockets] == [(n, t) for n, t, _ in sockets], where
+        assert all(i["link"] is not None for i, (_, _, optional) in zip(node_sockets, sockets) if not optional), \
             f"{where}: a required input is not connected"
         assert [o["type"] for o in node["outputs"]] == list(definition["output"]), where
 
@@ -206,7 +210,10 @@ MODEL_PATH = {"droplet_lora": ["DropletVideoLoraLoader"],
 LOADER = {"droplet_i2v_split_loaders": ("DropletVideoTransformerLoader", "DropletVideoT5Loader")}
 
 
-@pytest.mark.parametrize("path", WORKFLOWS, ids=lambda p: p.stem)
+TRAINING = "droplet_train_lora"  # no sampler: core Train LoRA (test_train_lora_workflow_is_wired_for_core_training)
+
+
+@pytest.mark.parametrize("path", [p for p in WORKFLOWS if p.stem != TRAINING], ids=lambda p: p.stem)
 def test_graph_is_wired_as_a_native_model(path, info):
     name = path.stem
     api = tool.ui_to_api(json.loads(path.read_text()), info)
@@ -247,6 +254,33 @@ def test_core_sampler_workflows_use_core_nodes_with_the_release_settings(name, i
     if name == "droplet_i2v_model_patches":
         assert by_type(api, "EasyCache")[1]["reuse_threshold"] == 0.2
         assert by_type(api, "TorchCompileModel")[1]["backend"] == "inductor"
+
+
+def test_train_lora_workflow_is_wired_for_core_training(info):
+    """Each clip: Load Video -> frames -> Upscale Image -> VAE Encode (the training latent) and Image
+    Encode on its first frame (image + FPS condition, same size and frame count); the clips'
+    latents batched and their conditionings combined in the same order into core Train LoRA on the
+    loader's MODEL; Save LoRA names the file with Train LoRA's step count."""
+    api = tool.ui_to_api(load(TRAINING), info)
+    _, train = by_type(api, "TrainLoraNode")
+    assert source(api, train["model"]) == ("DropletVideoModelLoader", 0)
+    (_, batch), (_, combine) = by_type(api, "LatentBatch"), by_type(api, "ConditioningCombine")
+    assert (source(api, train["latents"]), source(api, train["positive"])) == (("LatentBatch", 0),
+                                                                               ("ConditioningCombine", 0))
+    for latent, cond in ((batch["samples1"], combine["conditioning_1"]), (batch["samples2"], combine["conditioning_2"])):
+        vae_encode, encode = api[latent[0]]["inputs"], api[cond[0]]["inputs"]
+        assert vae_encode["image"] == encode["start_image"] and source(api, encode["start_image"]) == ("ImageScale", 0)
+        scale = api[vae_encode["image"][0]]["inputs"]
+        frames = api[scale["image"][0]]["inputs"]
+        assert source(api, scale["image"]) == ("ImageFromBatch", 0)
+        assert source(api, frames["image"]) == ("GetVideoComponents", 0)
+        assert (scale["width"], scale["height"], frames["length"]) == (encode["width"], encode["height"],
+                                                                        encode["frames"])
+        assert encode["frames"] % 4 == 1 and encode["fps"] == 8
+    assert {k: v for k, v in train.items() if k in ("steps", "batch_size", "rank", "gradient_checkpointing")} == {
+        "steps": 100, "batch_size": 1, "rank": 16, "gradient_checkpointing": True}
+    _, save = by_type(api, "SaveLoRA")
+    assert source(api, save["lora"]) == ("TrainLoraNode", 0) and source(api, save["steps"]) == ("TrainLoraNode", 2)
 
 
 def test_v2v_encodes_the_video_and_conditions_with_empty_conditioning(info):

@@ -3,7 +3,7 @@ applies a key's patch list to a weight.
 
 Each patch is (strength, value, strength_model, offset, function) as ModelPatcher.add_patches
 stores it; value is a weight_adapter object (ComfyUI 2025+) or a legacy tuple: ("lora", (up,
-down, alpha, mid, dora_scale, reshape)) or (diff,). Same arithmetic and order as ComfyUI.
+down, alpha, mid, dora_scale, reshape)), ("diff", (diff,)) or (diff,). Same arithmetic and order as ComfyUI.
 """
 
 import logging
@@ -28,6 +28,12 @@ def calculate_weight(patches, weight, key, intermediate_dtype=torch.float32, ori
         if len(v) == 1:
             if strength != 0.0:
                 weight += function(strength * v[0].to(weight.device, weight.dtype))
+        elif v[0] == "diff":
+            if v[1][0].shape != weight.shape:
+                logging.warning("WARNING SHAPE MISMATCH %s WEIGHT NOT MERGED %s != %s", key, v[1][0].shape,
+                                weight.shape)
+            elif strength != 0.0:
+                weight += function(strength * v[1][0].to(weight.device, weight.dtype))
         elif v[0] == "lora":  # ComfyUI before weight_adapter: the same arithmetic inline
             weight = weight_adapter.LoRAAdapter(set(), v[1]).calculate_weight(
                 weight, key, strength, strength_model, offset, function, intermediate_dtype)
@@ -59,6 +65,10 @@ def load_lora(lora, to_load, log_missing=True):
             if adapter is not None:
                 patch_dict[to_load[x]] = adapter
                 loaded_keys.update(adapter.loaded_keys)
+        for suffix, target in ((".diff", to_load[x]), (".diff_b", f"{to_load[x][:-len('.weight')]}.bias")):
+            if f"{x}{suffix}" in lora:  # what core Train LoRA saves for 1-D weights and for biases
+                patch_dict[target] = ("diff", (lora[f"{x}{suffix}"],))
+                loaded_keys.add(f"{x}{suffix}")
     if log_missing:
         for x in lora:
             if x not in loaded_keys:

@@ -58,7 +58,7 @@ class ModelPatcher:
         self.weight_inplace_update = weight_inplace_update
         self.patches_uuid = uuid.uuid4()
         self.parent = None
-        self.cached_patcher_init = None  # (factory, args): how MultiGPU CFG Split rebuilds the model per GPU
+        self.cached_patcher_init = None  # (factory, args): how clone(force_deepcopy) and MultiGPU CFG Split rebuild it
         for name, default in (("model_loaded_weight_memory", 0), ("current_weight_patches_uuid", None),
                               ("model_lowvram", False)):
             if not hasattr(self.model, name):
@@ -83,15 +83,22 @@ class ModelPatcher:
         if hasattr(self.model, "get_dtype"):
             return self.model.get_dtype()
 
-    def clone(self):
-        n = self.__class__(self.model, self.load_device, self.offload_device, self.model_size(),
+    def clone(self, disable_dynamic=False, model_override=None, force_deepcopy=False):
+        """As ComfyUI 0.33: force_deepcopy (Train LoRA) and disable_dynamic on a dynamic patcher (never,
+        here) rebuild the model through cached_patcher_init, passing disable_dynamic=True."""
+        model, backup = self.model, self.backup  # shared: the weights are the module's, whichever clone patched them
+        if force_deepcopy and model_override is None:
+            if self.cached_patcher_init is None:
+                raise RuntimeError("Cannot create non-dynamic delegate: cached_patcher_init is not initialized.")
+            model, backup = self.cached_patcher_init[0](*self.cached_patcher_init[1], disable_dynamic=True).model, {}
+        n = self.__class__(model, self.load_device, self.offload_device, self.model_size(),
                            weight_inplace_update=self.weight_inplace_update)
         n.patches = {k: v[:] for k, v in self.patches.items()}
         n.patches_uuid = self.patches_uuid
         n.model_options = {k: (v.copy() if isinstance(v, dict) else v) for k, v in self.model_options.items()}
         n.wrappers = comfy.patcher_extension.copy_nested_dicts(self.wrappers)
         n.object_patches = dict(self.object_patches)
-        n.backup = self.backup  # shared: the weights are the module's, whichever clone patched them
+        n.backup = backup
         n.cached_patcher_init = self.cached_patcher_init
         n.parent = self
         return n
