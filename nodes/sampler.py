@@ -7,6 +7,7 @@ import torch
 from ..droplet_core.positional import check_latent_frames_fit, fps_tensor
 from ..droplet_core.sample_plan import SampleInputs, SamplingPlan, noise_shape, sample
 from ..droplet_core.sampling import SCHEDULERS
+from .context_windows import refuse_in_own_sampler
 from .native.conditioning import IMAGE, MASK, PREVIEW, fps_of, options, text_embeds
 from .native.diffusion_model import EngineView
 from .progress import comfy_on_step
@@ -83,6 +84,7 @@ def sampler_plan(model, steps: int, cfg: float, seed: int, scheduler: str, use_d
 def sample_latent(model, positive, negative, latent: dict, plan: SamplingPlan, fps=None) -> dict:
     """The sampler node's work (DropletVideoSampler, DropletVideoFPSSweep): a LATENT. `fps`
     overrides the conditioning's FPS (the sweep)."""
+    refuse_in_own_sampler(model)
     base, device = model.model, model.load_device
     config = base.droplet_config
     inputs = sampler_inputs(base, positive, negative, latent, plan, device, fps)
