@@ -201,15 +201,18 @@ def call_node(cls, kwargs: dict) -> tuple:
 
 # Core nodes the stand-in cannot imitate: (module, class) in a real ComfyUI.
 REAL_CORE = {"KSampler": ("nodes", "KSampler"), "EasyCache": ("comfy_extras.nodes_easycache", "EasyCacheNode"),
-             "TorchCompileModel": ("comfy_extras.nodes_torch_compile", "TorchCompileModel")}
+             "TorchCompileModel": ("comfy_extras.nodes_torch_compile", "TorchCompileModel"),
+             "ContextWindowsManual": ("comfy_extras.nodes_context_windows", "ContextWindowsManualNode"),
+             "FrameInterpolationModelLoader": ("comfy_extras.nodes_frame_interpolation", "FrameInterpolationModelLoader"),
+             "FrameInterpolate": ("comfy_extras.nodes_frame_interpolation", "FrameInterpolate")}
 
 
-def real_core_nodes() -> dict:
-    """The classes of KSampler, EasyCache and TorchCompileModel in the real ComfyUI on sys.path
-    (COMFYUI_PATH), for execute's `core`."""
+def real_core_nodes(names=REAL_CORE) -> dict:
+    """The classes of these core nodes (KSampler, EasyCache, ...) in the real ComfyUI on sys.path
+    (COMFYUI_PATH), for execute's `core`. A node this ComfyUI does not have raises ImportError."""
     import importlib
 
-    return {name: getattr(importlib.import_module(module), cls) for name, (module, cls) in REAL_CORE.items()}
+    return {name: getattr(importlib.import_module(REAL_CORE[name][0]), REAL_CORE[name][1]) for name in names}
 
 
 def make_small(api: dict, args) -> dict:
