@@ -45,11 +45,12 @@ def check_windows_fit(handler, config) -> None:
                          f"frames are dim {FRAME_DIM} of its latent [batch, channels, frames, height, width]: set "
                          f"dim to {FRAME_DIM}.")
     window = longest_window(handler)
+    added = window - handler.context_length
     if not config.use_rotary_positional_embeddings and window > config.latent_frames:
-        fix = " (context_length + the causal_window_fix frame)" if window > handler.context_length else ""
+        fix = " (context_length + the causal_window_fix frame)" if added else ""
         raise ValueError(f"the MODEL's context windows give the model {window} latent frames{fix}, more than its "
                          f"positional table's {config.latent_frames} ({config.max_video_frames} video frames): set "
-                         f"{NODE}'s context_length to at most {config.latent_frames - (window - handler.context_length)}.")
+                         f"{NODE}'s context_length to at most {config.latent_frames - added}.")
 
 
 def check_model_frames(model, frames: int, remedy: str) -> None:

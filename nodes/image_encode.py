@@ -28,8 +28,8 @@ SIZE_INPUTS = {
 }
 # Image Encode cannot see the sampler's long_video: its model input is what to take away. It sees
 # core context windows on the MODEL (context_windows.py).
-LONG_VIDEO_WITH_MODEL_INPUT = ("or, for a long video with the DropletVideo Sampler's long_video, disconnect this node's "
-                               "`model` input, which checks the frame count against that table")
+LONG_VIDEO_WITH_MODEL_INPUT = ("or, for a long video with the DropletVideo Sampler's long_video, disconnect this "
+                               "node's `model` input, which checks the frame count against that table")
 FPS_INPUT = ("INT", {"default": 8, "min": 1, "max": 60, "tooltip": "FPS condition: how fast things move (the "
                      "official samples use 4, 8, 16, 32). Not the playback rate of the file."})
 

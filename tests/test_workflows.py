@@ -432,7 +432,8 @@ def test_interpolation_workflow_interpolates_the_decoded_video_for_playback(info
     assert loader["model_name"] == "film_net_fp16.safetensors"  # core's Frame Interpolation template's file
     assert (interpolate["interp_model"], interpolate["images"]) == ([loader_id, 0], [decode_id, 0])
     assert create["images"] == [interpolate_id, 0] and create["fps"] == 8 * interpolate["multiplier"]
-    assert by_type(api, "DropletVideoSampler")[1]["long_video"] and by_type(api, "DropletVideoImageEncode")[1]["frames"] == 169
+    assert by_type(api, "DropletVideoSampler")[1]["long_video"]
+    assert by_type(api, "DropletVideoImageEncode")[1]["frames"] == 169
 
 
 def has_frame_interpolation() -> bool:

@@ -203,7 +203,8 @@ def call_node(cls, kwargs: dict) -> tuple:
 REAL_CORE = {"KSampler": ("nodes", "KSampler"), "EasyCache": ("comfy_extras.nodes_easycache", "EasyCacheNode"),
              "TorchCompileModel": ("comfy_extras.nodes_torch_compile", "TorchCompileModel"),
              "ContextWindowsManual": ("comfy_extras.nodes_context_windows", "ContextWindowsManualNode"),
-             "FrameInterpolationModelLoader": ("comfy_extras.nodes_frame_interpolation", "FrameInterpolationModelLoader"),
+             "FrameInterpolationModelLoader": ("comfy_extras.nodes_frame_interpolation",
+                                               "FrameInterpolationModelLoader"),
              "FrameInterpolate": ("comfy_extras.nodes_frame_interpolation", "FrameInterpolate")}
 
 
