@@ -192,8 +192,12 @@ def execute(api: dict, pack, core: dict) -> dict:
 
 
 def call_node(cls, kwargs: dict) -> tuple:
-    """A node's outputs, called as ComfyUI's executor calls it: classic nodes through FUNCTION,
-    V3 nodes (comfy_api io.ComfyNode) through the classmethod execute, whose NodeOutput holds them."""
+    """A node's outputs, called as ComfyUI's executor calls it: only the inputs the node declares
+    (a graph saved on another ComfyUI may carry more: ContextWindowsManual has fewer on January
+    2026's), classic nodes through FUNCTION, V3 nodes (comfy_api io.ComfyNode) through the
+    classmethod execute, whose NodeOutput holds them."""
+    declared = {name for kind in ("required", "optional") for name in cls.INPUT_TYPES().get(kind, {})}
+    kwargs = {name: value for name, value in kwargs.items() if name in declared}
     if hasattr(cls, "define_schema"):
         return tuple(cls.execute(**kwargs).args)
     return getattr(cls(), cls.FUNCTION)(**kwargs)
