@@ -6,9 +6,9 @@ import torch
 
 from ..droplet_core import shapes
 from ..droplet_core.conditioning import NOISE_AUG_STRENGTH, i2v_video_and_mask, inpaint_latents
-from ..droplet_core.positional import check_frames_fit
 from ..droplet_core.preview import fit_rgb_projection
 from .components import load_for_compute, module_dtype
+from .context_windows import check_model_frames, table_remedy
 from .core_vae import VAE_TOOLTIP, VAE_TYPES, core_inpaint_latents, is_core_vae
 from .images import RESIZE_MODES, first_image, fit
 from .memory import vae_encode_memory
@@ -25,11 +25,12 @@ SIZE_INPUTS = {
     "height": ("INT", {"default": 384, **SIZE, "tooltip": "Video height, a multiple of 16 (default 384)."}),
     "frames": ("INT", {"default": 85, "min": 1, "max": 1024, "step": 4, "tooltip": "Video length; rounded down to "
                        "4k+1 (1, 5, ... 85). The model's positional table sets the maximum (85 for the release) "
-                       "unless the sampler's long_video is on."}),
+                       "unless the sampler's long_video is on or the MODEL has core context windows."}),
 }
-# Image Encode cannot see the sampler's long_video: its model input is what to take away.
-LONG_VIDEO_WITH_MODEL_INPUT = ("or, for a long video (the DropletVideo Sampler's long_video), disconnect this node's "
-                               "`model` input, which checks the frame count against that table")
+# Image Encode cannot see the sampler's long_video: its model input is what to take away. It sees
+# core context windows on the MODEL (context_windows.py).
+LONG_VIDEO_WITH_MODEL_INPUT = ("or, for a long video with the DropletVideo Sampler's long_video, disconnect this "
+                               "node's `model` input, which checks the frame count against that table")
 FPS_INPUT = ("INT", {"default": 8, "min": 1, "max": 60, "tooltip": "FPS condition: how fast things move (the "
                      "official samples use 4, 8, 16, 32). Not the playback rate of the file."})
 
@@ -77,8 +78,9 @@ class DropletVideoImageEncode:
                 "start_image": ("IMAGE", {"tooltip": "First frame (the batch's first image)."}),
                 "end_image": ("IMAGE", {"tooltip": "Optional last frame; needs a start_image."}),
                 "model": ("MODEL", {"tooltip": "Optional: the DropletVideo MODEL, to refuse more frames than its "
-                                    "positional table holds before the VAE encode runs. Leave it unconnected for a "
-                                    "long video (the sampler's long_video renders past the table)."}),
+                                    "positional table holds before the VAE encode runs, unless the MODEL carries "
+                                    "core Context Windows (Manual) whose windows fit it. Leave it unconnected for a "
+                                    "long video with the DropletVideo Sampler's long_video."}),
             },
         }
 
@@ -87,7 +89,8 @@ class DropletVideoImageEncode:
         shapes.check_size(width, height)
         frames = shapes.round_frames(frames)
         if model is not None:
-            check_frames_fit(model.model.droplet_config, frames, remedy=LONG_VIDEO_WITH_MODEL_INPUT)
+            remedy = f"{table_remedy(model.model.droplet_config)}; {LONG_VIDEO_WITH_MODEL_INPUT}"
+            check_model_frames(model, frames, remedy)
         if end_image is not None and start_image is None:
             raise ValueError("end_image needs a start_image: connect the first frame to start_image.")
         start, end = (None if image is None else fit(first_image(image, name), width, height, resize_mode)

@@ -10,6 +10,7 @@ from ..droplet_core.positional import check_latent_frames_fit, fps_tensor
 from ..droplet_core.preview import rescaled
 from ..droplet_core.sample_plan import SampleInputs, SamplingPlan, noise_shape, sample
 from ..droplet_core.sampling import SCHEDULERS
+from .context_windows import refuse_in_own_sampler
 from .latent_layout import preview_of, with_preview
 from .model_patches import check_patches
 from .native.conditioning import IMAGE, MASK, fps_of, options, text_embeds
@@ -95,6 +96,7 @@ def sampler_plan(model, steps: int, cfg: float, seed: int, scheduler: str, use_d
 def sample_latent(model, positive, negative, latent: dict, plan: SamplingPlan, fps=None) -> dict:
     """The sampler node's work (DropletVideoSampler, DropletVideoFPSSweep): a LATENT. `fps`
     overrides the conditioning's FPS (the sweep)."""
+    refuse_in_own_sampler(model)
     base, device = model.model, model.load_device
     config = base.droplet_config
     transformer_options = check_patches(model)

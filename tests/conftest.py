@@ -25,6 +25,9 @@ if COMFYUI_PATH:
     import torch
 
     comfy.cli_args.args.cpu = not torch.cuda.is_available()  # what `main.py --cpu` sets
+    # ComfyUI's nodes.py (KSampler, and what comfy_extras import), bound now: pytest's pythonpath puts
+    # the pack's root first, where `import nodes` would find the pack's own nodes/ folder.
+    import nodes  # noqa: F401
 
 import run_workflow  # noqa: E402 (tools/, on pytest's pythonpath; after the comfy modules are findable)
 

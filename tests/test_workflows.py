@@ -5,6 +5,7 @@ headless demo; each graph run through the node classes on the tiny checkpoint.""
 
 import argparse
 import importlib
+import importlib.util
 import json
 import os
 import sys
@@ -19,6 +20,8 @@ from diffusers import AutoencoderKLCogVideoX
 
 import run_workflow as tool
 from droplet_core.sample_plan import initial_noise
+from droplet_core.tiny import TRANSFORMER
+from interp_files import write_random_rife
 from lora_files import random_factors, write_peft
 from node_fixtures import loaded  # noqa: F401
 
@@ -28,7 +31,9 @@ COMFYUI_PATH = os.environ.get("COMFYUI_PATH")
 WORKFLOWS = sorted((ROOT / "workflows").glob("*.json"))
 CONTROL_VALUES = {"fixed", "increment", "decrement", "randomize"}
 NODE_KEYS = {"id", "type", "pos", "size", "flags", "order", "mode", "inputs", "outputs", "properties", "widgets_values"}
-CORE_SAMPLING = {"droplet_i2v_core_ksampler", "droplet_i2v_model_patches"}  # need this pack and core nodes only
+CORE_SAMPLING = {"droplet_i2v_core_ksampler", "droplet_i2v_model_patches",  # need this pack and core nodes only
+                 "droplet_long_video_context_windows"}
+INTERPOLATE = "droplet_interpolate"  # core frame interpolation: ComfyUI 0.33 and later
 PATCHED_SAMPLER = "droplet_i2v_patched_sampler"  # a core model patch before the DropletVideo Sampler
 
 
@@ -206,7 +211,8 @@ def test_i2v_workflow_converts_as_the_frontend_queues_it(info):
 # prompt through the conditioning node, its latent (or VAE Encode's) into the sampler.
 MODEL_PATH = {"droplet_lora": ["DropletVideoLoraLoader"],
               "droplet_i2v_model_patches": ["TorchCompileModel", "EasyCache"],
-              PATCHED_SAMPLER: ["ModelAttentionBackend"]}
+              PATCHED_SAMPLER: ["ModelAttentionBackend"],
+              "droplet_long_video_context_windows": ["ContextWindowsManual"]}
 LOADER = {"droplet_i2v_split_loaders": ("DropletVideoTransformerLoader", "DropletVideoT5Loader")}
 
 
@@ -246,8 +252,8 @@ def test_graph_is_wired_as_a_native_model(path, info):
 def test_core_sampler_workflows_use_core_nodes_with_the_release_settings(name, info):
     api = tool.ui_to_api(load(name), info)
     pack = {k for k in info if k.startswith("DropletVideo")}
-    assert {n["class_type"] for n in api.values()} - pack <= {"LoadImage", "KSampler", "EasyCache",
-                                                               "TorchCompileModel", "CreateVideo", "SaveVideo"}
+    assert {n["class_type"] for n in api.values()} - pack <= {"LoadImage", "KSampler", "EasyCache", "TorchCompileModel",
+                                                               "ContextWindowsManual", "CreateVideo", "SaveVideo"}
     _, ksampler = by_type(api, "KSampler")
     assert {k: v for k, v in ksampler.items() if not isinstance(v, list)} == {
         "seed": 42, "steps": 50, "cfg": 6.0, "sampler_name": "euler", "scheduler": "simple", "denoise": 1.0}
@@ -327,8 +333,7 @@ def run_api(name, pack, info, tmp_path, size=SMALL, **overrides):
     for node in api.values():
         node["inputs"].update({k: v for k, v in overrides.items() if k in node["inputs"]})
     core = tool.demo_core_nodes(tmp_path / f"{name}.mp4", size.width, size.height)
-    if name in CORE_SAMPLING:
-        core.update(tool.real_core_nodes())
+    core.update(tool.real_core_nodes({n["class_type"] for n in api.values()} & tool.REAL_CORE.keys()))
     if name == PATCHED_SAMPLER:
         core["ModelAttentionBackend"] = model_attention_backend()
     return api, tool.execute(api, pack, core)
@@ -512,3 +517,57 @@ def test_model_patches_workflow_runs_easycache_and_torch_compile_on_the_model(pa
     assert "easycache" in patched.model_options["transformer_options"]
     frames = results[by_type(api, "SaveVideo")[0]][0][0]
     assert frames.shape == (8, 64, 64, 3) and torch.isfinite(frames).all()
+
+
+# Core context windows and core frame interpolation -------------------------------------------------------
+
+def test_context_windows_workflow_cuts_the_frames_into_windows_that_fit_the_table(info):
+    api = tool.ui_to_api(load("droplet_long_video_context_windows"), info)
+    windows_id, windows = by_type(api, "ContextWindowsManual")
+    assert (windows["dim"], windows["context_length"], windows["causal_window_fix"]) == \
+        (2, TRANSFORMER.latent_frames - 1, True)  # + the causal-fix frame = the table
+    assert 0 < windows["context_overlap"] < windows["context_length"]
+    _, encode = by_type(api, "DropletVideoImageEncode")
+    assert encode["model"] == [windows_id, 0] and encode["frames"] == 169  # Image Encode's check sees the windows
+
+
+@pytest.mark.skipif(not COMFYUI_PATH, reason=CORE_RUN_REASON)
+def test_context_windows_workflow_renders_past_the_table_on_core_ksampler(pack, info, tmp_path):
+    size = argparse.Namespace(width=32, height=32, frames=89, steps=2)
+    frames = run_graph("droplet_long_video_context_windows", pack, info, tmp_path, size)
+    assert frames.shape == (89, 32, 32, 3) and torch.isfinite(frames).all()  # 23 latent frames; the table is 22
+
+
+def test_interpolation_workflow_interpolates_the_decoded_video_for_playback(info):
+    api = tool.ui_to_api(load(INTERPOLATE), info)
+    loader_id, loader = by_type(api, "FrameInterpolationModelLoader")
+    interpolate_id, interpolate = by_type(api, "FrameInterpolate")
+    decode_id, _ = by_type(api, "DropletVideoVAEDecode")
+    _, create = by_type(api, "CreateVideo")
+    assert loader["model_name"] == "film_net_fp16.safetensors"  # core's Frame Interpolation template's file
+    assert (interpolate["interp_model"], interpolate["images"]) == ([loader_id, 0], [decode_id, 0])
+    assert create["images"] == [interpolate_id, 0] and create["fps"] == 8 * interpolate["multiplier"]
+    assert by_type(api, "DropletVideoSampler")[1]["long_video"]
+    assert by_type(api, "DropletVideoImageEncode")[1]["frames"] == 169
+
+
+def has_frame_interpolation() -> bool:
+    return bool(COMFYUI_PATH) and importlib.util.find_spec("comfy_extras.nodes_frame_interpolation") is not None
+
+
+@pytest.mark.skipif(not has_frame_interpolation(), reason="core frame interpolation needs a real ComfyUI 0.33 or "
+                    "later: set COMFYUI_PATH")
+def test_interpolation_workflow_runs_core_frame_interpolation(pack, info, tmp_path):
+    import folder_paths
+
+    folder = tmp_path / "frame_interpolation"
+    folder.mkdir()
+    write_random_rife(folder / "droplet_test_rife.safetensors")  # core's RIFE class, random weights
+    folder_paths.add_model_folder_path("frame_interpolation", str(folder))
+    with torch.inference_mode():  # as ComfyUI's executor runs every node
+        api, results = run_api(INTERPOLATE, pack, info, tmp_path, model_name="droplet_test_rife.safetensors")
+    decoded = results[by_type(api, "DropletVideoVAEDecode")[0]][0]
+    frames, fps = results[by_type(api, "SaveVideo")[0]][0]
+    assert decoded.shape == (8, 64, 64, 3) and frames.shape == (15, 64, 64, 3) and fps == 16
+    torch.testing.assert_close(frames[::2], decoded, atol=1e-6, rtol=0)  # the video's own frames, in between new ones
+    assert torch.isfinite(frames).all() and (frames[1::2] - frames[:-1:2]).abs().max() > 1e-3

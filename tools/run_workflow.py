@@ -192,8 +192,12 @@ def execute(api: dict, pack, core: dict) -> dict:
 
 
 def call_node(cls, kwargs: dict) -> tuple:
-    """A node's outputs, called as ComfyUI's executor calls it: classic nodes through FUNCTION,
-    V3 nodes (comfy_api io.ComfyNode) through the classmethod execute, whose NodeOutput holds them."""
+    """A node's outputs, called as ComfyUI's executor calls it: only the inputs the node declares
+    (a graph saved on another ComfyUI may carry more: ContextWindowsManual has fewer on January
+    2026's), classic nodes through FUNCTION, V3 nodes (comfy_api io.ComfyNode) through the
+    classmethod execute, whose NodeOutput holds them."""
+    declared = {name for kind in ("required", "optional") for name in cls.INPUT_TYPES().get(kind, {})}
+    kwargs = {name: value for name, value in kwargs.items() if name in declared}
     if hasattr(cls, "define_schema"):
         return tuple(cls.execute(**kwargs).args)
     return getattr(cls(), cls.FUNCTION)(**kwargs)
@@ -201,7 +205,11 @@ def call_node(cls, kwargs: dict) -> tuple:
 
 # Core nodes the stand-in cannot imitate: (module, class) in a real ComfyUI.
 REAL_CORE = {"KSampler": ("nodes", "KSampler"), "EasyCache": ("comfy_extras.nodes_easycache", "EasyCacheNode"),
-             "TorchCompileModel": ("comfy_extras.nodes_torch_compile", "TorchCompileModel")}
+             "TorchCompileModel": ("comfy_extras.nodes_torch_compile", "TorchCompileModel"),
+             "ContextWindowsManual": ("comfy_extras.nodes_context_windows", "ContextWindowsManualNode"),
+             "FrameInterpolationModelLoader": ("comfy_extras.nodes_frame_interpolation",
+                                               "FrameInterpolationModelLoader"),
+             "FrameInterpolate": ("comfy_extras.nodes_frame_interpolation", "FrameInterpolate")}
 
 
 def comfyui_nodes_module():
@@ -218,13 +226,15 @@ def comfyui_nodes_module():
     return sys.modules["comfyui_core_nodes"]
 
 
-def real_core_nodes() -> dict:
-    """The classes of KSampler, EasyCache and TorchCompileModel in the real ComfyUI on sys.path
-    (COMFYUI_PATH), for execute's `core`."""
+def real_core_nodes(names=REAL_CORE) -> dict:
+    """The classes of these core nodes (KSampler, EasyCache, ...) in the real ComfyUI on sys.path
+    (COMFYUI_PATH), for execute's `core`. A node this ComfyUI does not have raises ImportError."""
     import importlib
 
-    return {name: getattr(comfyui_nodes_module() if module == "nodes" else importlib.import_module(module), cls)
-            for name, (module, cls) in REAL_CORE.items()}
+    def module(name):
+        return comfyui_nodes_module() if name == "nodes" else importlib.import_module(name)
+
+    return {name: getattr(module(REAL_CORE[name][0]), REAL_CORE[name][1]) for name in names}
 
 
 def make_small(api: dict, args) -> dict:

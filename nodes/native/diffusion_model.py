@@ -14,7 +14,9 @@ import torch
 from ...droplet_core.axes import channels_first, frames_first
 from ...droplet_core.attention import set_attention
 from ...droplet_core.configs import TransformerConfig, config_from_dict
+from ...droplet_core.positional import check_latent_frames_fit
 from ...droplet_core.transformer import DropletVideoTransformer3DModel, run_block
+from ..context_windows import table_remedy
 from .attention import comfy_attention_fn
 from .layers import use_operations
 
@@ -55,6 +57,10 @@ class ComfyDropletTransformer(DropletVideoTransformer3DModel):
         hidden = frames_first(x)  # [B, F, C, H, W]
         inpaint = hidden[:, :, noise_channels:] if hidden.shape[2] > noise_channels else None
         frames, height, width = hidden.shape[1], hidden.shape[3], hidden.shape[4]
+        # A core sampler's call (one per context window when the MODEL has them): a clear refusal
+        # past the table, before the positional rows give the engine's.
+        check_latent_frames_fit(self.config, frames, remedy=f"{table_remedy(self.config)}, or use the "
+                                f"DropletVideo Sampler's long_video")
         out = self.predict(hidden[:, :, :noise_channels], context, timestep, fps.reshape(-1)[:1].float(),
                            inpaint_latents=inpaint,
                            image_rotary_emb=self.rotary(frames, height, width, device=x.device),
