@@ -15,9 +15,12 @@ N segments has sum(frames) - (N - 1) * K frames: no frame twice, none missing.
 Frames here are [F, H, W, 3] float in 0..1 (ComfyUI's IMAGE layout).
 """
 
+from typing import Optional
+
 import torch
 import torch.nn.functional as F
 
+from .drift import Stats, anchor
 from .shapes import TEMPORAL_COMPRESSION
 
 # 9 frames = 3 latent frames: position, velocity and acceleration of the motion carry over (one
@@ -104,12 +107,19 @@ def known_latent_frames(overlap: int) -> int:
     return (overlap - 1) // TEMPORAL_COMPRESSION + 1
 
 
-def join(previous: torch.Tensor, segment: torch.Tensor, overlap: int) -> torch.Tensor:
-    """previous + the segment without its first `overlap` frames (the previous copy is kept)."""
+def new_frames(segment: torch.Tensor, overlap: int, reference: Optional[Stats] = None) -> torch.Tensor:
+    """What a continuing segment adds: its frames after the overlap (the previous video's copy of
+    the overlap is kept), anchored to `reference` (drift.py) when one is given."""
+    check_overlap(overlap, segment.shape[0])
+    new = segment[overlap:]
+    return new if reference is None else anchor(new, reference)
+
+
+def join(previous: torch.Tensor, segment: torch.Tensor, overlap: int, reference: Optional[Stats] = None):
+    """previous + new_frames(segment): sum of the frame counts less the overlap."""
     check_previous(previous, overlap)
     if segment.shape[1:] != previous.shape[1:]:
         raise ValueError(f"the new segment is {segment.shape[2]}x{segment.shape[1]}, the previous video "
                          f"{previous.shape[2]}x{previous.shape[1]}: scale the previous video to the segment's size "
                          f"(core Upscale Image, crop center) before joining.")
-    check_overlap(overlap, segment.shape[0])
-    return torch.cat([previous, segment[overlap:]])
+    return torch.cat([previous, new_frames(segment, overlap, reference).to(previous.dtype)])

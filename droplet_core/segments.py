@@ -19,8 +19,8 @@ from typing import Callable, List, Optional
 import numpy as np
 import torch
 
-from .continuation import DEFAULT_OVERLAP, check_overlap, fit_frames, last_frames
-from .drift import anchor, channel_stats
+from .continuation import DEFAULT_OVERLAP, check_overlap, fit_frames, last_frames, new_frames
+from .drift import channel_stats
 from .prompt_schedule import check_prompts
 from .sampling import StepCallback
 from .shapes import round_frames
@@ -99,8 +99,7 @@ def extend(pipe, request, segments: List[Segment], extension: Extension = Extens
         if tail is None:  # the first segment starts the video and is the reference
             new, reference = frames, channel_stats(frames)
         else:  # as continuation.join: the previous copy of the overlap is kept
-            new = frames[extension.overlap:]
-            new = anchor(new, reference) if extension.drift_control else new
+            new = new_frames(frames, extension.overlap, reference if extension.drift_control else None)
         tail = (new if tail is None else torch.cat([tail, new]))[-extension.overlap:].clone()  # not a view of `new`
         pieces.append(to_uint8(new))
         del frames, new
