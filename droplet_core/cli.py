@@ -57,7 +57,8 @@ def build_parser() -> argparse.ArgumentParser:
                    "model was trained on (ExVideo/EasyAnimate-style long video)")
     p.add_argument("--window_overlap", type=int, default=0, help="latent frames shared by windows (0: half)")
     p.add_argument("--window_prompt", action="append", default=[], help="with --long_video: a prompt schedule, one "
-                   "--window_prompt per window in order (fewer prompts share the windows evenly; see docs/long_video.md)")
+                   "--window_prompt per window in order (fewer prompts share the windows evenly; "
+                   "docs/long_video.md)")
     add_segment_options(p)
     p.add_argument("--cache_threshold", type=float, default=0.0, help="TeaCache-style step skipping: 0 = off, "
                    "0.05 .. 0.2 trade quality for speed")

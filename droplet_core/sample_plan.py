@@ -3,7 +3,8 @@
 The engine's pipeline, the ComfyUI sampler nodes and the multi-GPU worker all call `sample` with
 keywords. It owns what every caller used to set up on its own: the scheduler and its timesteps,
 the seed's generators, the noise shape, the V2V start latents, the step cache, the long-video
-windows and their prompt schedule, and a continuation's known latent frames. A new sampling option is a field of `SamplingPlan` and a line here.
+windows and their prompt schedule, and a continuation's known latent frames. A new sampling option
+is a field of `SamplingPlan` and a line here.
 """
 
 from dataclasses import dataclass

@@ -81,8 +81,9 @@ def test_conditioning_holds_the_previous_frames_latents_at_the_known_positions(p
     # Channel 0 is (1 - mask) x scale: mask 0 at the 2 known latent frames, 1 at the 2 generated.
     assert (inpaint[0, :2, 0] == scale).all() and (inpaint[0, 2:, 0] == 0).all()
     # The generated frames are masked to -1 before encoding: their latents ignore what lies there.
-    other = continuation_video_and_mask(torch.cat([moving_frames(K - 1, phase=2.0), known[-1:]]), frames)[0]
-    assert (inpaint_latents(pipe.vae, other, mask, (4, 8, 8), torch.float32)[0, :2, 1:] - inpaint[0, :2, 1:]).abs().max() > 1e-3
+    noisy = video.clone()
+    noisy[:, :, K:] = torch.rand_like(noisy[:, :, K:])
+    torch.testing.assert_close(inpaint_latents(pipe.vae, noisy, mask, (4, 8, 8), torch.float32), inpaint, rtol=0, atol=0)
 
 
 def test_joined_length_is_the_sum_of_the_segments_less_the_overlaps(recorded):
@@ -108,15 +109,14 @@ def test_each_segment_has_its_own_prompt_fps_and_seed(pipe, recorded):
 
 def test_a_segments_first_frames_decode_as_the_vae_round_trip_of_the_previous_last_frames(pipe, recorded):
     """The bound: the overlap decodes to the VAE round trip of the previous frames within 0.02
-    (mean abs, 0..1), the decoder's group norm seeing the generated latent next to them being the
-    only difference; without the known latents put back it is 0.2 away."""
+    (mean abs, 0..1; measured 0.0084), the decoder's group norm seeing the generated latent next
+    to them being the only difference. (The random-weight VAE's round trip itself is 0.075 from
+    the frames; the release VAE's is far closer.)"""
     previous_tail = recorded.segments[0][1][-K:]
     overlap = recorded.segments[1][1][:K]
     pixels = (previous_tail * 2 - 1).permute(3, 0, 1, 2)[None]
     round_trip = decode_to_frames(pipe.vae, (encode_mode(pipe.vae, pixels) * pipe.vae.config.scaling_factor)
                                   .permute(0, 2, 1, 3, 4))[0].permute(1, 2, 3, 0)[:K]
-    print("overlap vs round trip", (overlap - round_trip).abs().mean(), (overlap - round_trip).abs().max(),
-          "vs previous", (overlap - previous_tail).abs().mean(), "round trip", (round_trip - previous_tail).abs().mean())
     assert (overlap - round_trip).abs().mean() < 0.02
 
 
