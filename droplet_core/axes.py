@@ -31,3 +31,8 @@ def channels_first(latents: torch.Tensor) -> torch.Tensor:
 def video_to_images(video: torch.Tensor) -> torch.Tensor:
     """One decoded video [3, F, H, W] -> IMAGE frames [F, H, W, 3]."""
     return video.permute(1, 2, 3, 0)
+
+
+def images_to_video(frames: torch.Tensor) -> torch.Tensor:
+    """IMAGE frames [F, H, W, 3] -> one video [3, F, H, W] (the VAE's per-item layout)."""
+    return frames.permute(3, 0, 1, 2)

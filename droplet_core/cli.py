@@ -15,9 +15,11 @@ from .attention import ATTENTION_BACKENDS
 from .engine_options import WEIGHT_FORMATS, EngineOptions
 from .offload.plan import Workload
 from .parallel import DEFAULT_TIMEOUT_S, PARALLEL_MODES, ParallelRunError, checkpoint_heads, launched, start_parallel
+from .continuation import DEFAULT_OVERLAP, RESIZE_MODES
 from .pipeline import DTYPES, Request, load_pipeline
 from .offload.placement import OFFLOAD_MODES
 from .sampling import SCHEDULERS
+from .segments import Extension, Segment, extend, read_plan
 from .shapes import size_for_budget
 from .text import MAX_SEQUENCE_LENGTH, NEGATIVE_PROMPT
 from .tiny import ensure_tiny_checkpoint
@@ -54,6 +56,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--long_video", action="store_true", help="sliding temporal windows for more frames than the "
                    "model was trained on (ExVideo/EasyAnimate-style long video)")
     p.add_argument("--window_overlap", type=int, default=0, help="latent frames shared by windows (0: half)")
+    p.add_argument("--window_prompt", action="append", default=[], help="with --long_video: a prompt schedule, one "
+                   "--window_prompt per window in order (fewer prompts share the windows evenly; "
+                   "docs/long_video.md)")
+    add_segment_options(p)
     p.add_argument("--cache_threshold", type=float, default=0.0, help="TeaCache-style step skipping: 0 = off, "
                    "0.05 .. 0.2 trade quality for speed")
     p.add_argument("--tiled_vae", action="store_true", help="tiled VAE encode/decode (less memory)")
@@ -72,6 +78,33 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dist_timeout", type=float, default=DEFAULT_TIMEOUT_S, help="seconds a rank waits in a "
                    "collective before it ends with an error (torchrun runs)")
     return p
+
+
+def add_segment_options(p: argparse.ArgumentParser) -> None:
+    """Continuing a video and segments plans (segments.py, docs/long_video.md)."""
+    p.add_argument("--extend_from", help="a video file to continue: the output is this video followed by the new "
+                   "segment(s), conditioned on its last --overlap frames")
+    p.add_argument("--segments", help="a JSON segments plan: [{\"prompt\": ..., \"fps\": ..., \"frames\"?: ..., "
+                   "\"seed\"?: ...}, ...]; each segment continues the one before; one joined video is written")
+    p.add_argument("--overlap", type=int, default=DEFAULT_OVERLAP, help="frames (4k+1) a segment is conditioned on "
+                   f"and shares with the one before (default {DEFAULT_OVERLAP})")
+    p.add_argument("--drift_control", choices=["on", "off"], default="on", help="anchor each segment's colour and "
+                   "contrast to the first one (or to --extend_from's video)")
+    p.add_argument("--resize_mode", choices=RESIZE_MODES, default="stretch", help="--extend_from: how a video of "
+                   "another size meets --width x --height")
+
+
+def run_segments(args, pipe, request: Request) -> torch.Tensor:
+    """The joined uint8 video of --segments / --extend_from, with progress per segment and step."""
+    segments = read_plan(args.segments) if args.segments else [Segment(request.prompt, request.fps)]
+    previous = read_video(args.extend_from) if args.extend_from else None
+    extension = Extension(args.overlap, args.drift_control == "on", args.resize_mode)
+
+    def on_segment(index: int, count: int) -> None:
+        segment = segments[index]
+        sys.stderr.write(f"segment {index + 1}/{count} (fps {segment.fps:g}): {segment.prompt[:60]}\n")
+
+    return extend(pipe, request, segments, extension, previous, on_step=Progress(), on_segment=on_segment)
 
 
 def add_engine_options(p: argparse.ArgumentParser) -> None:
@@ -125,7 +158,8 @@ def request_from_args(args) -> Request:
         guidance_scale=args.guidance_scale, use_dynamic_cfg=args.use_dynamic_cfg, scheduler=args.scheduler,
         max_sequence_length=args.max_sequence_length, append_prompt_suffix=not args.no_prompt_suffix,
         video=video, strength=args.strength, tiled_vae=args.tiled_vae, long_video=args.long_video,
-        window_overlap=args.window_overlap, cache_threshold=args.cache_threshold, trim_to_requested_frames=args.trim_frames)
+        window_overlap=args.window_overlap, cache_threshold=args.cache_threshold, trim_to_requested_frames=args.trim_frames,
+        prompt_schedule=args.window_prompt)
 
 
 def parse_lora(spec: str):
@@ -203,6 +237,10 @@ def main(argv=None) -> int:
             run.attach(pipe)
             run.check(request)
         progress = Progress()
+        if args.segments or args.extend_from:
+            if run is not None:
+                raise ValueError("--segments / --extend_from run in one process: start them without torchrun.")
+            return write_joined(args, pipe, request, started, loaded)
         with run.guard() if run else contextlib.nullcontext():
             results = pipe.generate_fps_sweep(request, fps_values,
                                               on_step=progress if not run or run.keeps_video else None)
@@ -228,6 +266,16 @@ def main(argv=None) -> int:
     if args.device.startswith("cuda"):
         summary += f", peak VRAM {torch.cuda.max_memory_allocated() / 2**30:.2f} GiB"
     print(summary)
+    return 0
+
+
+def write_joined(args, pipe, request: Request, started: float, loaded: float) -> int:
+    frames = run_segments(args, pipe, request)
+    out = write_video(frames, Path(args.out), args.playback_fps)
+    total = time.perf_counter() - started
+    peak_rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    print(f"wrote {out} ({frames.shape[0]} frames {request.width}x{request.height}, joined) in {total:.1f} s "
+          f"(load {loaded - started:.1f} s, generate {total - (loaded - started):.1f} s); peak RSS {peak_rss:.0f} MiB")
     return 0
 
 

@@ -15,6 +15,7 @@ from PIL import Image
 from . import shapes
 from .axes import video_to_images
 from .conditioning import NOISE_AUG_STRENGTH, i2v_video_and_mask, inpaint_latents
+from .continuation import continuation_video_and_mask, known_latent_frames
 from .configs import read_json
 from .engine_options import EngineOptions, offload_mode, prepare_transformer
 from .fp8 import quantize_t5
@@ -23,6 +24,7 @@ from .lora import merge_loras
 from .offload.plan import Workload, component_bytes, resolve_offload
 from .offload.placement import Placement
 from .positional import check_frames_fit, fps_tensor
+from .prompt_schedule import check_prompts
 from .sample_plan import SampleInputs, SamplingPlan, sample
 from .sampling import StepCallback
 from .text import MAX_SEQUENCE_LENGTH, NEGATIVE_PROMPT, TextEncoder, load_text_encoder, with_suffix
@@ -59,7 +61,10 @@ class Request:
     long_video: bool = False  # sliding windows past the model's trained length (long_video.py)
     window_overlap: int = 0  # latent frames shared by neighbouring windows (0 = half a window)
     cache_threshold: float = 0.0  # TeaCache-style step skipping (step_cache.py); 0 = off
-
+    # Continuation (continuation.py): the previous video's last K frames [K, H, W, 3] 0..1 at this
+    # size, known at the start of this one (in place of `image`).
+    known_frames: Optional[torch.Tensor] = None
+    prompt_schedule: Sequence[str] = ()  # long video: one prompt per window (prompt_schedule.py)
 
     def sampling_plan(self, scheduler_config: dict) -> SamplingPlan:
         return SamplingPlan(scheduler_config, scheduler=self.scheduler, steps=self.steps, strength=self.strength,
@@ -109,6 +114,23 @@ class DropletVideoPipeline:
         cast = lambda x: None if x is None else x.to(self.device, self.dtype)  # noqa: E731
         return cast(positive), cast(negative)
 
+    def encode_schedule(self, request: Request):
+        """The schedule's embeddings, one per prompt (None without a schedule)."""
+        if not request.prompt_schedule:
+            return None
+        check_prompts(request.prompt_schedule)
+        with self.placement.on_device(self.text_encoder.model):
+            return [self.text_encoder.encode(with_suffix(prompt, request.append_prompt_suffix),
+                                             request.max_sequence_length, self.text_device).to(self.device, self.dtype)
+                    for prompt in request.prompt_schedule]
+
+    @staticmethod
+    def conditioning_video(request: Request, frames: int):
+        """(video, mask) of the conditioning: the known frames of a continuation, else start/end image."""
+        if request.known_frames is not None:
+            return continuation_video_and_mask(request.known_frames, frames)
+        return i2v_video_and_mask(frames, request.width, request.height, request.image, request.end_image)
+
     def generate(self, request: Request, on_step: Optional[StepCallback] = None,
                  keep_step_latents: bool = False) -> Result:
         return self.generate_fps_sweep(request, [request.fps], on_step, keep_step_latents)[0]
@@ -124,8 +146,9 @@ class DropletVideoPipeline:
         latent_shape = ((frames - 1) // 4 + 1, request.height // 8, request.width // 8)
         fps_conditions = [fps_tensor(fps) for fps in fps_values]
         positive, negative = self.encode_prompts(request)
+        schedule = self.encode_schedule(request)
         with self.placement.on_device(self.vae):
-            video, mask = i2v_video_and_mask(frames, request.width, request.height, request.image, request.end_image)
+            video, mask = self.conditioning_video(request, frames)
             augment = self.transformer.config.add_noise_in_inpaint_model
             inpaint = inpaint_latents(self.vae, video, mask, latent_shape, self.dtype,
                                       request.noise_aug_strength if augment else None,
@@ -133,13 +156,16 @@ class DropletVideoPipeline:
         # The reference noises its `video` argument for strength < 1: the input video when given,
         # else the conditioning video (start image tiled, end image last; zeros for text-to-video).
         source = request.video if request.video is not None else video_to_images(video[0])
-        return [self._sample_and_decode(request, fps, positive, negative, inpaint.to(self.device), latent_shape,
-                                         frames, source, on_step, keep_step_latents) for fps in fps_conditions]
+        known = 0 if request.known_frames is None else known_latent_frames(request.known_frames.shape[0])
+        return [self._sample_and_decode(request, SampleInputs(positive, fps, negative, inpaint.to(self.device),
+                                                               prompt_schedule=schedule, known_latent_frames=known),
+                                         latent_shape, frames, source, on_step, keep_step_latents)
+                for fps in fps_conditions]
 
-    def _sample_and_decode(self, request, fps, positive, negative, inpaint, latent_shape, frames, source_video,
+    def _sample_and_decode(self, request, inputs: SampleInputs, latent_shape, frames, source_video,
                             on_step, keep_step_latents) -> Result:
         with self.placement.on_device(self.vae):
-            video_latents = self.video_latents(request, frames, source_video)
+            inputs.start_video = self.video_latents(request, frames, source_video)
         step_latents = []
 
         def step_hook(i, total, step_result):
@@ -151,8 +177,8 @@ class DropletVideoPipeline:
         plan = request.sampling_plan(self.scheduler_config)
         wrap_model = (lambda model: self.parallel.wrap(model, plan)) if self.parallel is not None else (lambda m: m)
         with self.placement.on_device(self.transformer):
-            latents = sample(self.transformer, plan, SampleInputs(positive, fps, negative, inpaint, video_latents),
-                             latent_shape, self.device, self.dtype, on_step=step_hook, wrap_model=wrap_model,
+            latents = sample(self.transformer, plan, inputs, latent_shape, self.device, self.dtype, on_step=step_hook,
+                             wrap_model=wrap_model,
                              wrap_block_runner=self.placement.block_runner)
         decode = self.parallel.decode if self.parallel is not None else decode_to_frames
         with self.placement.on_device(self.vae):

@@ -2,16 +2,18 @@
 
 The engine's pipeline, the ComfyUI sampler nodes and the multi-GPU worker all call `sample` with
 keywords. It owns what every caller used to set up on its own: the scheduler and its timesteps,
-the seed's generators, the noise shape, the V2V start latents, the step cache and the long-video
-windows. A new sampling option is a field of `SamplingPlan` and a line here.
+the seed's generators, the noise shape, the V2V start latents, the step cache, the long-video
+windows and their prompt schedule, and a continuation's known latent frames. A new sampling option
+is a field of `SamplingPlan` and a line here.
 """
 
 from dataclasses import dataclass
-from typing import Callable, Optional, Sequence, Tuple
+from typing import Callable, List, Optional, Sequence, Tuple
 
 import torch
 
-from .long_video import SlidingWindowTransformer
+from .long_video import SlidingWindowTransformer, window_count
+from .prompt_schedule import window_prompts
 from .sampling import StepCallback, denoising_loop, make_scheduler, start_latents, timesteps_for
 from .step_cache import StepCache
 from .transformer import run_block
@@ -50,6 +52,12 @@ class SampleInputs:
     negative: Optional[torch.Tensor] = None  # needed when guidance_scale > 1
     inpaint: Optional[torch.Tensor] = None  # the 17 mask + masked-video channels, [1, F, 17, h, w]
     start_video: Optional[torch.Tensor] = None  # V2V: the latents noised to the first timestep (strength < 1)
+    # Long video: one text embedding [1, T, D] per prompt of a schedule (prompt_schedule.py), in place of positive.
+    prompt_schedule: Optional[List[torch.Tensor]] = None
+    # Continuation (continuation.py): latent frames 0..n-1 are known; the final latents take the
+    # inpaint channels' clean latents there, so the overlap decodes as the VAE round trip of the
+    # previous frames (the model's own version of them is dropped with them anyway).
+    known_latent_frames: int = 0
 
 
 def noise_shape(config, latent_size: Sequence[int]) -> Tuple[int, ...]:
@@ -64,12 +72,36 @@ def initial_noise(shape, seed: int, device, dtype) -> torch.Tensor:
     return torch.randn(shape, generator=generator, device=device, dtype=dtype)
 
 
-def windowed(transformer, plan: SamplingPlan, cache: Optional[StepCache]):
+def window_texts(config, plan: SamplingPlan, inputs: SampleInputs, frames: int, cast) -> Optional[list]:
+    """Each window's text batch ([negative, prompt] with CFG) for a prompt schedule, or None
+    (no schedule, or no windows: then the schedule's one prompt is the positive)."""
+    schedule = inputs.prompt_schedule
+    if not schedule:
+        return None
+    windows = window_count(frames, config.latent_frames, plan.window_overlap) if plan.long_video else 1
+    if not plan.long_video:
+        window_prompts(len(schedule), windows)  # refuses several prompts without windows
+        return None
+    texts = [cast(torch.cat([inputs.negative, p]) if plan.uses_cfg else p) for p in schedule]
+    return [texts[i] for i in window_prompts(len(schedule), windows)]
+
+
+def windowed(transformer, plan: SamplingPlan, cache: Optional[StepCache], texts: Optional[list] = None):
     """The model the loop calls: the transformer, or its sliding windows for a long video."""
     if not plan.long_video:
         return transformer
     return SlidingWindowTransformer(transformer, overlap=plan.window_overlap,
-                                    on_window=cache.select_window if cache else None)
+                                    on_window=cache.select_window if cache else None, window_text=texts)
+
+
+def paste_known(latents: torch.Tensor, inputs: SampleInputs) -> torch.Tensor:
+    """The continuation's known latent frames put back from the inpaint channels (mask first)."""
+    known = inputs.known_latent_frames
+    if not known:
+        return latents
+    latents = latents.clone()
+    latents[:, :known] = inputs.inpaint[:, :known, 1:].to(latents.device, latents.dtype)
+    return latents
 
 
 def sample(transformer, plan: SamplingPlan, inputs: SampleInputs, latent_size: Sequence[int], device, dtype,
@@ -93,9 +125,12 @@ def sample(transformer, plan: SamplingPlan, inputs: SampleInputs, latent_size: S
 
     cache = StepCache(plan.cache_threshold, transformer.config.num_layers) if plan.cache_threshold > 0 else None
     cast = lambda x: None if x is None else x.to(device, dtype)  # noqa: E731
-    return denoising_loop(
-        wrap_model(windowed(transformer, plan, cache)), scheduler, latents, timesteps,
-        positive=cast(inputs.positive), negative=cast(inputs.negative) if plan.uses_cfg else None,
+    texts = window_texts(transformer.config, plan, inputs, latent_size[0], cast)
+    positive = inputs.prompt_schedule[0] if inputs.prompt_schedule else inputs.positive
+    latents = denoising_loop(
+        wrap_model(windowed(transformer, plan, cache, texts)), scheduler, latents, timesteps,
+        positive=cast(positive), negative=cast(inputs.negative) if plan.uses_cfg else None,
         inpaint=cast(inputs.inpaint), fps=inputs.fps, guidance_scale=plan.guidance_scale,
         use_dynamic_cfg=plan.use_dynamic_cfg, generator=torch.Generator(device=device).manual_seed(plan.seed),
         on_step=on_step, block_runner=wrap_block_runner(cache or run_block))
+    return paste_known(latents, inputs)

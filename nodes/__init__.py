@@ -1,11 +1,14 @@
 """DropletVideo's ComfyUI nodes: one node per file, each a thin adapter over droplet_core."""
 
 from .empty_conditioning import DropletVideoEmptyConditioning
+from .extend import DropletVideoExtend
 from .fps_sweep import DropletVideoFPSSweep
 from .image_encode import DropletVideoImageEncode
+from .join_segments import DropletVideoJoinSegments
 from .lora_loader import DropletVideoLoraLoader
 from .model_loader import DropletVideoModelLoader
 from .multi_gpu_sampler import DropletVideoMultiGPUSampler
+from .prompt_schedule import DropletVideoPromptSchedule
 from .resolution_bucket import DropletVideoResolutionBucket
 from .sampler import DropletVideoSampler
 from .t5_loader import DropletVideoT5Loader
@@ -30,9 +33,13 @@ NODE_DISPLAY_NAME_MAPPINGS = {
     "DropletVideoFPSSweep": "DropletVideo FPS Sweep",
     "DropletVideoVAEDecode": "DropletVideo VAE Decode",
     "DropletVideoVAEEncode": "DropletVideo VAE Encode (video-to-video)",
+    "DropletVideoExtend": "DropletVideo Extend (continue a video)",
+    "DropletVideoJoinSegments": "DropletVideo Join Segments",
+    "DropletVideoPromptSchedule": "DropletVideo Prompt Schedule (long video)",
 }
 NODE_CLASS_MAPPINGS = {cls.__name__: cls for cls in (
     DropletVideoModelLoader, DropletVideoTransformerLoader, DropletVideoVAELoader, DropletVideoT5Loader,
     DropletVideoLoraLoader, DropletVideoTextEncode, DropletVideoImageEncode, DropletVideoEmptyConditioning,
     DropletVideoResolutionBucket, DropletVideoSampler, DropletVideoMultiGPUSampler, DropletVideoFPSSweep,
-    DropletVideoVAEDecode, DropletVideoVAEEncode)}
+    DropletVideoVAEDecode, DropletVideoVAEEncode, DropletVideoExtend, DropletVideoJoinSegments,
+    DropletVideoPromptSchedule)}

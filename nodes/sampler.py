@@ -14,6 +14,7 @@ from .context_windows import refuse_in_own_sampler
 from .latent_layout import preview_of, with_preview
 from .model_patches import check_patches
 from .native.conditioning import IMAGE, MASK, fps_of, options, text_embeds
+from .extend import KNOWN
 from .native.diffusion_model import EngineView
 from .progress import comfy_on_step
 
@@ -42,15 +43,21 @@ def check_latent(samples: torch.Tensor, config, strength: float, long_video: boo
     check_latent_frames_fit(config, samples.shape[2], long_video)
 
 
-def sampler_inputs(base, positive, negative, latent: dict, plan: SamplingPlan, device, fps=None) -> SampleInputs:
+def sampler_inputs(base, positive, negative, latent: dict, plan: SamplingPlan, device, fps=None,
+                   prompt_schedule=None) -> SampleInputs:
     """What the DropletVideo samplers sample from, with the prompts and the latent checked: text
-    embeddings, FPS (`fps` overrides the conditioning's), the inpaint channels, V2V start latents."""
+    embeddings (a schedule's per window), FPS (`fps` overrides the conditioning's), the inpaint
+    channels, V2V start latents, a continuation's known latent frames (DropletVideo Extend)."""
     config = base.droplet_config
     inputs = SampleInputs(text_embeds(positive, "positive"), fps_tensor(fps if fps is not None else
-                                                                          fps_of(positive, "positive")))
+                                                                          fps_of(positive, "positive")),
+                          prompt_schedule=prompt_schedule, known_latent_frames=options(positive).get(KNOWN, 0))
     if plan.uses_cfg:
         inputs.negative = text_embeds(negative, "negative")
-    for embeds, name in ((inputs.positive, "positive"), (inputs.negative, "negative")):
+    named = [(inputs.positive, "positive"), (inputs.negative, "negative")]
+    for index, embeds in enumerate(prompt_schedule or []):
+        named.append((embeds, f"prompt {index + 1} of prompt_schedule"))
+    for embeds, name in named:
         if embeds is not None:
             check_text(embeds, name, config.text_embed_dim)
     samples = latent["samples"]
@@ -93,14 +100,14 @@ def sampler_plan(model, steps: int, cfg: float, seed: int, scheduler: str, use_d
                         window_overlap=window_overlap, cache_threshold=cache_threshold)
 
 
-def sample_latent(model, positive, negative, latent: dict, plan: SamplingPlan, fps=None) -> dict:
+def sample_latent(model, positive, negative, latent: dict, plan: SamplingPlan, fps=None, prompt_schedule=None) -> dict:
     """The sampler node's work (DropletVideoSampler, DropletVideoFPSSweep): a LATENT. `fps`
-    overrides the conditioning's FPS (the sweep)."""
+    overrides the conditioning's FPS (the sweep); `prompt_schedule` gives the windows their prompts."""
     refuse_in_own_sampler(model)
     base, device = model.model, model.load_device
     config = base.droplet_config
     transformer_options = check_patches(model)
-    inputs = sampler_inputs(base, positive, negative, latent, plan, device, fps)
+    inputs = sampler_inputs(base, positive, negative, latent, plan, device, fps, prompt_schedule)
     if plan.step_count() == 0:  # denoise 0: the input, unchanged (as the engine)
         return latent
     latent_size = latent["samples"].shape[2:]
@@ -162,11 +169,14 @@ class DropletVideoSampler:
                                     "TeaCache-style step skipping: reuse the last step's transformer output while "
                                     "its input changes less than this in total. 0 = off; try 0.05-0.2. With long_video "
                                     "each window keeps its own history."}),
+                "prompt_schedule": ("DROPLET_PROMPT_SCHEDULE", {"tooltip": "With long_video: a prompt per window "
+                                    "(DropletVideo Prompt Schedule) in place of positive's text; positive still gives "
+                                    "the FPS and the image."}),
             },
         }
 
     def sample(self, model, positive, negative, latent, steps, cfg, seed, scheduler, use_dynamic_cfg, denoise,
-               long_video=None, window_overlap=None, cache_threshold=None):
+               long_video=None, window_overlap=None, cache_threshold=None, prompt_schedule=None):
         plan = sampler_plan(model, steps, cfg, seed, scheduler, use_dynamic_cfg, denoise, bool(long_video),
                             window_overlap or 0, cache_threshold or 0.0)
-        return (sample_latent(model, positive, negative, latent, plan),)
+        return (sample_latent(model, positive, negative, latent, plan, prompt_schedule=prompt_schedule),)

@@ -20,6 +20,25 @@ def encode_with_clip(clip, text: str, max_tokens: int):
     return clip.encode_from_tokens(tokens)
 
 
+def encode_texts(texts, max_tokens: int, text_encoder=None, clip=None, node: str = "DropletVideoTextEncode") -> list:
+    """Each text's embeddings [1, T, D] on the intermediate device, with DropletVideo's T5 or a CLIP."""
+    if text_encoder is not None:
+        if clip is not None:
+            logger.warning("both text_encoder and clip are connected: using text_encoder")
+        hidden = text_encoder.patcher.model.module.config.d_model
+        dtype = module_dtype(text_encoder.patcher.model.module)
+        encoder = text_encoder.on_device(text_memory(max_tokens, hidden, dtype))
+        device = text_encoder.patcher.load_device
+        embeds = [encoder.encode(text, max_tokens, device=device) for text in texts]
+    elif clip is not None:
+        embeds = [encode_with_clip(clip, text, max_tokens) for text in texts]
+    else:
+        raise ValueError(f"{node} needs a text encoder: connect text_encoder (DropletVideo loader) or clip (Load "
+                         f"CLIP, type cogvideox).")
+    out = comfy.model_management.intermediate_device()
+    return [e.to(out) for e in embeds]
+
+
 class DropletVideoTextEncode:
     DESCRIPTION = ("Encodes the prompt and the negative prompt with T5, as the reference does (padded to max_tokens, "
                    "quality suffix appended to the prompt). Takes DropletVideo's T5 loader output, or a ComfyUI CLIP "
@@ -52,18 +71,4 @@ class DropletVideoTextEncode:
 
     def encode(self, prompt, negative_prompt, append_quality_suffix, max_tokens, text_encoder=None, clip=None):
         texts = (with_suffix(prompt, append_quality_suffix), negative_prompt)
-        if text_encoder is not None:
-            if clip is not None:
-                logger.warning("both text_encoder and clip are connected: using text_encoder")
-            hidden = text_encoder.patcher.model.module.config.d_model
-            dtype = module_dtype(text_encoder.patcher.model.module)
-            encoder = text_encoder.on_device(text_memory(max_tokens, hidden, dtype))
-            device = text_encoder.patcher.load_device
-            embeds = [encoder.encode(text, max_tokens, device=device) for text in texts]
-        elif clip is not None:
-            embeds = [encode_with_clip(clip, text, max_tokens) for text in texts]
-        else:
-            raise ValueError("DropletVideoTextEncode needs a text encoder: connect text_encoder (DropletVideo "
-                             "loader) or clip (Load CLIP, type cogvideox).")
-        out = comfy.model_management.intermediate_device()
-        return tuple([[e.to(out), {}]] for e in embeds)
+        return tuple([[e, {}]] for e in encode_texts(texts, max_tokens, text_encoder, clip))

@@ -11,7 +11,8 @@ from droplet_core.axes import channels_first, frames_first, video_to_images
 ROOT = Path(__file__).resolve().parents[1]
 # Files whose own axis changes are not latent or video layouts (axes.py's docstring says which).
 OTHER_LAYOUTS = {
-    "droplet_core/axes.py": 1,  # video_to_images
+    "droplet_core/axes.py": 2,  # video_to_images, images_to_video
+    "droplet_core/continuation.py": 2,  # fit_frames: IMAGE frames as a torch image batch, for resizing
     "droplet_core/pipeline.py": 2,  # video_to_pixels: IMAGE frames as a torch image batch, then the VAE's input
     "droplet_core/conditioning.py": 1,  # one PIL image to [3, H, W]
     "droplet_core/transformer.py": 1,  # unpatchify's patch grid

@@ -35,6 +35,7 @@ CORE_SAMPLING = {"droplet_i2v_core_ksampler", "droplet_i2v_model_patches",  # ne
                  "droplet_long_video_context_windows"}
 INTERPOLATE = "droplet_interpolate"  # core frame interpolation: ComfyUI 0.33 and later
 PATCHED_SAMPLER = "droplet_i2v_patched_sampler"  # a core model patch before the DropletVideo Sampler
+SEGMENTED = {"droplet_extend"}  # several samplers: wired as a chain (test_extend_workflow_chains_...)
 
 
 def load(name: str) -> dict:
@@ -219,7 +220,7 @@ LOADER = {"droplet_i2v_split_loaders": ("DropletVideoTransformerLoader", "Drople
 TRAINING = "droplet_train_lora"  # no sampler: core Train LoRA (test_train_lora_workflow_is_wired_for_core_training)
 
 
-@pytest.mark.parametrize("path", [p for p in WORKFLOWS if p.stem != TRAINING], ids=lambda p: p.stem)
+@pytest.mark.parametrize("path", [p for p in WORKFLOWS if p.stem != TRAINING and p.stem not in SEGMENTED], ids=lambda p: p.stem)
 def test_graph_is_wired_as_a_native_model(path, info):
     name = path.stem
     api = tool.ui_to_api(json.loads(path.read_text()), info)
@@ -571,3 +572,35 @@ def test_interpolation_workflow_runs_core_frame_interpolation(pack, info, tmp_pa
     assert decoded.shape == (8, 64, 64, 3) and frames.shape == (15, 64, 64, 3) and fps == 16
     torch.testing.assert_close(frames[::2], decoded, atol=1e-6, rtol=0)  # the video's own frames, in between new ones
     assert torch.isfinite(frames).all() and (frames[1::2] - frames[:-1:2]).abs().max() > 1e-3
+
+
+def test_extend_workflow_chains_three_segments_each_with_its_prompt_fps_and_seed(info):
+    api = tool.ui_to_api(load("droplet_extend"), info)
+    of_type = lambda kind: sorted((i for i, n in api.items() if n["class_type"] == kind), key=int)  # noqa: E731
+    texts, samplers, decodes, joins = (of_type(k) for k in ("DropletVideoTextEncode", "DropletVideoSampler",
+                                                              "DropletVideoVAEDecode", "DropletVideoJoinSegments"))
+    (first_id, first), = [(i, n["inputs"]) for i, n in api.items() if n["class_type"] == "DropletVideoImageEncode"]
+    extends = of_type("DropletVideoExtend")
+    assert len(texts) == len(samplers) == len(decodes) == 3 and len(extends) == len(joins) == 2
+    assert len({api[i]["inputs"]["prompt"] for i in texts}) == 3
+    conds = [first_id, *extends]
+    assert [api[c]["inputs"]["fps"] for c in conds] == [8, 16, 4]
+    assert [api[s]["inputs"]["seed"] for s in samplers] == [42, 43, 44]
+    for text, cond, sampler, decode in zip(texts, conds, samplers, decodes):
+        assert api[cond]["inputs"]["positive"] == [text, 0] and api[sampler]["inputs"]["positive"] == [cond, 0]
+        assert api[sampler]["inputs"]["latent"] == [cond, 2] and api[decode]["inputs"]["latent"] == [sampler, 0]
+        assert api[decode]["inputs"]["trim_to_frames"]
+    previous = [decodes[0], 0]
+    for extend_id, join_id, decode in zip(extends, joins, decodes[1:]):
+        assert api[extend_id]["inputs"]["previous"] == previous and api[extend_id]["inputs"]["overlap"] == 9
+        join = api[join_id]["inputs"]
+        assert (join["previous"], join["segment"], join["reference"]) == (previous, [decode, 0], [decodes[0], 0])
+        assert join["overlap"] == 9 and join["drift_control"]
+        previous = [join_id, 0]
+    assert by_type(api, "CreateVideo")[1]["images"] == previous
+
+
+def test_extend_workflow_runs_and_joins_without_repeated_frames(pack, info, tmp_path):
+    size = argparse.Namespace(width=64, height=64, frames=9, steps=2)
+    frames = run_graph("droplet_extend", pack, info, tmp_path, size, overlap=5)
+    assert frames.shape == (9 + 2 * (9 - 5), 64, 64, 3)

@@ -32,6 +32,7 @@ from ..sample_plan import SampleInputs, SamplingPlan
 PACK_ROOT = Path(__file__).resolve().parents[2]  # the folder that holds droplet_core/
 WORKER = "droplet_core.parallel.sample_worker"
 JOB, INPUTS, LATENTS = "job.json", "inputs.safetensors", "latents.safetensors"
+KNOWN = "known_latent_frames"
 PROGRESS = "droplet-step"  # rank 0's stdout: "droplet-step <step> <steps>", one line per finished step
 POLL_S = 0.1
 STOPPED_BY_PEER = 3  # a worker's exit status when the run failed elsewhere (ParallelRunError), as the CLI's
@@ -58,14 +59,20 @@ class SampleJob:
 def write_job(folder: Path, job: SampleJob, inputs: SampleInputs) -> None:
     """The job's settings as JSON and its inputs' tensors (those that are set) as safetensors."""
     (Path(folder) / JOB).write_text(json.dumps(asdict(job)))
-    tensors = {name: t.detach().cpu().contiguous() for name, t in vars(inputs).items() if t is not None}
+    if inputs.prompt_schedule:
+        raise ValueError("a prompt schedule needs long_video, which the multi-GPU sampler does not run: use the "
+                         "DropletVideo Sampler.")
+    tensors = {name: t.detach().cpu().contiguous() for name, t in vars(inputs).items() if isinstance(t, torch.Tensor)}
+    tensors[KNOWN] = torch.tensor(inputs.known_latent_frames)  # a continuation's (an int, in the same file)
     save_file(tensors, str(Path(folder) / INPUTS))
 
 
 def read_job(folder: Path) -> Tuple[SampleJob, SampleInputs]:
     settings = json.loads((Path(folder) / JOB).read_text())
     job = SampleJob(**{**settings, "plan": SamplingPlan(**settings["plan"])})
-    return job, SampleInputs(**load_file(str(Path(folder) / INPUTS)))
+    tensors = load_file(str(Path(folder) / INPUTS))
+    known = int(tensors.pop(KNOWN))
+    return job, SampleInputs(**tensors, known_latent_frames=known)
 
 
 def read_latents(folder: Path) -> torch.Tensor:
