@@ -76,7 +76,7 @@ def build_model(transformer_path: Path, precision: str, weight_format=None, atte
     patcher.model.diffusion_model.use_attention(attention)
     patcher.model.droplet_source = TransformerSource(str(transformer_path), precision, weight_format,
                                                      "sdpa" if attention == "comfy" else attention)
-    if hasattr(patcher, "cached_patcher_init"):  # ComfyUI 0.33+: MultiGPU CFG Split rebuilds the model per GPU
+    if hasattr(patcher, "cached_patcher_init"):  # ComfyUI 0.15.1+: Train LoRA, MultiGPU CFG Split
         patcher.cached_patcher_init = (build_model, (transformer_path, precision, weight_format, attention,
                                                      scheduler_config, scale_factor))
     release_heap_when_freed(patcher.model)
