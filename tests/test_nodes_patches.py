@@ -185,6 +185,7 @@ def noop(*args, **kwargs):
     return None
 
 
+# Core context windows are refused before these, with their own fix (test_nodes_context_windows.py).
 REFUSED = {
     "cfg_function": (set_option("sampler_cfg_function", noop), r"sampler_cfg_function \(set by RescaleCFG"),
     "post_cfg": (set_option("sampler_post_cfg_function", [noop]), r"sampler_post_cfg_function \(set by CFGZeroStar"),
@@ -193,7 +194,6 @@ REFUSED = {
                         r"sampler_calc_cond_batch_function \(set by SkipLayerGuidanceDiTSimple\)"),
     "unet_wrapper": (set_option("model_function_wrapper", noop), r"model_function_wrapper \(set by a UNet function"),
     "denoise_mask": (set_option("denoise_mask_function", noop), r"denoise_mask_function \(set by DifferentialDiff"),
-    "context_windows": (set_option("context_handler", object()), r"context_handler \(set by Context Windows"),
     "outer_sample": (lambda m: m.add_wrapper_with_key("outer_sample", "easycache", noop),
                      r"wrappers outer_sample \(set by EasyCache"),
     "apply_model": (lambda m: m.add_wrapper_with_key("apply_model", "torch.compile", noop),
