@@ -49,3 +49,9 @@ def test_the_table_counts_verdicts_and_says_why_a_patch_did_nothing():
     assert rows["APG"].endswith("the DropletVideo Sampler ran without it; core KSampler applies it |")
     assert rows["FreeU_V2"].endswith(f"{tool.REASONS['FreeU_V2']} |") and "b1=1.3" in rows["FreeU_V2"]
     assert "**refused**: use core KSampler \\| for Mahiro" in rows["Mahiro"] and rows["Mahiro"].endswith("|  |")
+
+
+def test_a_failure_says_whether_core_cogvideox_fails_alike():
+    assert "fails the same on core's own CogVideoX" in tool.why_no_effect("FreeU_V2", "fails", "fails")
+    assert "a failure to fix" in tool.why_no_effect("SomeNewPatch", "acts", "fails")
+    assert tool.why_no_effect("CFGZeroStar", "acts", "refused") == ""

@@ -61,6 +61,14 @@ PATCHES = {
     "FreeU_V2": {}, "DifferentialDiffusion": {}, "UNetSelfAttentionMultiply": {"v": 2.0},
     "UNetCrossAttentionMultiply": {"v": 2.0}, "TomePatchModel": {},
 }
+# Patches that fail exactly so on ComfyUI's own CogVideoX model too (read in core 0.33; ModelNoiseScale
+# also run on a tiny core CogVideoX_I2V, tests/test_nodes_core_patch_gaps.py): shown where a verdict is "fails".
+FAILS_ON_CORE_COGVIDEOX = {
+    "ModelNoiseScale": "fails the same on core's own CogVideoX: it needs a flow-matching model sampling "
+                       "(set_parameters); this is a v-prediction model",
+    "FreeU_V2": "fails the same on core's own CogVideoX: it reads unet_config['model_channels'], which only UNet "
+                "models have; a DiT has no output-block skips to scale",
+}
 # Why a patch cannot change this model: shown only where the measured verdict is "no effect".
 REASONS = {
     "FreeU_V2": "scales a UNet's output-block skip connections (output block patches); a DiT has none",
@@ -147,7 +155,9 @@ def render(records: dict, meta: dict) -> str:
 
 def why_no_effect(node: str, core: str, droplet: str) -> str:
     """The reason column: the model's (REASONS) where neither sampler changed, the pack sampler's where
-    only it ran as if the patch were not there."""
+    only it ran as if the patch were not there; for a failure, whether core's own CogVideoX fails alike."""
+    if "fails" in (core, droplet):
+        return FAILS_ON_CORE_COGVIDEOX.get(node, "a failure to fix: not known to fail on core's own CogVideoX")
     if droplet == "no effect" and core != "no effect":
         return "the DropletVideo Sampler ran without it" + ("; core KSampler applies it" if core == "acts" else "")
     if "no effect" in (core, droplet):
