@@ -15,12 +15,12 @@ from .attention import ATTENTION_BACKENDS
 from .engine_options import WEIGHT_FORMATS, EngineOptions
 from .offload.plan import Workload
 from .parallel import DEFAULT_TIMEOUT_S, PARALLEL_MODES, ParallelRunError, checkpoint_heads, launched, start_parallel
-from .continuation import DEFAULT_OVERLAP, RESIZE_MODES
+from .continuation import DEFAULT_OVERLAP
 from .pipeline import DTYPES, Request, load_pipeline
 from .offload.placement import OFFLOAD_MODES
 from .sampling import SCHEDULERS
 from .segments import Extension, Segment, extend, read_plan
-from .shapes import size_for_budget
+from .shapes import RESIZE_MODES, size_for_budget
 from .text import MAX_SEQUENCE_LENGTH, NEGATIVE_PROMPT
 from .tiny import ensure_tiny_checkpoint
 from .video_io import PLAYBACK_FPS, load_image, read_video, write_video

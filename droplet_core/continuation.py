@@ -22,13 +22,12 @@ import torch.nn.functional as F
 
 from .axes import images_to_video
 from .drift import Stats, anchor
-from .shapes import TEMPORAL_COMPRESSION
+from .shapes import TEMPORAL_COMPRESSION, aspect_box, check_resize_mode
 
 # 9 frames = 3 latent frames: position, velocity and acceleration of the motion carry over (one
 # frame is a still image, 5 frames one motion step), at 9/85 = 11% of a segment re-generated and
 # dropped; 13 frames (15%) add little that 9 do not carry.
 DEFAULT_OVERLAP = 9
-RESIZE_MODES = ("stretch", "crop", "pad")
 
 
 def check_overlap(overlap: int, segment_frames: int) -> None:
@@ -55,25 +54,16 @@ def check_previous(previous: torch.Tensor, overlap: int) -> None:
                          f"use overlap {fits} or less, or a longer previous video.")
 
 
-def _aspect_box(width: int, height: int, src_w: int, src_h: int, mode: str):
-    """(w, h) of the region of the source (crop) or of the canvas (pad) with the video's aspect."""
-    wider = src_w * height > src_h * width
-    if mode == "crop":
-        return (round(src_h * width / height), src_h) if wider else (src_w, round(src_w * height / width))
-    return (src_w, round(src_w * height / width)) if wider else (round(src_h * width / height), src_h)
-
-
 def fit_frames(frames: torch.Tensor, width: int, height: int, mode: str = "stretch") -> torch.Tensor:
     """Frames at width x height: stretched, centre-cropped or padded (black) to the aspect ratio,
     then resized (bilinear, antialiased). Frames of that size come back unchanged."""
-    if mode not in RESIZE_MODES:
-        raise ValueError(f"unknown resize_mode {mode!r}: use one of {', '.join(RESIZE_MODES)}.")
+    check_resize_mode(mode)
     src_h, src_w = frames.shape[1:3]
     if (src_h, src_w) == (height, width):
         return frames
     pixels = frames.permute(0, 3, 1, 2).float()
     if mode != "stretch" and src_w * height != src_h * width:
-        w, h = _aspect_box(width, height, src_w, src_h, mode)
+        w, h = aspect_box(width, height, src_w, src_h, mode)
         if mode == "crop":
             left, top = (src_w - w) // 2, (src_h - h) // 2
             pixels = pixels[:, :, top:top + h, left:left + w]

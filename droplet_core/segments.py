@@ -41,7 +41,7 @@ class Extension:
 
     overlap: int = DEFAULT_OVERLAP  # frames (4k + 1) the next segment is conditioned on
     drift_control: bool = True
-    resize_mode: str = "stretch"  # for a previous video of another size (continuation.RESIZE_MODES)
+    resize_mode: str = "stretch"  # for a previous video of another size (shapes.RESIZE_MODES)
 
 
 PLAN_KEYS = {"prompt", "fps", "frames", "seed"}

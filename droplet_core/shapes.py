@@ -5,6 +5,9 @@ from typing import Tuple
 SIZE_MULTIPLE = 16
 TEMPORAL_COMPRESSION = 4
 SPATIAL_COMPRESSION = 8
+# How a picture of another aspect ratio meets the video size: stretched (the reference's plain
+# resize), centre-cropped, or padded with black.
+RESIZE_MODES = ("stretch", "crop", "pad")
 
 
 def check_size(width: int, height: int) -> None:
@@ -43,3 +46,17 @@ def size_for_budget(image_width: int, image_height: int, base_resolution: int) -
     width = max(SIZE_MULTIPLE, round(image_width * ratio / SIZE_MULTIPLE) * SIZE_MULTIPLE)
     height = max(SIZE_MULTIPLE, round(image_height * ratio / SIZE_MULTIPLE) * SIZE_MULTIPLE)
     return width, height
+
+
+def check_resize_mode(mode: str) -> None:
+    if mode not in RESIZE_MODES:
+        raise ValueError(f"unknown resize_mode {mode!r}: use one of {', '.join(RESIZE_MODES)}.")
+
+
+def aspect_box(width: int, height: int, src_w: int, src_h: int, mode: str) -> Tuple[int, int]:
+    """(w, h) with the video's aspect ratio: the centred region of the source to keep (crop), or the
+    canvas the source is centred on (pad)."""
+    wider = src_w * height > src_h * width
+    if mode == "crop":
+        return (round(src_h * width / height), src_h) if wider else (src_w, round(src_w * height / width))
+    return (src_w, round(src_w * height / width)) if wider else (round(src_h * width / height), src_h)

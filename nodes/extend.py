@@ -3,18 +3,12 @@
 Chain: ... -> VAE Decode -> [Join Segments] -> Extend -> Sampler -> VAE Decode -> Join Segments
 -> Extend -> ... Each Extend has its own prompt (the positive it is given) and FPS."""
 
-import comfy.model_management
-import torch
-
 from ..droplet_core import shapes
-from ..droplet_core.conditioning import NOISE_AUG_STRENGTH, inpaint_latents
-from ..droplet_core.continuation import (DEFAULT_OVERLAP, RESIZE_MODES, continuation_video_and_mask,
-                                         known_latent_frames, last_frames)
-from ..droplet_core.preview import fit_rgb_projection
-from .components import load_for_compute, module_dtype
-from .image_encode import CONDITIONING_INPUTS, FPS_INPUT, SIZE_INPUTS, latent_shape
-from .memory import vae_encode_memory
-from .native.conditioning import video_conditioning, with_values
+from ..droplet_core.conditioning import NOISE_AUG_STRENGTH
+from ..droplet_core.continuation import DEFAULT_OVERLAP, continuation_video_and_mask, known_latent_frames, last_frames
+from ..droplet_core.shapes import RESIZE_MODES
+from .image_encode import CONDITIONING_INPUTS, FPS_INPUT, SIZE_INPUTS, encode_conditioning
+from .native.conditioning import with_values
 
 # How many latent frames of the segment are known (the DropletVideo Sampler puts their clean
 # latents back after sampling, as the engine does: sample_plan.paste_known).
@@ -66,17 +60,8 @@ class DropletVideoExtend:
         frames = shapes.round_frames(frames)
         known = last_frames(previous.float().cpu(), overlap, width, height, resize_mode)
         video, mask = continuation_video_and_mask(known, frames)
-
-        module = vae.patcher.model.module
-        memory = vae_encode_memory(frames, height, width, module_dtype(module), vae_tiling)
-        module = load_for_compute(vae.patcher, memory)
-        grid = latent_shape(width, height, frames)
-        latents = inpaint_latents(module, video, mask, grid, torch.float32,
-                                  noise_aug_strength if noise_augmentation else None,
-                                  torch.Generator().manual_seed(noise_aug_seed), vae_tiling)
-        projection = fit_rgb_projection(latents[0, 0, 1:], video[0, :, 0])
-        latents = latents.to(comfy.model_management.intermediate_device())
-        positive, negative, latent = video_conditioning(positive, negative, grid, fps, latents,
-                                                        module.config.scaling_factor, projection)
+        positive, negative, latent = encode_conditioning(positive, negative, vae, video, mask, fps,
+                                                         noise_aug_strength if noise_augmentation else None,
+                                                         noise_aug_seed, vae_tiling)
         count = {KNOWN: known_latent_frames(overlap)}
         return with_values(positive, count), with_values(negative, count), latent

@@ -5,12 +5,13 @@ import comfy.model_management
 import torch
 
 from ..droplet_core import shapes
+from ..droplet_core.shapes import RESIZE_MODES
 from ..droplet_core.conditioning import NOISE_AUG_STRENGTH, i2v_video_and_mask, inpaint_latents
 from ..droplet_core.preview import fit_rgb_projection
 from .components import load_for_compute, module_dtype
 from .context_windows import check_model_frames, table_remedy
 from .core_vae import VAE_TOOLTIP, VAE_TYPES, core_inpaint_latents, is_core_vae
-from .images import RESIZE_MODES, first_image, fit
+from .images import first_image, fit
 from .memory import vae_encode_memory
 from .native.conditioning import video_conditioning
 
@@ -97,15 +98,23 @@ class DropletVideoImageEncode:
                       for image, name in ((start_image, "start_image"), (end_image, "end_image")))
         video, mask = i2v_video_and_mask(frames, width, height, start, end)
         strength = noise_aug_strength if noise_augmentation else None
-        generator = torch.Generator().manual_seed(noise_aug_seed)
-        grid = latent_shape(width, height, frames)
-        if is_core_vae(vae):
-            latents, scale = core_inpaint_latents(vae, video, mask, grid, strength, generator, vae_tiling), 1.0
-        else:
-            latents, scale = droplet_inpaint_latents(vae, video, mask, grid, strength, generator, vae_tiling)
-        projection = None if start is None else fit_rgb_projection(latents[0, 0, 1:] / scale, video[0, :, 0])
-        latents = latents.to(comfy.model_management.intermediate_device())
-        return video_conditioning(positive, negative, grid, fps, latents, scale, projection)
+        return encode_conditioning(positive, negative, vae, video, mask, fps, strength, noise_aug_seed, vae_tiling,
+                                   preview=start is not None)
+
+
+def encode_conditioning(positive, negative, vae, video, mask, fps, strength, seed: int, tiled: bool,
+                        preview: bool = True):
+    """(positive, negative, LATENT) of a conditioning video [1, 3, F, H, W] and its mask, encoded with
+    the pack's VAE or core's, with a preview projection fitted on its first frame when `preview`."""
+    grid = latent_shape(video.shape[-1], video.shape[-2], video.shape[2])
+    generator = torch.Generator().manual_seed(seed)
+    if is_core_vae(vae):
+        latents, scale = core_inpaint_latents(vae, video, mask, grid, strength, generator, tiled), 1.0
+    else:
+        latents, scale = droplet_inpaint_latents(vae, video, mask, grid, strength, generator, tiled)
+    projection = fit_rgb_projection(latents[0, 0, 1:] / scale, video[0, :, 0]) if preview else None
+    latents = latents.to(comfy.model_management.intermediate_device())
+    return video_conditioning(positive, negative, grid, fps, latents, scale, projection)
 
 
 def droplet_inpaint_latents(vae, video, mask, grid, strength, generator, tiled: bool):

@@ -4,7 +4,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-RESIZE_MODES = ("stretch", "crop", "pad")
+from ..droplet_core.shapes import aspect_box, check_resize_mode
 
 
 def first_image(image: torch.Tensor, name: str) -> Image.Image:
@@ -24,17 +24,14 @@ def fit(image: Image.Image, width: int, height: int, mode: str) -> Image.Image:
 
     stretch: unchanged (the reference's plain resize); crop: centre crop; pad: black borders.
     """
-    if mode not in RESIZE_MODES:
-        raise ValueError(f"unknown resize_mode {mode!r}: use one of {', '.join(RESIZE_MODES)}.")
+    check_resize_mode(mode)
     src_w, src_h = image.size
     if mode == "stretch" or src_w * height == src_h * width:
         return image
-    cover = src_w * height > src_h * width  # the image is wider than the video
+    w, h = aspect_box(width, height, src_w, src_h, mode)
     if mode == "crop":
-        w, h = (round(src_h * width / height), src_h) if cover else (src_w, round(src_w * height / width))
         left, top = (src_w - w) // 2, (src_h - h) // 2
         return image.crop((left, top, left + w, top + h))
-    w, h = (src_w, round(src_w * height / width)) if cover else (round(src_h * width / height), src_h)
     canvas = Image.new("RGB", (w, h))
     canvas.paste(image.convert("RGB"), ((w - src_w) // 2, (h - src_h) // 2))
     return canvas
