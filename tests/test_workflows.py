@@ -28,18 +28,18 @@ from node_fixtures import loaded  # noqa: F401
 ROOT = Path(__file__).resolve().parents[1]
 COMFYUI_PATH = os.environ.get("COMFYUI_PATH")
 
-WORKFLOWS = sorted((ROOT / "workflows").glob("*.json"))
+WORKFLOWS = sorted((ROOT / "example_workflows").glob("*.json"))
 CONTROL_VALUES = {"fixed", "increment", "decrement", "randomize"}
 NODE_KEYS = {"id", "type", "pos", "size", "flags", "order", "mode", "inputs", "outputs", "properties", "widgets_values"}
-CORE_SAMPLING = {"droplet_i2v_core_ksampler", "droplet_i2v_model_patches",  # need this pack and core nodes only
+CORE_SAMPLING = {"droplet_image_to_video_core_ksampler", "droplet_image_to_video_model_patches",  # need this pack and core nodes only
                  "droplet_long_video_context_windows"}
-INTERPOLATE = "droplet_interpolate"  # core frame interpolation: ComfyUI 0.33 and later
-PATCHED_SAMPLER = "droplet_i2v_patched_sampler"  # a core model patch before the DropletVideo Sampler
-SEGMENTED = {"droplet_extend"}  # several samplers: wired as a chain (test_extend_workflow_chains_...)
+INTERPOLATE = "droplet_frame_interpolation"  # core frame interpolation: ComfyUI 0.33 and later
+PATCHED_SAMPLER = "droplet_image_to_video_patched_sampler"  # a core model patch before the DropletVideo Sampler
+SEGMENTED = {"droplet_extend_in_segments"}  # several samplers: wired as a chain (test_extend_workflow_chains_...)
 
 
 def load(name: str) -> dict:
-    return json.loads((ROOT / "workflows" / f"{name}.json").read_text())
+    return json.loads((ROOT / "example_workflows" / f"{name}.json").read_text())
 
 
 def by_type(api: dict, class_type: str) -> tuple:
@@ -165,7 +165,7 @@ def test_no_node_covers_another(path, info):
 
 def test_the_layout_check_catches_the_old_overlap(info):
     """The Load Image box over the loader's lower widgets (what users saw before the relayout)."""
-    workflow = load("droplet_i2v")
+    workflow = load("droplet_image_to_video")
     nodes = {n["type"]: n for n in workflow["nodes"]}
     loader, image = nodes["DropletVideoModelLoader"], nodes["LoadImage"]
     image["pos"] = [loader["pos"][0], loader["pos"][1] + needed_size(loader, info[loader["type"]])[1] - 40]
@@ -188,7 +188,7 @@ def test_api_prompt_gives_every_required_input(path, info):
 
 
 def test_i2v_workflow_converts_as_the_frontend_queues_it(info):
-    api = tool.ui_to_api(load("droplet_i2v"), info)
+    api = tool.ui_to_api(load("droplet_image_to_video"), info)
     assert {node["class_type"] for node in api.values()} == {
         "DropletVideoModelLoader", "DropletVideoTextEncode", "LoadImage", "DropletVideoImageEncode",
         "DropletVideoSampler", "DropletVideoVAEDecode", "CreateVideo", "SaveVideo"}
@@ -210,11 +210,11 @@ def test_i2v_workflow_converts_as_the_frontend_queues_it(info):
 
 # The wiring of each graph: MODEL from the loader (through LoRA loaders and model patches), the
 # prompt through the conditioning node, its latent (or VAE Encode's) into the sampler.
-MODEL_PATH = {"droplet_lora": ["DropletVideoLoraLoader"],
-              "droplet_i2v_model_patches": ["TorchCompileModel", "EasyCache"],
+MODEL_PATH = {"droplet_image_to_video_lora": ["DropletVideoLoraLoader"],
+              "droplet_image_to_video_model_patches": ["TorchCompileModel", "EasyCache"],
               PATCHED_SAMPLER: ["ModelAttentionBackend"],
               "droplet_long_video_context_windows": ["ContextWindowsManual"]}
-LOADER = {"droplet_i2v_split_loaders": ("DropletVideoTransformerLoader", "DropletVideoT5Loader")}
+LOADER = {"droplet_image_to_video_split_loaders": ("DropletVideoTransformerLoader", "DropletVideoT5Loader")}
 
 
 TRAINING = "droplet_train_lora"  # no sampler: core Train LoRA (test_train_lora_workflow_is_wired_for_core_training)
@@ -225,7 +225,7 @@ def test_graph_is_wired_as_a_native_model(path, info):
     name = path.stem
     api = tool.ui_to_api(json.loads(path.read_text()), info)
     kinds = {node["class_type"] for node in api.values()}
-    cond_type = "DropletVideoEmptyConditioning" if name in ("droplet_t2v", "droplet_v2v") else "DropletVideoImageEncode"
+    cond_type = "DropletVideoEmptyConditioning" if name in ("droplet_text_to_video", "droplet_video_to_video") else "DropletVideoImageEncode"
     loader, t5 = LOADER.get(name, ("DropletVideoModelLoader", "DropletVideoModelLoader"))
     text_id, text = by_type(api, "DropletVideoTextEncode")
     assert source(api, text["text_encoder"]) == (t5, 2 if t5 == "DropletVideoModelLoader" else 0)
@@ -237,7 +237,7 @@ def test_graph_is_wired_as_a_native_model(path, info):
     sampler_id, sampler = by_type(api, sampler_type)
     assert (sampler["positive"], sampler["negative"]) == ([cond_id, 0], [cond_id, 1])
     latent = sampler["latent_image" if sampler_type == "KSampler" else "latent"]
-    assert source(api, latent) == (("DropletVideoVAEEncode", 0) if name == "droplet_v2v" else (cond_type, 2))
+    assert source(api, latent) == (("DropletVideoVAEEncode", 0) if name == "droplet_video_to_video" else (cond_type, 2))
 
     model = sampler["model"]  # back through the patches to the loader
     for patch in MODEL_PATH.get(name, []):
@@ -258,7 +258,7 @@ def test_core_sampler_workflows_use_core_nodes_with_the_release_settings(name, i
     _, ksampler = by_type(api, "KSampler")
     assert {k: v for k, v in ksampler.items() if not isinstance(v, list)} == {
         "seed": 42, "steps": 50, "cfg": 6.0, "sampler_name": "euler", "scheduler": "simple", "denoise": 1.0}
-    if name == "droplet_i2v_model_patches":
+    if name == "droplet_image_to_video_model_patches":
         assert by_type(api, "EasyCache")[1]["reuse_threshold"] == 0.2
         assert by_type(api, "TorchCompileModel")[1]["backend"] == "inductor"
 
@@ -291,7 +291,7 @@ def test_train_lora_workflow_is_wired_for_core_training(info):
 
 
 def test_v2v_encodes_the_video_and_conditions_with_empty_conditioning(info):
-    api = tool.ui_to_api(load("droplet_v2v"), info)
+    api = tool.ui_to_api(load("droplet_video_to_video"), info)
     _, sampler = by_type(api, "DropletVideoSampler")
     _, empty = by_type(api, "DropletVideoEmptyConditioning")
     _, scale = by_type(api, "ImageScale")
@@ -303,12 +303,12 @@ def test_v2v_encodes_the_video_and_conditions_with_empty_conditioning(info):
 
 def test_low_vram_loader_has_no_offload_input_and_its_note_says_why(info):
     assert "offload" not in {name for name, _, _ in tool.input_specs(info["DropletVideoModelLoader"])}
-    note = next(n for n in load("droplet_i2v_low_vram")["nodes"] if n["type"] == "Note")["widgets_values"][0]
+    note = next(n for n in load("droplet_image_to_video_low_vram")["nodes"] if n["type"] == "Note")["widgets_values"][0]
     assert "partially" in note and "offload" not in note
 
 
 def test_muted_nodes_are_dropped_with_their_links(info):
-    workflow = load("droplet_i2v")
+    workflow = load("droplet_image_to_video")
     next(n for n in workflow["nodes"] if n["type"] == "LoadImage")["mode"] = tool.MUTED
     api = tool.ui_to_api(workflow, info)
     encode = next(n for n in api.values() if n["class_type"] == "DropletVideoImageEncode")
@@ -380,9 +380,9 @@ def workflow_lora(models_dir, loaded) -> str:
 
 
 def test_lora_workflow_runs_and_its_lora_changes_the_video(pack, info, tmp_path, workflow_lora):
-    plain = run_graph("droplet_i2v", pack, info, tmp_path)
-    with_lora = run_graph("droplet_lora", pack, info, tmp_path, lora_name=workflow_lora)
-    switched_off = run_graph("droplet_lora", pack, info, tmp_path, lora_name=workflow_lora, strength=0.0)
+    plain = run_graph("droplet_image_to_video", pack, info, tmp_path)
+    with_lora = run_graph("droplet_image_to_video_lora", pack, info, tmp_path, lora_name=workflow_lora)
+    switched_off = run_graph("droplet_image_to_video_lora", pack, info, tmp_path, lora_name=workflow_lora, strength=0.0)
     assert with_lora.shape == plain.shape == (8, 64, 64, 3)  # 2 latent frames decode to 8 (quirk 3)
     assert (with_lora - plain).abs().max() > 0.01
     torch.testing.assert_close(switched_off, plain, atol=1e-6, rtol=0)
@@ -392,7 +392,7 @@ def test_patched_sampler_workflow_runs_model_attention_backend_in_every_block(pa
                                                                               monkeypatch):
     if not hasattr(comfy.model_patcher.ModelPatcher, "set_model_optimized_attention"):
         pytest.skip("this ComfyUI has no Model Attention Backend (ComfyUI 0.33 or newer)")
-    plain = run_graph("droplet_i2v", pack, info, tmp_path)
+    plain = run_graph("droplet_image_to_video", pack, info, tmp_path)
     calls = []
     pytorch_attention = comfy_attention.get_attention_function("pytorch")
 
@@ -407,9 +407,9 @@ def test_patched_sampler_workflow_runs_model_attention_backend_in_every_block(pa
 
 
 def test_t2v_and_start_end_workflows_run_and_differ_from_i2v(pack, info, tmp_path):
-    i2v = run_graph("droplet_i2v", pack, info, tmp_path)
-    t2v = run_graph("droplet_t2v", pack, info, tmp_path)
-    start_end = run_graph("droplet_start_end_frame", pack, info, tmp_path)
+    i2v = run_graph("droplet_image_to_video", pack, info, tmp_path)
+    t2v = run_graph("droplet_text_to_video", pack, info, tmp_path)
+    start_end = run_graph("droplet_start_and_end_frame", pack, info, tmp_path)
     assert t2v.shape == start_end.shape == i2v.shape == (8, 64, 64, 3)
     assert (t2v - i2v).abs().max() > 1e-3 and (start_end - i2v).abs().max() > 1e-3  # the images reach the model
 
@@ -449,16 +449,16 @@ TILED = argparse.Namespace(width=128, height=96, frames=5, steps=2)
 
 def test_low_vram_workflow_turns_the_memory_settings_on_and_keeps_the_video(pack, info, tmp_path, tiled_calls,
                                                                            monkeypatch):
-    api = tool.ui_to_api(load("droplet_i2v_low_vram"), info)
+    api = tool.ui_to_api(load("droplet_image_to_video_low_vram"), info)
     assert by_type(api, "DropletVideoModelLoader")[1]["text_encoder_device"] == "cpu"
     assert by_type(api, "DropletVideoImageEncode")[1]["vae_tiling"] and by_type(api, "DropletVideoVAEDecode")[1]["tiling"]
 
-    plain = run_graph("droplet_i2v", pack, info, tmp_path, TILED)
+    plain = run_graph("droplet_image_to_video", pack, info, tmp_path, TILED)
     assert tiled_calls == {"tiled_encode": 0, "tiled_decode": 0}
     # ComfyUI's text-encoder device is the CPU on the stand-in; under another name ('cpu:0', a move
     # there changes nothing) a loader that ignores text_encoder_device = cpu is told apart.
     monkeypatch.setattr(comfy.model_management, "text_encoder_device", lambda: torch.device("cpu:0"))
-    api, results = run_api("droplet_i2v_low_vram", pack, info, tmp_path, TILED)
+    api, results = run_api("droplet_image_to_video_low_vram", pack, info, tmp_path, TILED)
     assert tiled_calls["tiled_encode"] >= 1 and tiled_calls["tiled_decode"] >= 1  # the tiled path ran
     text_encoder = results[by_type(api, "DropletVideoModelLoader")[0]][2]
     assert text_encoder.patcher.load_device == torch.device("cpu")  # T5 stays in CPU memory
@@ -494,11 +494,11 @@ def test_core_ksampler_workflow_stays_within_the_documented_bound_of_the_pack_sa
                                                                                      monkeypatch):
     import comfy.sample
 
-    api, results = run_api("droplet_i2v", pack, info, tmp_path, CORE_SIZE)
+    api, results = run_api("droplet_image_to_video", pack, info, tmp_path, CORE_SIZE)
     droplet = results[by_type(api, "DropletVideoSampler")[0]][0]["samples"]
     scale = results[by_type(api, "DropletVideoModelLoader")[0]][0].model.latent_format.scale_factor
     monkeypatch.setattr(comfy.sample, "prepare_noise", reference_noise)
-    api, results = run_api("droplet_i2v_core_ksampler", pack, info, tmp_path, CORE_SIZE)
+    api, results = run_api("droplet_image_to_video_core_ksampler", pack, info, tmp_path, CORE_SIZE)
     _, ksampler = by_type(api, "KSampler")
     assert (ksampler["sampler_name"], ksampler["scheduler"], ksampler["cfg"]) == ("euler", "simple", 6.0)
     core = results[by_type(api, "KSampler")[0]][0]["samples"]
@@ -513,7 +513,7 @@ def test_core_ksampler_workflow_stays_within_the_documented_bound_of_the_pack_sa
 
 @pytest.mark.skipif(not COMFYUI_PATH, reason=CORE_RUN_REASON)
 def test_model_patches_workflow_runs_easycache_and_torch_compile_on_the_model(pack, info, tmp_path):
-    api, results = run_api("droplet_i2v_model_patches", pack, info, tmp_path)
+    api, results = run_api("droplet_image_to_video_model_patches", pack, info, tmp_path)
     patched = results[by_type(api, "TorchCompileModel")[0]][0]
     assert "easycache" in patched.model_options["transformer_options"]
     frames = results[by_type(api, "SaveVideo")[0]][0][0]
@@ -575,7 +575,7 @@ def test_interpolation_workflow_runs_core_frame_interpolation(pack, info, tmp_pa
 
 
 def test_extend_workflow_chains_three_segments_each_with_its_prompt_fps_and_seed(info):
-    api = tool.ui_to_api(load("droplet_extend"), info)
+    api = tool.ui_to_api(load("droplet_extend_in_segments"), info)
     of_type = lambda kind: sorted((i for i, n in api.items() if n["class_type"] == kind), key=int)  # noqa: E731
     texts, samplers, decodes, joins = (of_type(k) for k in ("DropletVideoTextEncode", "DropletVideoSampler",
                                                               "DropletVideoVAEDecode", "DropletVideoJoinSegments"))
@@ -602,5 +602,5 @@ def test_extend_workflow_chains_three_segments_each_with_its_prompt_fps_and_seed
 
 def test_extend_workflow_runs_and_joins_without_repeated_frames(pack, info, tmp_path):
     size = argparse.Namespace(width=64, height=64, frames=9, steps=2)
-    frames = run_graph("droplet_extend", pack, info, tmp_path, size, overlap=5)
+    frames = run_graph("droplet_extend_in_segments", pack, info, tmp_path, size, overlap=5)
     assert frames.shape == (9 + 2 * (9 - 5), 64, 64, 3)

@@ -10,7 +10,7 @@ server reads through extra_model_paths.yaml), named bad_*, and removes it afterw
 queues an API prompt (a bundled workflow converted with tools/run_workflow.py's ui_to_api and the
 server's /object_info, at 64x64, 5 frames, 2 steps, then edited), waits on /history, and records
 what the browser shows: the execution_error (node_type, exception_type, exception_message) or
-the HTTP 400 validation body of POST /prompt. Then it queues a good small graph (droplet_i2v.json,
+the HTTP 400 validation body of POST /prompt. Then it queues a good small graph (droplet_image_to_video.json,
 a new seed) and records that it succeeds. A case passes when the error comes from the expected
 node, is a ValueError/FileNotFoundError whose message matches the case's patterns and none of the
 raw library messages, and the next graph runs. Prints a markdown table; exit 1 if a case fails.
@@ -199,7 +199,7 @@ class Unpickled:
         return open, (str(MARKER), "w")
 
 
-I2V, LORA = "droplet_i2v.json", "droplet_lora.json"
+I2V, LORA = "droplet_image_to_video.json", "droplet_image_to_video_lora.json"
 LOADER, LORA_LOADER, ENCODE, SAMPLER = ("DropletVideoModelLoader", "DropletVideoLoraLoader", "DropletVideoImageEncode",
                                         "DropletVideoSampler")
 
@@ -207,7 +207,7 @@ LOADER, LORA_LOADER, ENCODE, SAMPLER = ("DropletVideoModelLoader", "DropletVideo
 # Graphs -------------------------------------------------------------------------------------------
 
 def graph(ctx: Context, workflow: str, seed: Optional[int] = None, small: dict = SMALL) -> dict:
-    api = override(ui_to_api(json.loads((ROOT / "workflows" / workflow).read_text()), ctx.object_info), dict(small))
+    api = override(ui_to_api(json.loads((ROOT / "example_workflows" / workflow).read_text()), ctx.object_info), dict(small))
     return override(api, {"seed": ctx.seed if seed is None else seed, "noise_seed": ctx.seed})
 
 
@@ -239,7 +239,7 @@ def save_images(api: dict, prefix: str) -> dict:
     return api
 
 
-def core_latent(target: str, workflow: str = "droplet_i2v.json", socket: str = "latent") -> Callable:
+def core_latent(target: str, workflow: str = "droplet_image_to_video.json", socket: str = "latent") -> Callable:
     """Core EmptyLatentImage (a 4-D image latent) into `target`'s latent input."""
     def edit(ctx):
         api = graph(ctx, workflow)
@@ -316,13 +316,13 @@ def sd_lora(ctx):
 
 
 def remove_start_image(ctx):
-    api = graph(ctx, "droplet_start_end_frame.json")
+    api = graph(ctx, "droplet_start_and_end_frame.json")
     del node(api, "DropletVideoImageEncode")["start_image"]
     return api
 
 
 def long_prompt(ctx):
-    api = graph(ctx, "droplet_i2v.json")
+    api = graph(ctx, "droplet_image_to_video.json")
     node(api, "DropletVideoTextEncode").update(
         prompt=" ".join(["A panda plays a guitar in a bamboo forest, the camera slowly moving to the left."] * 150),
         max_tokens=1024)
@@ -332,7 +332,7 @@ def long_prompt(ctx):
 def interrupt(ctx) -> dict:
     """A 128x128, 13-frame, 1000-step graph interrupted once the sampler has taken a few steps."""
     import websocket
-    api = graph(ctx, "droplet_i2v.json", small={**SMALL, "width": 128, "height": 128, "frames": 13, "steps": 1000})
+    api = graph(ctx, "droplet_image_to_video.json", small={**SMALL, "width": 128, "height": 128, "frames": 13, "steps": 1000})
     sampler = node_id(api, "DropletVideoSampler")
     client = str(uuid.uuid4())
     socket = websocket.create_connection(f"ws{ctx.server[4:]}/ws?clientId={client}", timeout=ctx.timeout)
@@ -361,7 +361,7 @@ def lora_strengths(ctx) -> dict:
     """The bundled LoRA at 1.0, 0.5 and 0, same seed: all succeed and the pictures differ."""
     pictures, seconds = {}, 0.0
     for strength in (1.0, 0.5, 0.0):
-        api = graph(ctx, "droplet_lora.json")
+        api = graph(ctx, "droplet_image_to_video_lora.json")
         node(api, "DropletVideoLoraLoader")["strength"] = strength
         result, pictures[strength] = pictures_of(ctx, api, f"bad_input/lora_{strength}")
         seconds += result["seconds"]
@@ -377,7 +377,7 @@ def lora_strengths(ctx) -> dict:
             "seconds": round(seconds, 1)}
 
 
-def core_lora(lora_name: str, workflow: str = "droplet_i2v.json") -> Callable:
+def core_lora(lora_name: str, workflow: str = "droplet_image_to_video.json") -> Callable:
     """Core Load LoRA (model only) between the DropletVideo loader and everything that takes its MODEL."""
     def edit(ctx):
         api = graph(ctx, workflow)
@@ -427,7 +427,7 @@ def core_lora_run(workflow: str, lora_name: str, compare: bool) -> Callable:
 
 def hunyuan_latent(ctx):
     """A 16-channel video latent of another size (core EmptyHunyuanLatentVideo 128x128) into the sampler."""
-    api = graph(ctx, "droplet_i2v.json")
+    api = graph(ctx, "droplet_image_to_video.json")
     api["903"] = {"class_type": "EmptyHunyuanLatentVideo",
                   "inputs": {"width": 128, "height": 128, "length": 5, "batch_size": 1}}
     node(api, SAMPLER)["latent"] = ["903", 0]
@@ -435,14 +435,14 @@ def hunyuan_latent(ctx):
 
 
 def long_video_with_model(ctx):
-    api = graph(ctx, "droplet_i2v.json")
+    api = graph(ctx, "droplet_image_to_video.json")
     node(api, ENCODE)["frames"] = 169
     node(api, SAMPLER)["long_video"] = True
     return api
 
 
 def no_text_encoder(ctx):
-    api = graph(ctx, "droplet_i2v.json")
+    api = graph(ctx, "droplet_image_to_video.json")
     del node(api, "DropletVideoTextEncode")["text_encoder"]
     return api
 
@@ -521,10 +521,10 @@ CASES = [
          setter(I2V, LOADER, model_folder="bad_no_t5"), node=LOADER, patterns=("bad_no_t5/text_encoder",),
          prepare=lambda ctx: release_copy(ctx, "bad_no_t5", skip=("text_encoder",))),
     Case("vae_is_transformer", "split loaders: the transformer folder put in vae/ and picked as the VAE",
-         setter("droplet_i2v_split_loaders.json", "DropletVideoVAELoader", vae_name="bad_transformer_as_vae"),
+         setter("droplet_image_to_video_split_loaders.json", "DropletVideoVAELoader", vae_name="bad_transformer_as_vae"),
          node="DropletVideoVAELoader", patterns=("bad_transformer_as_vae",), prepare=transformer_as_vae),
     Case("t5_no_tokenizer", "split loaders: a T5 folder without the tokenizer files",
-         setter("droplet_i2v_split_loaders.json", "DropletVideoT5Loader", text_encoder_name="bad_no_tokenizer"),
+         setter("droplet_image_to_video_split_loaders.json", "DropletVideoT5Loader", text_encoder_name="bad_no_tokenizer"),
          node="DropletVideoT5Loader", patterns=("tokenizer", "spiece.model"), prepare=t5_without_tokenizer),
     Case("long_prompt", "a 2,400-word prompt with max_tokens 1024 (the widget's maximum)", long_prompt,
          expect="success"),
@@ -533,12 +533,12 @@ CASES = [
          core_lora("bad_kohya_nan.safetensors"), node=SAMPLER, patterns=("NaN",), prepare=kohya_nan_lora),
     Case("core_lora_nan_ksampler", "the NaN LoRA (kohya keys) through core Load LoRA into core KSampler",
          None, node="DropletVideoVAEDecode", patterns=("NaN/inf", "black video"), prepare=kohya_nan_lora,
-         run=core_lora_run("droplet_i2v_core_ksampler.json", "bad_kohya_nan.safetensors", compare=False)),
+         run=core_lora_run("droplet_image_to_video_core_ksampler.json", "bad_kohya_nan.safetensors", compare=False)),
     Case("core_lora_peft", "the bundled LoRA (diffusers/peft keys) through core Load LoRA (model only): a known "
          "limit (README): core maps transformer.* names only for the models it ships, so nothing is applied",
          None, expect="wrong", run=core_lora_run(I2V, "droplet_lora.safetensors", compare=True)),
     Case("frames_89_t2v", "frames 89 in the text-to-video workflow (Empty Conditioning has no model input)",
-         setter("droplet_t2v.json", "DropletVideoEmptyConditioning", frames=89), node=SAMPLER,
+         setter("droplet_text_to_video.json", "DropletVideoEmptyConditioning", frames=89), node=SAMPLER,
          patterns=("23 latent frames", "positional table")),
     Case("long_video_model_connected", "long_video on and frames 169 in the i2v workflow (Image Encode's model "
          "input still connected)", long_video_with_model, node=ENCODE,
@@ -546,7 +546,7 @@ CASES = [
     Case("latent_size_mismatch", "core Empty HunyuanVideo Latent (16 ch, 128x128) into the sampler, Image Encode "
          "at 64x64", hunyuan_latent, node=SAMPLER, patterns=("does not fit the sampled latent", "same width, height")),
     Case("ksampler_core_latent", "core Empty Latent Image (4-D) into core KSampler with the DropletVideo MODEL",
-         core_latent("KSampler", "droplet_i2v_core_ksampler.json", "latent_image"), node="KSampler",
+         core_latent("KSampler", "droplet_image_to_video_core_ksampler.json", "latent_image"), node="KSampler",
          patterns=("does not fit the sampled latent",)),
     Case("text_encoder_unconnected", "DropletVideo Text Encode with neither text_encoder nor clip connected",
          no_text_encoder, node="DropletVideoTextEncode", patterns=("text_encoder", "clip")),

@@ -1,7 +1,7 @@
 """Does "Free model and node cache" give the memory back? The ComfyUI server's RSS before a
 workflow, after it, and after POST /free.
 
-    python tools/comfy_free_rss.py --pid 12345 --server http://127.0.0.1:8188 workflows/droplet_i2v.json \\
+    python tools/comfy_free_rss.py --pid 12345 --server http://127.0.0.1:8188 example_workflows/droplet_image_to_video.json \\
         --overrides '{"width": 128, "height": 128, "frames": 13, "length": 13, "steps": 3}' [--frontend]
 
 Start the server fresh so that "before" is the RSS with nothing loaded. The workflow is queued

@@ -1,6 +1,6 @@
 """Run workflows through the real ComfyUI web frontend in headless Chromium, as a user would.
 
-    python tools/comfy_frontend.py --server http://127.0.0.1:8188 workflows/*.json \\
+    python tools/comfy_frontend.py --server http://127.0.0.1:8188 example_workflows/*.json \\
         --overrides '{"width": 128, "height": 128, "frames": 13, "length": 13, "steps": 3}' \\
         --screenshots /tmp/shots [--timeout 1800] [--no-queue]
 

@@ -1,8 +1,8 @@
 """Convert a ComfyUI workflow (UI format, as the frontend saves it) to the API format, and run it.
 
-    python tools/run_workflow.py workflows/droplet_i2v.json                 # print the API prompt
+    python tools/run_workflow.py example_workflows/droplet_image_to_video.json                 # print the API prompt
     python tools/run_workflow.py --demo --out demo.mp4                      # run i2v headless on the tiny model
-    python tools/run_workflow.py workflows/droplet_i2v.json --server http://127.0.0.1:8188 [--small]
+    python tools/run_workflow.py example_workflows/droplet_image_to_video.json --server http://127.0.0.1:8188 [--small]
 
 --demo runs the i2v workflow's graph through this pack's node classes with the ComfyUI
 stand-in (tests/comfy_stub) on the built-in tiny checkpoint, substituting the model folder,
@@ -294,7 +294,7 @@ def submit(server: str, workflow: dict, args) -> dict:
 
 def main(argv=None) -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("workflow", nargs="?", default=str(ROOT / "workflows" / "droplet_i2v.json"))
+    p.add_argument("workflow", nargs="?", default=str(ROOT / "example_workflows" / "droplet_image_to_video.json"))
     p.add_argument("--demo", action="store_true", help="run the graph headless on the tiny model (ComfyUI stand-in)")
     p.add_argument("--server", help="a running ComfyUI, e.g. http://127.0.0.1:8188")
     p.add_argument("--timeout", type=float, default=3600, help="--server: seconds to wait for the outputs")
