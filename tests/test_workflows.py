@@ -31,10 +31,10 @@ COMFYUI_PATH = os.environ.get("COMFYUI_PATH")
 WORKFLOWS = sorted((ROOT / "example_workflows").glob("*.json"))
 CONTROL_VALUES = {"fixed", "increment", "decrement", "randomize"}
 NODE_KEYS = {"id", "type", "pos", "size", "flags", "order", "mode", "inputs", "outputs", "properties", "widgets_values"}
-CORE_SAMPLING = {"droplet_image_to_video_core_ksampler", "droplet_image_to_video_model_patches",  # need this pack and core nodes only
+CORE_SAMPLING = {"droplet_core_ksampler", "droplet_core_model_patches",  # need this pack and core nodes only
                  "droplet_long_video_context_windows"}
 INTERPOLATE = "droplet_frame_interpolation"  # core frame interpolation: ComfyUI 0.33 and later
-PATCHED_SAMPLER = "droplet_image_to_video_patched_sampler"  # a core model patch before the DropletVideo Sampler
+PATCHED_SAMPLER = "droplet_attention_backend"  # a core model patch before the DropletVideo Sampler
 SEGMENTED = {"droplet_extend_in_segments"}  # several samplers: wired as a chain (test_extend_workflow_chains_...)
 
 
@@ -210,11 +210,11 @@ def test_i2v_workflow_converts_as_the_frontend_queues_it(info):
 
 # The wiring of each graph: MODEL from the loader (through LoRA loaders and model patches), the
 # prompt through the conditioning node, its latent (or VAE Encode's) into the sampler.
-MODEL_PATH = {"droplet_image_to_video_lora": ["DropletVideoLoraLoader"],
-              "droplet_image_to_video_model_patches": ["TorchCompileModel", "EasyCache"],
+MODEL_PATH = {"droplet_lora": ["DropletVideoLoraLoader"],
+              "droplet_core_model_patches": ["TorchCompileModel", "EasyCache"],
               PATCHED_SAMPLER: ["ModelAttentionBackend"],
               "droplet_long_video_context_windows": ["ContextWindowsManual"]}
-LOADER = {"droplet_image_to_video_split_loaders": ("DropletVideoTransformerLoader", "DropletVideoT5Loader")}
+LOADER = {"droplet_split_loaders": ("DropletVideoTransformerLoader", "DropletVideoT5Loader")}
 
 
 TRAINING = "droplet_train_lora"  # no sampler: core Train LoRA (test_train_lora_workflow_is_wired_for_core_training)
@@ -258,7 +258,7 @@ def test_core_sampler_workflows_use_core_nodes_with_the_release_settings(name, i
     _, ksampler = by_type(api, "KSampler")
     assert {k: v for k, v in ksampler.items() if not isinstance(v, list)} == {
         "seed": 42, "steps": 50, "cfg": 6.0, "sampler_name": "euler", "scheduler": "simple", "denoise": 1.0}
-    if name == "droplet_image_to_video_model_patches":
+    if name == "droplet_core_model_patches":
         assert by_type(api, "EasyCache")[1]["reuse_threshold"] == 0.2
         assert by_type(api, "TorchCompileModel")[1]["backend"] == "inductor"
 
@@ -303,7 +303,7 @@ def test_v2v_encodes_the_video_and_conditions_with_empty_conditioning(info):
 
 def test_low_vram_loader_has_no_offload_input_and_its_note_says_why(info):
     assert "offload" not in {name for name, _, _ in tool.input_specs(info["DropletVideoModelLoader"])}
-    note = next(n for n in load("droplet_image_to_video_low_vram")["nodes"] if n["type"] == "Note")["widgets_values"][0]
+    note = next(n for n in load("droplet_low_vram")["nodes"] if n["type"] == "Note")["widgets_values"][0]
     assert "partially" in note and "offload" not in note
 
 
@@ -381,8 +381,8 @@ def workflow_lora(models_dir, loaded) -> str:
 
 def test_lora_workflow_runs_and_its_lora_changes_the_video(pack, info, tmp_path, workflow_lora):
     plain = run_graph("droplet_image_to_video", pack, info, tmp_path)
-    with_lora = run_graph("droplet_image_to_video_lora", pack, info, tmp_path, lora_name=workflow_lora)
-    switched_off = run_graph("droplet_image_to_video_lora", pack, info, tmp_path, lora_name=workflow_lora, strength=0.0)
+    with_lora = run_graph("droplet_lora", pack, info, tmp_path, lora_name=workflow_lora)
+    switched_off = run_graph("droplet_lora", pack, info, tmp_path, lora_name=workflow_lora, strength=0.0)
     assert with_lora.shape == plain.shape == (8, 64, 64, 3)  # 2 latent frames decode to 8 (quirk 3)
     assert (with_lora - plain).abs().max() > 0.01
     torch.testing.assert_close(switched_off, plain, atol=1e-6, rtol=0)
@@ -449,7 +449,7 @@ TILED = argparse.Namespace(width=128, height=96, frames=5, steps=2)
 
 def test_low_vram_workflow_turns_the_memory_settings_on_and_keeps_the_video(pack, info, tmp_path, tiled_calls,
                                                                            monkeypatch):
-    api = tool.ui_to_api(load("droplet_image_to_video_low_vram"), info)
+    api = tool.ui_to_api(load("droplet_low_vram"), info)
     assert by_type(api, "DropletVideoModelLoader")[1]["text_encoder_device"] == "cpu"
     assert by_type(api, "DropletVideoImageEncode")[1]["vae_tiling"] and by_type(api, "DropletVideoVAEDecode")[1]["tiling"]
 
@@ -458,7 +458,7 @@ def test_low_vram_workflow_turns_the_memory_settings_on_and_keeps_the_video(pack
     # ComfyUI's text-encoder device is the CPU on the stand-in; under another name ('cpu:0', a move
     # there changes nothing) a loader that ignores text_encoder_device = cpu is told apart.
     monkeypatch.setattr(comfy.model_management, "text_encoder_device", lambda: torch.device("cpu:0"))
-    api, results = run_api("droplet_image_to_video_low_vram", pack, info, tmp_path, TILED)
+    api, results = run_api("droplet_low_vram", pack, info, tmp_path, TILED)
     assert tiled_calls["tiled_encode"] >= 1 and tiled_calls["tiled_decode"] >= 1  # the tiled path ran
     text_encoder = results[by_type(api, "DropletVideoModelLoader")[0]][2]
     assert text_encoder.patcher.load_device == torch.device("cpu")  # T5 stays in CPU memory
@@ -498,7 +498,7 @@ def test_core_ksampler_workflow_stays_within_the_documented_bound_of_the_pack_sa
     droplet = results[by_type(api, "DropletVideoSampler")[0]][0]["samples"]
     scale = results[by_type(api, "DropletVideoModelLoader")[0]][0].model.latent_format.scale_factor
     monkeypatch.setattr(comfy.sample, "prepare_noise", reference_noise)
-    api, results = run_api("droplet_image_to_video_core_ksampler", pack, info, tmp_path, CORE_SIZE)
+    api, results = run_api("droplet_core_ksampler", pack, info, tmp_path, CORE_SIZE)
     _, ksampler = by_type(api, "KSampler")
     assert (ksampler["sampler_name"], ksampler["scheduler"], ksampler["cfg"]) == ("euler", "simple", 6.0)
     core = results[by_type(api, "KSampler")[0]][0]["samples"]
@@ -513,7 +513,7 @@ def test_core_ksampler_workflow_stays_within_the_documented_bound_of_the_pack_sa
 
 @pytest.mark.skipif(not COMFYUI_PATH, reason=CORE_RUN_REASON)
 def test_model_patches_workflow_runs_easycache_and_torch_compile_on_the_model(pack, info, tmp_path):
-    api, results = run_api("droplet_image_to_video_model_patches", pack, info, tmp_path)
+    api, results = run_api("droplet_core_model_patches", pack, info, tmp_path)
     patched = results[by_type(api, "TorchCompileModel")[0]][0]
     assert "easycache" in patched.model_options["transformer_options"]
     frames = results[by_type(api, "SaveVideo")[0]][0][0]

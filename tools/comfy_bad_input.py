@@ -199,7 +199,7 @@ class Unpickled:
         return open, (str(MARKER), "w")
 
 
-I2V, LORA = "droplet_image_to_video.json", "droplet_image_to_video_lora.json"
+I2V, LORA = "droplet_image_to_video.json", "droplet_lora.json"
 LOADER, LORA_LOADER, ENCODE, SAMPLER = ("DropletVideoModelLoader", "DropletVideoLoraLoader", "DropletVideoImageEncode",
                                         "DropletVideoSampler")
 
@@ -361,7 +361,7 @@ def lora_strengths(ctx) -> dict:
     """The bundled LoRA at 1.0, 0.5 and 0, same seed: all succeed and the pictures differ."""
     pictures, seconds = {}, 0.0
     for strength in (1.0, 0.5, 0.0):
-        api = graph(ctx, "droplet_image_to_video_lora.json")
+        api = graph(ctx, "droplet_lora.json")
         node(api, "DropletVideoLoraLoader")["strength"] = strength
         result, pictures[strength] = pictures_of(ctx, api, f"bad_input/lora_{strength}")
         seconds += result["seconds"]
@@ -521,10 +521,10 @@ CASES = [
          setter(I2V, LOADER, model_folder="bad_no_t5"), node=LOADER, patterns=("bad_no_t5/text_encoder",),
          prepare=lambda ctx: release_copy(ctx, "bad_no_t5", skip=("text_encoder",))),
     Case("vae_is_transformer", "split loaders: the transformer folder put in vae/ and picked as the VAE",
-         setter("droplet_image_to_video_split_loaders.json", "DropletVideoVAELoader", vae_name="bad_transformer_as_vae"),
+         setter("droplet_split_loaders.json", "DropletVideoVAELoader", vae_name="bad_transformer_as_vae"),
          node="DropletVideoVAELoader", patterns=("bad_transformer_as_vae",), prepare=transformer_as_vae),
     Case("t5_no_tokenizer", "split loaders: a T5 folder without the tokenizer files",
-         setter("droplet_image_to_video_split_loaders.json", "DropletVideoT5Loader", text_encoder_name="bad_no_tokenizer"),
+         setter("droplet_split_loaders.json", "DropletVideoT5Loader", text_encoder_name="bad_no_tokenizer"),
          node="DropletVideoT5Loader", patterns=("tokenizer", "spiece.model"), prepare=t5_without_tokenizer),
     Case("long_prompt", "a 2,400-word prompt with max_tokens 1024 (the widget's maximum)", long_prompt,
          expect="success"),
@@ -533,7 +533,7 @@ CASES = [
          core_lora("bad_kohya_nan.safetensors"), node=SAMPLER, patterns=("NaN",), prepare=kohya_nan_lora),
     Case("core_lora_nan_ksampler", "the NaN LoRA (kohya keys) through core Load LoRA into core KSampler",
          None, node="DropletVideoVAEDecode", patterns=("NaN/inf", "black video"), prepare=kohya_nan_lora,
-         run=core_lora_run("droplet_image_to_video_core_ksampler.json", "bad_kohya_nan.safetensors", compare=False)),
+         run=core_lora_run("droplet_core_ksampler.json", "bad_kohya_nan.safetensors", compare=False)),
     Case("core_lora_peft", "the bundled LoRA (diffusers/peft keys) through core Load LoRA (model only): a known "
          "limit (README): core maps transformer.* names only for the models it ships, so nothing is applied",
          None, expect="wrong", run=core_lora_run(I2V, "droplet_lora.safetensors", compare=True)),
@@ -546,7 +546,7 @@ CASES = [
     Case("latent_size_mismatch", "core Empty HunyuanVideo Latent (16 ch, 128x128) into the sampler, Image Encode "
          "at 64x64", hunyuan_latent, node=SAMPLER, patterns=("does not fit the sampled latent", "same width, height")),
     Case("ksampler_core_latent", "core Empty Latent Image (4-D) into core KSampler with the DropletVideo MODEL",
-         core_latent("KSampler", "droplet_image_to_video_core_ksampler.json", "latent_image"), node="KSampler",
+         core_latent("KSampler", "droplet_core_ksampler.json", "latent_image"), node="KSampler",
          patterns=("does not fit the sampled latent",)),
     Case("text_encoder_unconnected", "DropletVideo Text Encode with neither text_encoder nor clip connected",
          no_text_encoder, node="DropletVideoTextEncode", patterns=("text_encoder", "clip")),

@@ -6,7 +6,7 @@ DropletVideo video, measured on a real ComfyUI server, not written by hand.
 
 For each patch node of PATCHES (its defaults from the server's /object_info, with the SETTINGS
 below so that a patch that runs has something to change), the tool queues the tiny image-to-
-video graph (the bundled droplet_image_to_video_core_ksampler.json / droplet_image_to_video.json at 64x64, 5 frames,
+video graph (the bundled droplet_core_ksampler.json / droplet_image_to_video.json at 64x64, 5 frames,
 2 steps, fp32, the MODEL through the patch node, the sampler's LATENT saved with core SaveLatent)
 once with core KSampler and once with the DropletVideo Sampler, and compares the latents with the
 unpatched run of the same sampler. Verdicts (classify): acts (the latents differ), no effect
@@ -33,7 +33,7 @@ sys.path.insert(0, str(TOOLS))
 from run_workflow import input_specs, is_widget, ui_to_api  # noqa: E402 (tools/ is not a package)
 
 SMALL = {"width": 64, "height": 64, "frames": 5, "steps": 2, "precision": "fp32"}
-SAMPLERS = {"KSampler": "droplet_image_to_video_core_ksampler.json", "DropletVideoSampler": "droplet_image_to_video.json"}
+SAMPLERS = {"KSampler": "droplet_core_ksampler.json", "DropletVideoSampler": "droplet_image_to_video.json"}
 DROPPED = ("DropletVideoVAEDecode", "CreateVideo", "SaveVideo")  # the latents are what is compared
 # Relative to the unpatched latents' largest magnitude. A patch that only changes how core batches
 # the model calls (an extra cond, a compiled graph) moves the fp32 latents by about 1e-4 of it here.

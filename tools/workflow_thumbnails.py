@@ -76,9 +76,9 @@ for (const word of text.split(/\\s+/)) {
 return lines;
 """
 
-# The thumbnail: the caption's lines on top, below them the graph's rectangle cut from the
-# screenshot (a PNG of the viewport in device pixels) and scaled down with the browser's own
-# resampling, on the canvas's background colour. A JPEG, base64-encoded.
+# The thumbnail: the graph's rectangle cut from the screenshot (a PNG of the viewport in device
+# pixels) and scaled down with the browser's own resampling, the caption's lines under it, on the
+# canvas's background colour. A JPEG, base64-encoded.
 COMPOSE_JS = """
 const [png, box, size, layout, quality, done] = arguments;
 const image = new Image();
@@ -89,7 +89,7 @@ image.onload = () => {
   const r = box.ratio;
   c.drawImage(image, box.x * r, box.y * r, 1, 1, 0, 0, size, size);  // the background colour
   c.fillStyle = layout.color; c.font = layout.font; c.textBaseline = "top";
-  layout.lines.forEach((line, i) => c.fillText(line, layout.margin, layout.margin + i * layout.line));
+  layout.lines.forEach((line, i) => c.fillText(line, layout.margin, layout.text_top + i * layout.line));
   c.imageSmoothingEnabled = true; c.imageSmoothingQuality = "high";
   const [x, y, w, h] = layout.graph;
   c.drawImage(image, box.x * r, box.y * r, box.width * r, box.height * r, x, y, w, h);
@@ -111,15 +111,17 @@ def caption(workflow: dict) -> str:
 
 
 def layout(driver, text: str, args) -> dict:
-    """Where the caption's lines and the graph go in the thumbnail, in its pixels."""
+    """Where the graph and the caption's lines go in the thumbnail, in its pixels: the graph below
+    the band where the card draws its "Node graph" badge, the caption at the bottom."""
     margin, font_px = round(args.size * 0.04), round(args.size * args.font)
     font = f"600 {font_px}px Inter, Arial, sans-serif"
     lines = driver.execute_script(WRAP_JS, text, font, args.size - 2 * margin) if text else []
     line = round(font_px * 1.25)
-    top = margin + len(lines) * line + (margin if lines else 0)
-    graph = [margin, top, args.size - 2 * margin, args.size - top - margin]
-    return {"lines": lines, "font": font, "line": line, "margin": margin, "color": "#e6e6e6",
-            "graph": graph}
+    text_top = args.size - margin - len(lines) * line
+    badge = round(args.size * 0.16)
+    graph = [margin, badge, args.size - 2 * margin, text_top - margin - badge]
+    return {"lines": lines, "font": font, "line": line, "text_top": text_top, "margin": margin,
+            "color": "#e6e6e6", "graph": graph}
 
 
 def thumbnail(driver, path: Path, args) -> dict:
