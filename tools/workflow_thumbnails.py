@@ -6,13 +6,15 @@
 ComfyUI's Templates browser (Templates -> Extensions -> this pack) shows `<name>.jpg`, found
 beside `<name>.json` in the pack's example_workflows/, as the card of each bundled workflow, and
 a placeholder gradient where there is none. For each workflow file this opens the workflow in the
-real frontend (headless Chromium, as tools/comfy_frontend.py does), hides the page's menus and
-panels, fits the whole graph into a square, takes a screenshot and writes that square, scaled to
---size pixels, as `<name>.jpg` beside the workflow. Run it again after editing a workflow.
+real frontend (headless Chromium, as tools/comfy_frontend.py does), hides everything of the page
+but the graph, zooms the whole graph into the thumbnail's graph area, takes a screenshot, and
+writes that area scaled to --size pixels, with the first words of the workflow's Note as its
+caption, as `<name>.jpg` beside the workflow. Run it again after editing a workflow.
 
 The server must have this pack loaded, so that the frontend draws its nodes (an unknown node is
-drawn as a red error box: the tool then refuses). Needs selenium and Debian's chromium +
-chromium-driver, like tools/comfy_frontend.py.
+drawn as a red error box: the tool then refuses). A Load Image node shows the server's input
+file of that name (ComfyUI ships the bundled workflows' example.png). Needs selenium and Debian's
+chromium + chromium-driver, like tools/comfy_frontend.py.
 """
 
 import argparse
