@@ -18,6 +18,7 @@ Nothing here changes a MODEL or VAE: the factor travels with the latents.
 """
 
 import logging
+import os
 from pathlib import Path
 from typing import NamedTuple, Optional
 
@@ -55,13 +56,21 @@ def transformer_scale(transformer_path: Path) -> ModelScale:
     the release folder (DropletVideo-V1.0-weights/transformer next to vae/; also through a link to
     that folder), or else the config the VAE Loader falls back on for a VAE file without one."""
     path = Path(transformer_path)
-    for folder in dict.fromkeys((path.parent, path.resolve().parent)):
+    for folder in dict.fromkeys(place.parent for place in (*_link_chain(path), path.resolve())):
         config_file = folder / "vae" / "config.json"
         if config_file.is_file():
             return ModelScale(vae_config_scale(config_file).factor,
                               f"{config_file}, the VAE config beside the transformer")
     return ModelScale(vae_config_scale(RELEASE_VAE_CONFIG).factor,
                       f"the pack's fallback VAE config, as no vae/config.json is beside {path}", fallback=True)
+
+
+def _link_chain(path: Path):
+    """`path`, then each place its links point to in turn (the first with a vae/ beside it wins)."""
+    seen = [path]
+    while seen[-1].is_symlink() and len(seen) < 40:
+        seen.append(seen[-1].parent / os.readlink(seen[-1]))
+    return seen
 
 
 def vae_scale(vae) -> Optional[float]:
