@@ -20,9 +20,13 @@ from PIL import Image
 from droplet_core.pipeline import load_pipeline
 from node_fixtures import (ATOL, GOLDENS, as_image, conds, core_nodes_module, engine_result, loaded,  # noqa: F401
                            run)
+from test_nodes_core_vae import core_vae, core_vae_file  # noqa: F401
 
 FACTORS = (0.7, 1.15258426)
 OTHER = 0.9
+# Core VAE frames vs the engine's, mean |diff|: 0.0185 (0.7) and 0.016 (1.15258426) measured on the stand-in; a
+# MODEL at the other factor gives 0.057.
+CORE_VAE_MEAN_BOUND = 0.03
 LOGGED = 0.95  # a pair only the log test samples: each decision is logged once per process
 SIZE = dict(width=64, height=64, frames=9)
 SAMPLING = dict(steps=2, cfg=6.0, seed=42, scheduler="ddim", use_dynamic_cfg=False, denoise=1.0)
@@ -203,3 +207,30 @@ def test_the_sampler_logs_which_factor_it_samples_at(pack, models_dir, conds, ca
     assert (f"DropletVideo Sampler: the VAE's config says scaling_factor {FACTORS[0]}, the MODEL's latent scale is "
             f"{LOGGED} (from {config_file}, the VAE config beside the transformer)") in caplog.text
     assert f"sampling with the VAE's {FACTORS[0]}" in caplog.text
+
+
+@pytest.mark.parametrize("factor", FACTORS)
+def test_core_load_vae_s_latents_take_the_model_s_factor(factor, pack, models_dir, conds, core_vae, caplog):
+    """Core's VAE carries no config: the split MODEL's factor (its vae/config.json) applies, as the
+    full-folder loader's does on the same checkpoint; the engine's frames for that VAE within
+    core's measured difference (docs/core_vae.md)."""
+    caplog.set_level(logging.INFO)
+    name = checkpoint_at(models_dir, factor)
+
+    def core_run(model):
+        positive, negative, empty = image_encode(pack, conds, core_vae)
+        assert "droplet_latent_scale" not in positive[0][1]
+        return decode(pack, core_vae, sample(pack, model, positive, negative, empty))
+
+    split = core_run(transformer(pack, name))
+    assert (f"no VAE scaling_factor travels with the conditioning or the latent (core Load VAE's VAE carries no "
+            f"config, or no VAE was connected): latents are scaled by the MODEL's {factor} (from "
+            f"{models_dir / 'DropletVideo' / name / 'vae' / 'config.json'}, the VAE config beside the transformer)"
+            ) in caplog.text
+    full = core_run(run(pack, "DropletVideoModelLoader", model_folder=name, precision="fp32")[0])
+    torch.testing.assert_close(split, full, atol=ATOL, rtol=0)
+    expected = engine_result(engine_at(models_dir, factor), image=Image.open(GOLDENS / "start.png"), **SIZE,
+                             steps=2).frames
+    difference = (split.cpu() - expected.cpu()).abs()
+    print(f"core VAE at {factor}: frames max |diff| {difference.max():.3g}, mean {difference.mean():.3g}")
+    assert difference.mean() <= CORE_VAE_MEAN_BOUND
