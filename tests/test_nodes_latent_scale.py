@@ -234,3 +234,14 @@ def test_core_load_vae_s_latents_take_the_model_s_factor(factor, pack, models_di
     difference = (split.cpu() - expected.cpu()).abs()
     print(f"core VAE at {factor}: frames max |diff| {difference.max():.3g}, mean {difference.mean():.3g}")
     assert difference.mean() <= CORE_VAE_MEAN_BOUND
+
+
+def test_extend_takes_core_load_vae(pack, models_dir, conds, core_vae):
+    previous = torch.rand(9, 64, 64, 3, generator=torch.Generator().manual_seed(3))
+    positive, negative, empty = run(pack, "DropletVideoExtend", positive=conds[0], negative=conds[1],
+                                    **extend_inputs(core_vae, previous))
+    options = positive[0][1]
+    assert "droplet_latent_scale" not in options  # core's VAE has no config: the MODEL's factor applies
+    assert options["concat_latent_image"].shape == (1, 16, 3, 8, 8) and options["concat_mask"].shape == (1, 1, 3, 8, 8)
+    model = transformer(pack, checkpoint_at(models_dir, FACTORS[0]))
+    assert sample(pack, model, positive, negative, empty, steps=1)["droplet_latent_scale"] == FACTORS[0]
