@@ -88,9 +88,10 @@ def sampling_scale(node: str, latent_format, conditioning_options: dict, latent:
     (the VAE they were encoded with), else the MODEL's. Two VAEs of different factors are refused."""
     from_conditioning, from_latent = recorded(conditioning_options), recorded(latent)
     if from_conditioning is not None and from_latent is not None and from_conditioning != from_latent:
-        raise ValueError(f"{node}: the conditioning was encoded with a VAE whose scaling_factor is {from_conditioning}, "
-                         f"the latent with one whose scaling_factor is {from_latent}; the video would be wrong for "
-                         f"either. Encode both with the same VAE (connect one VAE loader to both nodes).")
+        raise ValueError(f"{node}: the conditioning was encoded with a VAE whose scaling_factor is "
+                         f"{from_conditioning}, the latent with one whose scaling_factor is {from_latent}; the video "
+                         f"would be wrong for either. Encode both with the same VAE (connect one VAE loader to both "
+                         f"nodes).")
     scale = from_conditioning if from_conditioning is not None else from_latent
     model_scale = latent_format.scale_factor
     if scale is None:
@@ -117,9 +118,9 @@ def check_core_sampler(latent_format, conditioning_scale: Optional[float]) -> No
             f"vae/ beside the transformer folder (the release layout) or load both with DropletVideo Model Loader.")
     if conditioning_scale is None and latent_format.fallback:
         log_once(f"KSampler (or another core sampler): the MODEL's latent scale {model_scale} comes from "
-                 f"{latent_format.source}, and the conditioning names no VAE's: if the VAE's config.json says another scaling_factor, the "
-                 f"video is wrong. Connect the VAE to the conditioning node (Empty Conditioning has a vae input), or "
-                 f"put vae/config.json beside the transformer.")
+                 f"{latent_format.source}, and the conditioning names no VAE's: if the VAE's config.json says "
+                 f"another scaling_factor, the video is wrong. Connect the VAE to the conditioning node (Empty "
+                 f"Conditioning has a vae input), or put vae/config.json beside the transformer.")
 
 
 def decode_scale(node: str, latent: dict, vae_factor: float) -> float:

@@ -174,6 +174,17 @@ def test_a_core_sampler_refuses_a_conditioning_whose_vae_disagrees_with_the_mode
     assert matched.model.concat_cond(noise=empty["samples"], **positive[0][1]).shape[1] == 17
 
 
+def test_a_core_sampler_on_a_fallback_factor_without_a_vae_to_check_says_so(pack, models_dir, conds, caplog):
+    caplog.set_level(logging.INFO)
+    lone = transformer(pack, lone_transformer(models_dir))
+    positive, _, empty = run(pack, "DropletVideoEmptyConditioning", positive=conds[0], negative=conds[1], **SIZE,
+                             fps=8)
+    lone.model.concat_cond(noise=empty["samples"], **positive[0][1])
+    assert (f"KSampler (or another core sampler): the MODEL's latent scale {lone.model.latent_format.scale_factor} "
+            f"comes from the pack's fallback VAE config") in caplog.text
+    assert "if the VAE's config.json says another scaling_factor, the video is wrong" in caplog.text
+
+
 @pytest.mark.skipif(not os.environ.get("COMFYUI_PATH"), reason="core KSampler runs on a real ComfyUI only")
 def test_core_ksampler_on_the_real_host_refuses_the_disagreeing_pair(pack, models_dir, conds):
     model = transformer(pack, checkpoint_at(models_dir, OTHER))
