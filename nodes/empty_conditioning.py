@@ -6,6 +6,7 @@ from ..droplet_core.vae_ops import encode_mode
 from .components import load_for_compute, module_dtype
 from .core_vae import VAE_TYPES, core_encode, is_core_vae
 from .image_encode import CONDITIONING_INPUTS, FPS_INPUT, SIZE_INPUTS, latent_shape
+from .latent_scale import vae_scale
 from .memory import vae_encode_memory
 from .native.conditioning import video_conditioning
 
@@ -38,13 +39,16 @@ class DropletVideoEmptyConditioning:
     @classmethod
     def INPUT_TYPES(cls):
         return {"required": {**CONDITIONING_INPUTS, **SIZE_INPUTS, "fps": FPS_INPUT}, "optional": {
-            "vae": (VAE_TYPES, {"tooltip": "Only for progress previews: the sampler's preview pictures need a "
+            "vae": (VAE_TYPES, {"tooltip": "For progress previews: the sampler's preview pictures need a "
                                 "latent-to-RGB map, fitted on this VAE's encoding of a built-in colour pattern "
-                                "(DropletVideo's VAE or core Load VAE's). The video is the same with or without it."}),
+                                "(DropletVideo's VAE or core Load VAE's). A DropletVideo VAE also tells the samplers "
+                                "its scaling_factor: a core sampler refuses a MODEL that disagrees with it "
+                                "(docs/latent_scale.md). The DropletVideo Sampler's video is the same with or "
+                                "without it."}),
         }}
 
     def build(self, positive, negative, width, height, frames, fps, vae=None):
         shapes.check_size(width, height)
         projection = None if vae is None else pattern_projection(vae)
         return video_conditioning(positive, negative, latent_shape(width, height, shapes.round_frames(frames)), fps,
-                                  projection=projection)
+                                  projection=projection, vae_scale=None if vae is None else vae_scale(vae))

@@ -7,6 +7,7 @@ from ..droplet_core import shapes
 from ..droplet_core.conditioning import NOISE_AUG_STRENGTH
 from ..droplet_core.continuation import DEFAULT_OVERLAP, continuation_video_and_mask, known_latent_frames, last_frames
 from ..droplet_core.shapes import RESIZE_MODES
+from .core_vae import VAE_TOOLTIP, VAE_TYPES
 from .image_encode import CONDITIONING_INPUTS, FPS_INPUT, SIZE_INPUTS, encode_conditioning
 from .native.conditioning import with_values
 
@@ -36,7 +37,7 @@ class DropletVideoExtend:
         return {
             "required": {
                 **CONDITIONING_INPUTS,
-                "vae": ("DROPLET_VAE", {"tooltip": "From a DropletVideo loader."}),
+                "vae": (VAE_TYPES, {"tooltip": VAE_TOOLTIP}),
                 "previous": ("IMAGE", {"tooltip": "The video so far (VAE Decode's or Join Segments' frames, or a "
                                        "loaded video): its last `overlap` frames start the new segment."}),
                 **SIZE_INPUTS,

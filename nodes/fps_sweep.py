@@ -67,6 +67,7 @@ class DropletVideoFPSSweep:
             raise ValueError(f"unknown layout {layout!r}: use one of {', '.join(LAYOUTS)}.")
         # All sampling first, then all decoding: each model is loaded once, not once per value.
         plan = sampler_plan(model, steps, cfg, seed, scheduler)
-        latents = [sample_latent(model, positive, negative, latent, plan, fps=fps) for fps in fps_list]
+        latents = [sample_latent(model, positive, negative, latent, plan, fps=fps, node="DropletVideo FPS Sweep")
+                   for fps in fps_list]
         decoder = DropletVideoVAEDecode()
         return (arrange([decoder.decode(vae, video, vae_tiling, False)[0] for video in latents], layout),)

@@ -12,6 +12,7 @@ from .components import load_for_compute, module_dtype
 from .context_windows import check_model_frames, table_remedy
 from .core_vae import VAE_TOOLTIP, VAE_TYPES, core_inpaint_latents, is_core_vae
 from .images import first_image, fit
+from .latent_scale import vae_scale
 from .memory import vae_encode_memory
 from .native.conditioning import video_conditioning
 
@@ -114,7 +115,7 @@ def encode_conditioning(positive, negative, vae, video, mask, fps, strength, see
         latents, scale = droplet_inpaint_latents(vae, video, mask, grid, strength, generator, tiled)
     projection = fit_rgb_projection(latents[0, 0, 1:] / scale, video[0, :, 0]) if preview else None
     latents = latents.to(comfy.model_management.intermediate_device())
-    return video_conditioning(positive, negative, grid, fps, latents, scale, projection)
+    return video_conditioning(positive, negative, grid, fps, latents, scale, projection, vae_scale(vae))
 
 
 def droplet_inpaint_latents(vae, video, mask, grid, strength, generator, tiled: bool):

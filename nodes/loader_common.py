@@ -5,7 +5,6 @@ while its inputs are unchanged, and "Free model and node cache" drops them."""
 from pathlib import Path
 from typing import NamedTuple
 
-from ..droplet_core.configs import VaeConfig, config_from_dict, read_json
 from ..droplet_core.engine_options import WEIGHT_FORMATS
 from ..droplet_core.fp8 import quantize_t5
 from ..droplet_core.loading import load_vae
@@ -14,6 +13,7 @@ from ..droplet_core.sampling import RELEASE_SCHEDULER_CONFIG
 from ..droplet_core.text import load_text_encoder
 from .components import DropletTextEncoder, DropletVae, text_encoder_patcher, vae_patcher
 from .heap_release import release_heap_when_freed
+from .latent_scale import ModelScale
 from .native.attention import COMFY_ATTENTION, check_attention
 from .native.loading import load_native_model
 
@@ -58,10 +58,10 @@ def dtype_for(precision: str):
     return DTYPES[precision]
 
 
-def build_model(transformer_path: Path, precision: str, weight_format=None, attention=None,
-                scheduler_config: dict = RELEASE_SCHEDULER_CONFIG, scale_factor: float = VaeConfig().scaling_factor,
-                *, disable_dynamic: bool = False):
-    """The native MODEL (a ModelPatcher around DropletVideoModel).
+def build_model(transformer_path: Path, precision: str, scale: ModelScale, weight_format=None, attention=None,
+                scheduler_config: dict = RELEASE_SCHEDULER_CONFIG, *, disable_dynamic: bool = False):
+    """The native MODEL (a ModelPatcher around DropletVideoModel), its latents scaled by `scale`
+    (the VAE config's factor the loader found: latent_scale.py).
 
     Also the MODEL's cached_patcher_init factory: ComfyUI 0.33 rebuilds a patcher through it with
     `disable_dynamic=True` (ModelPatcher.clone(force_deepcopy=True) in core Train LoRA, and every
@@ -71,14 +71,14 @@ def build_model(transformer_path: Path, precision: str, weight_format=None, atte
     if weight_format not in WEIGHT_FORMATS:
         raise ValueError(f"unknown weight_format {weight_format!r}: use one of {', '.join(WEIGHT_FORMATS)}.")
     check_attention(attention)  # a missing `sageattention` fails here, before the slow part
-    patcher = load_native_model(transformer_path, dtype_for(precision), scale_factor,
+    patcher = load_native_model(transformer_path, dtype_for(precision), scale,
                                 fp8_weights=weight_format == "fp8_e4m3fn", scheduler_config=scheduler_config)
     patcher.model.diffusion_model.use_attention(attention)
     patcher.model.droplet_source = TransformerSource(str(transformer_path), precision, weight_format,
                                                      "sdpa" if attention == "comfy" else attention)
     if hasattr(patcher, "cached_patcher_init"):  # ComfyUI 0.15.1+: Train LoRA, MultiGPU CFG Split
-        patcher.cached_patcher_init = (build_model, (transformer_path, precision, weight_format, attention,
-                                                     scheduler_config, scale_factor))
+        patcher.cached_patcher_init = (build_model, (transformer_path, precision, scale, weight_format, attention,
+                                                     scheduler_config))
     release_heap_when_freed(patcher.model)
     return patcher
 
@@ -102,8 +102,3 @@ def build_text_encoder(encoder_folder: Path, tokenizer_folder: Path, precision: 
     return DropletTextEncoder(text_encoder_patcher(encoder.model, on_cpu=device == "cpu"), encoder.tokenizer,
                               str(encoder_folder))
 
-
-def release_scale_factor(vae_folder: Path) -> float:
-    """The VAE's scaling_factor from the release folder's vae/config.json (the latent format's)."""
-    config_file = Path(vae_folder) / "config.json"
-    return config_from_dict(VaeConfig, read_json(config_file), str(config_file)).scaling_factor

@@ -3,7 +3,8 @@
 from ..droplet_core.configs import read_json
 from ..droplet_core.loading import load_scheduler_config
 from .loader_common import (PRECISION_TOOLTIP, PRECISIONS, TEXT_ENCODER_DEVICE_INPUT, TRANSFORMER_OPTIONS,
-                            build_model, build_text_encoder, build_vae, release_scale_factor)
+                            build_model, build_text_encoder, build_vae)
+from .latent_scale import vae_config_scale
 from .model_paths import DROPLET_FOLDER, folders_with, resolve
 
 
@@ -31,8 +32,8 @@ class DropletVideoModelLoader:
     def load(self, model_folder, precision, weight_format=None, attention=None, text_encoder_device=None):
         root = resolve(DROPLET_FOLDER, model_folder, "DropletVideo model folder")
         read_json(root / "model_index.json")  # a clear error if this is not a release folder
-        model = build_model(root / "transformer", precision, weight_format, attention,
-                            load_scheduler_config(root / "scheduler"), release_scale_factor(root / "vae"))
+        model = build_model(root / "transformer", precision, vae_config_scale(root / "vae" / "config.json"),
+                            weight_format, attention, load_scheduler_config(root / "scheduler"))
         return (model, build_vae(root / "vae", precision),
                 build_text_encoder(root / "text_encoder", root / "tokenizer", precision,
                                    text_encoder_device or "default"))

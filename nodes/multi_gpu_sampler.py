@@ -18,7 +18,7 @@ from ..droplet_core.parallel.sample_job import SampleJob, WorkerGroup, read_late
 from .model_patches import model_patches
 from .latent_layout import preview_of
 from .progress import comfy_on_step
-from .sampler import DropletVideoSampler, comfy_latent, sampler_inputs, sampler_plan
+from .sampler import DropletVideoSampler, comfy_latent, latent_scale, sampler_inputs, sampler_plan
 
 PARALLEL_MODES = ("auto", "sequence", "cfg")
 COLLECTIVE_TIMEOUT_S = DEFAULT_TIMEOUT_S  # a worker that hangs in a collective fails after this
@@ -69,7 +69,8 @@ def multi_gpu_latent(model, positive, negative, latent: dict, seed: int, steps: 
         raise ValueError(f"unknown parallel mode {parallel!r}: use one of {', '.join(PARALLEL_MODES)}.")
     plan_layout(parallel, gpus, config.num_attention_heads, cfg)  # refuses a split that cannot work, up front
     plan = sampler_plan(model, steps, cfg, seed, scheduler, use_dynamic_cfg, strength)
-    inputs = sampler_inputs(base, positive, negative, latent, plan, torch.device("cpu"))
+    scale = latent_scale("DropletVideo Sampler (multi-GPU)", base, positive, latent)
+    inputs = sampler_inputs(base, positive, negative, latent, plan, torch.device("cpu"), scale)
     if plan.step_count() == 0:  # denoise 0: the input, unchanged (as the DropletVideo Sampler)
         return latent
     job = SampleJob(transformer_path=source.path, precision=source.precision, weight_format=source.weight_format,
@@ -85,7 +86,7 @@ def multi_gpu_latent(model, positive, negative, latent: dict, seed: int, steps: 
         workers.wait(lambda index, total: on_step(index, total, None),
                      comfy.model_management.throw_exception_if_processing_interrupted, RUN_LIMIT_S)
         latents = read_latents(folder)
-    return comfy_latent(base, latents, preview_of(latent))
+    return comfy_latent(latents, scale, preview_of(latent))
 
 
 class DropletVideoMultiGPUSampler:

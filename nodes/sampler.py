@@ -12,6 +12,7 @@ from ..droplet_core.sample_plan import SampleInputs, SamplingPlan, noise_shape, 
 from ..droplet_core.sampling import SCHEDULERS
 from .context_windows import refuse_in_own_sampler
 from .latent_layout import preview_of, with_preview
+from .latent_scale import SCALE, sampling_scale
 from .model_patches import check_patches
 from .native.conditioning import IMAGE, MASK, fps_of, options, text_embeds
 from .extend import KNOWN
@@ -43,11 +44,17 @@ def check_latent(samples: torch.Tensor, config, strength: float, long_video: boo
     check_latent_frames_fit(config, samples.shape[2], long_video)
 
 
-def sampler_inputs(base, positive, negative, latent: dict, plan: SamplingPlan, device, fps=None,
+def latent_scale(node: str, base, positive, latent: dict) -> float:
+    """The factor the DropletVideo samplers scale latents by (latent_scale.sampling_scale)."""
+    return sampling_scale(node, base.latent_format, options(positive), latent)
+
+
+def sampler_inputs(base, positive, negative, latent: dict, plan: SamplingPlan, device, scale: float, fps=None,
                    prompt_schedule=None) -> SampleInputs:
     """What the DropletVideo samplers sample from, with the prompts and the latent checked: text
     embeddings (a schedule's per window), FPS (`fps` overrides the conditioning's), the inpaint
-    channels, V2V start latents, a continuation's known latent frames (DropletVideo Extend)."""
+    channels, V2V start latents, a continuation's known latent frames (DropletVideo Extend); the
+    latents x `scale` (latent_scale)."""
     config = base.droplet_config
     inputs = SampleInputs(text_embeds(positive, "positive"), fps_tensor(fps if fps is not None else
                                                                           fps_of(positive, "positive")),
@@ -63,30 +70,31 @@ def sampler_inputs(base, positive, negative, latent: dict, plan: SamplingPlan, d
     samples = latent["samples"]
     check_latent(samples, config, plan.strength, plan.long_video, plan.window_overlap)
     if plan.strength < 1.0:
-        inputs.start_video = frames_first(base.process_latent_in(samples))
-    inputs.inpaint = engine_inpaint(base, positive, samples.shape[2:], device)
+        inputs.start_video = frames_first(samples * scale)
+    inputs.inpaint = engine_inpaint(base, positive, samples.shape[2:], device, scale)
     return inputs
 
 
-def comfy_latent(base, latents: torch.Tensor, projection=None) -> dict:
-    """The engine's [1, F, C, h, w] latents in the model's space as ComfyUI's LATENT (unscaled
-    [1, C, F, h, w] on the intermediate device), with the input's preview projection."""
-    out = base.process_latent_out(channels_first(latents).float())
-    return with_preview({"samples": out.to(comfy.model_management.intermediate_device())}, projection)
+def comfy_latent(latents: torch.Tensor, scale: float, projection=None) -> dict:
+    """The engine's [1, F, C, h, w] latents, scaled by `scale`, as ComfyUI's LATENT (unscaled
+    [1, C, F, h, w] on the intermediate device) recording that factor, with the input's preview
+    projection."""
+    out = channels_first(latents).float() / scale
+    latent = {"samples": out.to(comfy.model_management.intermediate_device()), SCALE: scale}
+    return with_preview(latent, projection)
 
 
-def engine_preview(base, latent: dict):
-    """The LATENT's preview projection, for the engine's latents (x the latent format's scale)."""
+def engine_preview(latent: dict, scale: float):
+    """The LATENT's preview projection, for the engine's latents (x `scale`)."""
     projection = preview_of(latent)
-    return None if projection is None else rescaled(projection, base.latent_format.scale_factor)
+    return None if projection is None else rescaled(projection, scale)
 
 
-def engine_inpaint(model, conditioning: list, latent_size, device) -> torch.Tensor:
+def engine_inpaint(model, conditioning: list, latent_size, device, scale: float) -> torch.Tensor:
     """The 17 concat channels in the engine's layout [1, F, 17, h, w], as the native model builds them."""
     values = options(conditioning)
     noise = torch.zeros(noise_shape(model.droplet_config, latent_size), device=device)
-    concat = model.concat_cond(noise=channels_first(noise), device=device, concat_latent_image=values.get(IMAGE),
-                               concat_mask=values.get(MASK))
+    concat = model.inpaint_channels(channels_first(noise), values.get(IMAGE), values.get(MASK), scale, device)
     return frames_first(concat)
 
 
@@ -100,14 +108,16 @@ def sampler_plan(model, steps: int, cfg: float, seed: int, scheduler: str, use_d
                         window_overlap=window_overlap, cache_threshold=cache_threshold)
 
 
-def sample_latent(model, positive, negative, latent: dict, plan: SamplingPlan, fps=None, prompt_schedule=None) -> dict:
+def sample_latent(model, positive, negative, latent: dict, plan: SamplingPlan, fps=None, prompt_schedule=None,
+                  node: str = "DropletVideo Sampler") -> dict:
     """The sampler node's work (DropletVideoSampler, DropletVideoFPSSweep): a LATENT. `fps`
     overrides the conditioning's FPS (the sweep); `prompt_schedule` gives the windows their prompts."""
     refuse_in_own_sampler(model)
     base, device = model.model, model.load_device
     config = base.droplet_config
     transformer_options = check_patches(model)
-    inputs = sampler_inputs(base, positive, negative, latent, plan, device, fps, prompt_schedule)
+    scale = latent_scale(node, base, positive, latent)
+    inputs = sampler_inputs(base, positive, negative, latent, plan, device, scale, fps, prompt_schedule)
     if plan.step_count() == 0:  # denoise 0: the input, unchanged (as the engine)
         return latent
     latent_size = latent["samples"].shape[2:]
@@ -118,8 +128,8 @@ def sample_latent(model, positive, negative, latent: dict, plan: SamplingPlan, f
     memory = base.memory_required(shape, {"c_crossattn": [inputs.positive.shape]})
     comfy.model_management.load_models_gpu([model], memory_required=memory)
     latents = sample(EngineView(base.diffusion_model, transformer_options), plan, inputs, latent_size, device, dtype,
-                     on_step=comfy_on_step(plan.step_count(), engine_preview(base, latent)))
-    return comfy_latent(base, latents, preview_of(latent))
+                     on_step=comfy_on_step(plan.step_count(), engine_preview(latent, scale)))
+    return comfy_latent(latents, scale, preview_of(latent))
 
 
 class DropletVideoSampler:

@@ -1,7 +1,14 @@
 """DropletVideoTransformerLoader: the transformer alone, from ComfyUI/models/diffusion_models/."""
 
+import logging
+
+from .latent_scale import transformer_scale
 from .loader_common import PRECISION_TOOLTIP, PRECISIONS, TRANSFORMER_OPTIONS, build_model
 from .model_paths import components, resolve
+
+logger = logging.getLogger(__name__)
+FALLBACK_NOTE = (" The DropletVideo Sampler uses the factor of a DropletVideo VAE connected to the conditioning or "
+                 "VAE Encode instead; core samplers and core Load VAE's latents use this one.")
 
 
 class DropletVideoTransformerLoader:
@@ -25,4 +32,7 @@ class DropletVideoTransformerLoader:
 
     def load(self, transformer_name, precision, weight_format=None, attention=None):
         path = resolve("diffusion_models", transformer_name, "transformer")
-        return (build_model(path, precision, weight_format, attention),)
+        scale = transformer_scale(path)
+        logger.info("DropletVideo Transformer Loader: the MODEL's latent scale is %s, from %s.%s", scale.factor,
+                    scale.source, FALLBACK_NOTE if scale.fallback else "")
+        return (build_model(path, precision, scale, weight_format, attention),)

@@ -9,6 +9,7 @@ from ..droplet_core.vae_ops import decode_to_frames
 from . import latent_layout
 from .components import load_for_compute, module_dtype
 from .core_vae import VAE_TOOLTIP, VAE_TYPES, core_decode, is_core_vae
+from .latent_scale import SCALE, decode_scale, log_once
 from .memory import vae_decode_memory
 
 
@@ -41,9 +42,13 @@ class DropletVideoVAEDecode:
         keep = (latents.shape[1] - 1) * shapes.TEMPORAL_COMPRESSION + 1 if trim_to_frames else None
         out = comfy.model_management.intermediate_device()
         if is_core_vae(vae):
+            if SCALE in latent:
+                log_once(f"DropletVideo VAE Decode: core Load VAE's VAE carries no config: the latent is decoded "
+                         f"at the scale it was sampled at, {latent[SCALE]}.")
             return (torch.cat([core_decode(vae, video[None], tiling)[0, :keep].to(out)
                                for video in latent["samples"]]),)
-        latents = latents * vae.scaling_factor  # decode_to_frames takes the transformer's space
+        # decode_to_frames takes the transformer's space: the latents x the factor they were sampled at
+        latents = latents * decode_scale("DropletVideo VAE Decode", latent, vae.scaling_factor)
         module = vae.patcher.model.module
         scale = shapes.SPATIAL_COMPRESSION
         memory = vae_decode_memory(latents.shape[1], latents.shape[3] * scale, latents.shape[4] * scale,

@@ -10,6 +10,7 @@ from ..droplet_core.vae_ops import encode_video_latents
 from . import latent_layout
 from .components import load_for_compute, module_dtype
 from .core_vae import VAE_TOOLTIP, VAE_TYPES, core_encode, is_core_vae
+from .latent_scale import SCALE, vae_scale
 from .memory import vae_encode_memory
 
 
@@ -53,6 +54,9 @@ class DropletVideoVAEEncode:
         # the preview map: the causal VAE's first latent frame encodes the first frame alone
         projection = fit_rgb_projection(latents[0, :, 0], (pixels[0, :, 0] + 1) / 2)
         latent = {"samples": latents.to(comfy.model_management.intermediate_device())}
+        scale = vae_scale(vae)
+        if scale is not None:  # the DropletVideo samplers scale these latents by their VAE's factor
+            latent[SCALE] = scale
         return (latent_layout.with_preview(latent, projection),)
 
 

@@ -85,6 +85,11 @@ def engine_latent(engine, **request):
     return engine_result(engine, **request).latents.permute(0, 2, 1, 3, 4) / engine.vae.config.scaling_factor
 
 
+def scale_of(pack, factor: float):
+    """The latent scale a test's own native model is built with (the VAE config's factor it read)."""
+    return importlib.import_module(f"{pack.__name__}.nodes.latent_scale").ModelScale(factor, "the test's VAE config")
+
+
 def core_nodes_module():
     """ComfyUI's nodes.py (the name `nodes` is this pack's folder on the tests' path)."""
     if "comfyui_core_nodes" not in sys.modules:

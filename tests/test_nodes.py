@@ -21,7 +21,8 @@ from droplet_core.loading import load_transformer
 from droplet_core.pipeline import Request, load_pipeline
 from droplet_core.text import NEGATIVE_PROMPT, load_text_encoder, with_suffix
 from node_fixtures import (ATOL, GOLDENS, PROMPT, SAMPLING, SIZE, as_image, conditioned, conds,  # noqa: F401
-                           empty_cond, engine, engine_frames, image_cond, loaded, run, sample, sample_and_decode)
+                           empty_cond, engine, engine_frames, image_cond, loaded, run, sample, sample_and_decode,
+                           scale_of)
 
 
 @pytest.fixture
@@ -120,7 +121,7 @@ def test_noise_augmentation_equals_engine(pack, loaded, conds, models_dir):
     engine = load_pipeline(tiny, device=comfy.model_management.get_torch_device())
     engine.transformer = load_transformer(tiny / "transformer", config_overrides=overrides)
     native = importlib.import_module(f"{pack.__name__}.nodes.native.loading")
-    model = native.load_native_model(tiny / "transformer", torch.float32, engine.vae.config.scaling_factor,
+    model = native.load_native_model(tiny / "transformer", torch.float32, scale_of(pack, engine.vae.config.scaling_factor),
                                      config_overrides=overrides)
     model.model.scheduler_config = loaded[0].model.scheduler_config
     start = Image.open(GOLDENS / "start.png")

@@ -13,7 +13,7 @@ from PIL import Image
 
 from droplet_core.sampling import RELEASE_SCHEDULER_CONFIG, make_scheduler
 from node_fixtures import (GOLDENS, as_image, conds, conditioned, core_nodes_module, image_cond, loaded,  # noqa: F401
-                           run)
+                           run, scale_of)
 
 SAMPLING = dict(steps=3, cfg=6.0, seed=42, scheduler="ddim", use_dynamic_cfg=False, denoise=1.0)
 
@@ -98,7 +98,7 @@ def test_model_sampling_and_the_samplers_ddim_share_one_scheduler_config(pack, m
     native = importlib.import_module(f"{pack.__name__}.nodes.native.loading")
     config = {**RELEASE_SCHEDULER_CONFIG, **changes}
     model = native.load_native_model(models_dir / "DropletVideo" / "tiny" / "transformer", torch.float32,
-                                     loaded[1].scaling_factor, scheduler_config=config).model
+                                     scale_of(pack, loaded[1].scaling_factor), scheduler_config=config).model
     assert model.scheduler_config == config
     ddim = make_scheduler(model.scheduler_config).alphas_cumprod.double()
     # ComfyUI keeps a tiny last alpha-bar (4.9e-8) where zero-SNR diffusers has 0
@@ -109,5 +109,5 @@ def test_a_scheduler_config_the_model_cannot_sample_is_refused(pack, models_dir,
     native = importlib.import_module(f"{pack.__name__}.nodes.native.loading")
     with pytest.raises(ValueError, match="prediction_type 'epsilon'.*v-prediction.*scheduler_config.json"):
         native.load_native_model(models_dir / "DropletVideo" / "tiny" / "transformer", torch.float32,
-                                 loaded[1].scaling_factor,
+                                 scale_of(pack, loaded[1].scaling_factor),
                                  scheduler_config={**RELEASE_SCHEDULER_CONFIG, "prediction_type": "epsilon"})

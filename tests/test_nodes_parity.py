@@ -15,7 +15,7 @@ from safetensors.torch import load_file
 from droplet_core.conditioning import i2v_video_and_mask
 from droplet_core.text import NEGATIVE_PROMPT
 from goldens.make_goldens import v2v_input
-from node_fixtures import GOLDENS, as_image, loaded, run  # noqa: F401
+from node_fixtures import GOLDENS, as_image, loaded, run, scale_of  # noqa: F401
 
 CASES = json.loads((GOLDENS / "cases.json").read_text())
 ATOL = 1e-4
@@ -44,7 +44,7 @@ def model_for(pack, loaded, models_dir, case):
         return loaded[0]
     native = importlib.import_module(f"{pack.__name__}.nodes.native.loading")
     model = native.load_native_model(models_dir / "DropletVideo" / "tiny" / "transformer", torch.float32,
-                                     loaded[1].scaling_factor, config_overrides=case["config"])
+                                     scale_of(pack, loaded[1].scaling_factor), config_overrides=case["config"])
     model.model.scheduler_config = loaded[0].model.scheduler_config
     return model
 

@@ -6,7 +6,8 @@ in core's own contract (comfy_extras/nodes_wan.py, model_base.WAN21.concat_cond)
 - "fps": the FPS condition (a number);
 - "concat_latent_image": the masked conditioning video's latents, unscaled, [1, 16, F, H, W];
 - "concat_mask": its mask at latent resolution, [1, 1, F, H, W], 1 where frames are generated
-  and 0 where they are given (the start frame, an end frame).
+  and 0 where they are given (the start frame, an end frame);
+- "droplet_latent_scale": the scaling_factor of the pack VAE that encoded them (latent_scale.py).
 So a core node that builds or edits these (WanImageToVideo's mask, a mask from core's mask
 nodes) composes with the pack's. The model turns them into its 17 concat channels (the
 reference's (1 - mask) x scaling_factor, then the latents x scaling_factor) and the FPS
@@ -17,6 +18,7 @@ import torch
 
 from ...droplet_core.axes import channels_first
 from ..latent_layout import with_preview
+from ..latent_scale import SCALE
 
 FPS = "fps"
 IMAGE = "concat_latent_image"
@@ -52,14 +54,15 @@ def fps_of(conditioning: list, name: str) -> float:
 
 
 def video_conditioning(positive: list, negative: list, frames_shape, fps: float, inpaint=None, scale_factor=None,
-                       projection=None):
+                       projection=None, vae_scale=None):
     """(positive, negative, LATENT) of a conditioning node.
 
     `frames_shape` is (latent frames, height, width); `inpaint` the engine's [1, F, 1 + 16, h, w]
     ((1 - mask) x scale_factor, then masked-video latents x scale_factor), or None for the
     all-masked text-to-video input. The LATENT is zeros of the video's size, for a sampler to
-    start from, carrying `projection` (the preview map of unscaled latents) when there is one."""
-    values = {FPS: fps}
+    start from, carrying `projection` (the preview map of unscaled latents) when there is one.
+    `vae_scale` is the pack VAE's scaling_factor (None for core's VAE, which has no config)."""
+    values = {FPS: fps} if vae_scale is None else {FPS: fps, SCALE: vae_scale}
     if inpaint is not None:
         inpaint = channels_first(inpaint) / scale_factor  # [1, 17, F, h, w], unscaled
         values[MASK] = (1 - inpaint[:, :1]).contiguous()  # core's convention: 1 = generate

@@ -13,6 +13,7 @@ from ...droplet_core.configs import config_to_dict
 from ...droplet_core.loading import (assign_strict, fit_to_config, read_transformer_state,
                                      transformer_config_and_files)
 from ...droplet_core.sampling import RELEASE_SCHEDULER_CONFIG
+from ..latent_scale import ModelScale
 from .model import DropletVideoLatentFormat, DropletVideoModelConfig, model_sampling_settings
 from .quantized import keeps_quantized, load_quantized, read_quantized
 
@@ -20,20 +21,21 @@ FP8 = torch.float8_e4m3fn
 logger = logging.getLogger(__name__)
 
 
-def model_config_for(transformer_config, weight_dtype, compute_dtype, scale_factor: float,
+def model_config_for(transformer_config, weight_dtype, compute_dtype, scale: ModelScale,
                      scheduler_config: dict = RELEASE_SCHEDULER_CONFIG):
     config = DropletVideoModelConfig({"image_model": "dropletvideo",
                                       "droplet_config": config_to_dict(transformer_config)})
-    config.latent_format = DropletVideoLatentFormat(scale_factor)
+    config.latent_format = DropletVideoLatentFormat(scale)
     config.sampling_settings = model_sampling_settings(scheduler_config)
     config.set_inference_dtype(weight_dtype, None if weight_dtype == compute_dtype else compute_dtype)
     return config
 
 
-def load_native_model(path, compute_dtype: torch.dtype, scale_factor: float, fp8_weights: bool = False,
+def load_native_model(path, compute_dtype: torch.dtype, scale: ModelScale, fp8_weights: bool = False,
                       config_overrides=None, scheduler_config: dict = RELEASE_SCHEDULER_CONFIG):
     """The transformer at `path` (folder or single file) as a ComfyUI MODEL.
 
+    `scale` is the VAE scaling_factor the latent format scales by, and where the loader read it.
     `scheduler_config` is the one source of the sampling schedule: ComfyUI's model sampling
     (core samplers) is built from it, and the model keeps it as `scheduler_config` for the
     DropletVideo Sampler's DDIM.
@@ -46,26 +48,26 @@ def load_native_model(path, compute_dtype: torch.dtype, scale_factor: float, fp8
         if fp8_weights:
             logger.info("%s is already quantized: its own format is kept (weight_format fp8_e4m3fn is not "
                         "applied on top).", source)
-        return _quantized_model(config, files, source, compute_dtype, scale_factor, scheduler_config)
+        return _quantized_model(config, files, source, compute_dtype, scale, scheduler_config)
     weight_dtype = FP8 if fp8_weights else compute_dtype
     state, _ = read_transformer_state(config, files, source, compute_dtype)
     if fp8_weights:
         state = {key: value.to(FP8) for key, value in state.items()}
-    model_config = model_config_for(config, weight_dtype, compute_dtype, scale_factor, scheduler_config)
+    model_config = model_config_for(config, weight_dtype, compute_dtype, scale, scheduler_config)
     offload = comfy.model_management.unet_offload_device()
     model = model_config.get_model(device=offload)
     assign_strict(model.diffusion_model, state, source)
     return _patcher(model, offload, compute_dtype, scheduler_config)
 
 
-def _quantized_model(config, files, source, compute_dtype, scale_factor, scheduler_config):
+def _quantized_model(config, files, source, compute_dtype, scale, scheduler_config):
     """As core's load_diffusion_model_state_dict: convert_old_quants (read_quantized), quant_config
     from detect_layer_quantization, manual cast always on (the weights' dtypes are mixed), weights
     through the layers' own loading. The compute dtype is the node's precision, as for every other
     file (core picks it from the device: unet_manual_cast(None, ...))."""
     state = read_quantized(files, compute_dtype)
     fit_to_config(config, state, files, source)
-    model_config = model_config_for(config, compute_dtype, compute_dtype, scale_factor, scheduler_config)
+    model_config = model_config_for(config, compute_dtype, compute_dtype, scale, scheduler_config)
     model_config.quant_config = comfy.utils.detect_layer_quantization(state, "")
     model_config.set_inference_dtype(compute_dtype, compute_dtype)
     offload = comfy.model_management.unet_offload_device()

@@ -16,6 +16,7 @@ import torch
 from ...droplet_core.configs import VaeConfig
 from ...droplet_core.positional import fps_tensor
 from ...droplet_core.sampling import RELEASE_SCHEDULER_CONFIG
+from ..latent_scale import SCALE, ModelScale, check_core_sampler
 from ..memory import transformer_memory
 from .diffusion_model import ComfyDropletTransformer
 
@@ -47,8 +48,9 @@ class DropletVideoLatentFormat(comfy.latent_formats.LatentFormat):
     temporal_downscale_ratio = 4
     spacial_downscale_ratio = 8
 
-    def __init__(self, scale_factor: float = VaeConfig().scaling_factor):
-        self.scale_factor = scale_factor
+    # The class default only until the loader sets the one it read (loading.model_config_for).
+    def __init__(self, scale: ModelScale = ModelScale(VaeConfig().scaling_factor, "diffusers' class default", True)):
+        self.scale_factor, self.source, self.fallback = scale
 
 
 class DropletVideoModelConfig(comfy.supported_models_base.BASE):
@@ -80,21 +82,28 @@ class DropletVideoModel(comfy.model_base.BaseModel):
         scaling_factor], from the conditioning's concat_mask (core's convention: 1 = generate; a
         several-channel mask, as WAN's first-last-frame node makes, counts by its mean) and
         concat_latent_image; zeros (every frame masked, the reference's text-to-video input) when
-        the conditioning has none."""
-        noise = kwargs["noise"]
+        the conditioning has none.
+
+        Core samplers call this; they scale the sampled latents by the MODEL's factor, so a
+        conditioning recorded at another VAE's is refused (latent_scale.py)."""
+        check_core_sampler(self.latent_format, kwargs.get(SCALE))
+        return self.inpaint_channels(kwargs["noise"], kwargs.get("concat_latent_image"), kwargs.get("concat_mask"),
+                                     self.latent_format.scale_factor, kwargs.get("device"))
+
+    def inpaint_channels(self, noise, image, mask, scale: float, device=None):
+        """concat_cond's channels at latent scale `scale` (the DropletVideo samplers pass the VAE's)."""
         extra = self.droplet_config.in_channels - noise.shape[1]
         if extra <= 0:
             return None
-        image, mask = kwargs.get("concat_latent_image"), kwargs.get("concat_mask")
         if image is None:
             return torch.zeros((noise.shape[0], extra, *noise.shape[2:]), dtype=noise.dtype, device=noise.device)
         check_concat_shape(image, mask, noise, extra)
-        device = kwargs.get("device", noise.device)
+        device = noise.device if device is None else device
         mask = mask.to(device, image.dtype)
         if mask.shape[1] != MASK_CHANNELS:
             mask = mask.mean(dim=1, keepdim=True)
-        given = (1 - mask) * self.latent_format.scale_factor  # the reference scales its mask channel too
-        concat = torch.cat([given, self.process_latent_in(image.to(device))], dim=1)
+        given = (1 - mask) * scale  # the reference scales its mask channel too
+        concat = torch.cat([given, image.to(device) * scale], dim=1)
         return concat.expand(noise.shape[0], *concat.shape[1:])
 
     def extra_conds(self, **kwargs):
