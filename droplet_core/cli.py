@@ -14,7 +14,8 @@ from transformers.utils import logging as transformers_logging
 from .attention import ATTENTION_BACKENDS
 from .engine_options import WEIGHT_FORMATS, EngineOptions
 from .offload.plan import Workload
-from .parallel import DEFAULT_TIMEOUT_S, PARALLEL_MODES, ParallelRunError, checkpoint_heads, launched, start_parallel
+from .parallel import (DEFAULT_TIMEOUT_S, PARALLEL_MODES, ParallelRunError, checkpoint_heads, end_process, launched,
+                       start_parallel)
 from .continuation import DEFAULT_OVERLAP
 from .pipeline import DTYPES, Request, load_pipeline
 from .offload.placement import OFFLOAD_MODES
@@ -280,7 +281,7 @@ def write_joined(args, pipe, request: Request, started: float, loaded: float) ->
 
 
 def run() -> None:
-    sys.exit(main())
+    end_process(main)
 
 
 if __name__ == "__main__":
