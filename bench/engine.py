@@ -187,7 +187,8 @@ def compare_end_to_end(preset, ckpt, args):
     image = str(ROOT / "tests" / "goldens" / "start.png")
     ours_cmd = [sys.executable, "-m", "droplet_core", "--ckpt", str(ckpt), "--ref_img", image, "--fps", "8",
                 "--prompt", "A panda plays a guitar in a bamboo forest.", "--width", size[0], "--height", size[1],
-                "--video_length", size[2], "--num_inference_steps", str(args.steps), "--out", str(Path(tempfile.gettempdir()) / "droplet_bench.gif"),
+                "--video_length", size[2], "--num_inference_steps", str(args.steps),
+                "--out", str(Path(tempfile.gettempdir()) / "droplet_bench.gif"),
                 "--device", "cpu", "--dtype", "fp32"]
     ref_cmd = [args.reference_python, str(ROOT / "bench" / "reference_run.py"), "--reference", args.reference,
                "--ckpt", str(ckpt), "--ref_img", image, "--width", size[0], "--height", size[1],

@@ -40,7 +40,8 @@ def commands(ckpt: Path, preset: str, args) -> dict:
     native = [str(ROOT / "bench" / "native_run.py"), "--models", str(ckpt.parent), "--model_folder", ckpt.name,
               *size, "--frames", frames, "--steps", str(args.steps)]
     cli = ["-m", "droplet_core", "--ckpt", str(ckpt), "--ref_img", IMAGE, "--fps", "8", "--prompt", PROMPT, *size,
-           "--video_length", frames, "--num_inference_steps", str(args.steps), "--out", str(Path(tempfile.gettempdir()) / "droplet_bench.gif"),
+           "--video_length", frames, "--num_inference_steps", str(args.steps),
+           "--out", str(Path(tempfile.gettempdir()) / "droplet_bench.gif"),
            "--device", "cpu", "--dtype", "fp32"]
     runs = {
         "native (stand-in)": ([sys.executable, *native], None, json_step),

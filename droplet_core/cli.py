@@ -35,8 +35,9 @@ def build_parser() -> argparse.ArgumentParser:
                    "built-in random-weight test model")
     p.add_argument("--ref_img", "--ref_img_dir", dest="ref_img", help="start image (omit for text-to-video)")
     p.add_argument("--end_img", help="optional end image (start + end frame)")
-    p.add_argument("--fps", "--FPS", dest="fps", type=float, default=16, help="FPS condition: motion strength (default 16 as the official inference.py; the nodes default to 8, "
-                   "the official pipeline's own default)")
+    p.add_argument("--fps", "--FPS", dest="fps", type=float, default=16,
+                   help="FPS condition: motion strength (default 16 as the official inference.py; the nodes default "
+                   "to 8, the official pipeline's own default)")
     p.add_argument("--prompt", default=DEFAULT_PROMPT)
     p.add_argument("--negative_prompt", default=NEGATIVE_PROMPT)
     p.add_argument("--no_prompt_suffix", action="store_true", help="do not append the reference's quality suffix")

@@ -93,7 +93,8 @@ class DropletVideoMultiGPUSampler:
                    "(sequence parallel, Ulysses) and/or the [negative, positive] CFG halves are shared out, with the "
                    "one-GPU sampler's latents. Each worker loads the transformer file itself, outside ComfyUI's "
                    "memory management (ComfyUI unloads its models first); LoRAs and model patches are refused. No "
-                   "long video or step cache. Linux with NCCL; on a CPU-only ComfyUI, CPU processes (gloo), not faster.")
+                   "long video or step cache. Linux with NCCL; on a CPU-only ComfyUI, CPU processes (gloo), not "
+                   "faster.")
     CATEGORY = "DropletVideo"
     RETURN_TYPES = ("LATENT",)
     RETURN_NAMES = ("latent",)

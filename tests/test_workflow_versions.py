@@ -85,6 +85,7 @@ def shipped_with(node_type: str) -> dict:
 
 def test_the_check_finds_what_0_8_0_lacks_or_defines_otherwise():
     """The kinds of difference, on the shipped graphs that have them."""
-    assert any(re.match(r"TrainLoraNode outputs \['MODEL', 'LORA_MODEL'", p) for p in needs_0_33(shipped_with("TrainLoraNode")))
+    train = needs_0_33(shipped_with("TrainLoraNode"))
+    assert any(re.match(r"TrainLoraNode outputs \['MODEL', 'LORA_MODEL'", problem) for problem in train), train
     assert "ModelAttentionBackend is absent" in needs_0_33(shipped_with("ModelAttentionBackend"))
     assert "FrameInterpolate is absent" in needs_0_33(shipped_with("FrameInterpolate"))
