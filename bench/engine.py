@@ -11,7 +11,7 @@
    none | block_swap[:N] | sequential (offload), fp8, sdpa | sage, fuse_qkv, compile.
 
     python bench/engine.py --preset tiny --preset medium
-    python bench/engine.py --preset medium --reference ../DropletVideo --reference-python /tmp/refvenv/bin/python
+    python bench/engine.py --preset medium --reference ../DropletVideo --reference-python ../refvenv/bin/python
     python bench/engine.py --preset 5b --device cuda --repeats 3 --mode none --mode fp8 --mode block_swap:20 \
         --mode block_swap:20+fp8 --mode sequential --mode sage+fuse_qkv --mode compile
 """
@@ -187,7 +187,8 @@ def compare_end_to_end(preset, ckpt, args):
     image = str(ROOT / "tests" / "goldens" / "start.png")
     ours_cmd = [sys.executable, "-m", "droplet_core", "--ckpt", str(ckpt), "--ref_img", image, "--fps", "8",
                 "--prompt", "A panda plays a guitar in a bamboo forest.", "--width", size[0], "--height", size[1],
-                "--video_length", size[2], "--num_inference_steps", str(args.steps), "--out", "/tmp/droplet_bench.gif",
+                "--video_length", size[2], "--num_inference_steps", str(args.steps),
+                "--out", str(Path(tempfile.gettempdir()) / "droplet_bench.gif"),
                 "--device", "cpu", "--dtype", "fp32"]
     ref_cmd = [args.reference_python, str(ROOT / "bench" / "reference_run.py"), "--reference", args.reference,
                "--ckpt", str(ckpt), "--ref_img", image, "--width", size[0], "--height", size[1],

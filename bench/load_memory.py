@@ -10,7 +10,7 @@ anonymous):
   ModelPatcher (on the stand-in, or a real ComfyUI with --comfyui), then load_models_gpu.
 Each in bf16 (the file's dtype: mapped, not copied) and fp16 (a conversion: one copy).
 
-    python bench/load_memory.py --scratch /tmp/droplet5b [--comfyui /path/to/ComfyUI]
+    python bench/load_memory.py --scratch <a folder with room for the 5B files> [--comfyui /path/to/ComfyUI]
 """
 
 import argparse

@@ -12,7 +12,7 @@ machine whose speed drifts affects all alike; medians of wall time, seconds per 
 step ends) and peak RSS are printed with the ratios to the reference and to the engine.
 
     python bench/native.py --preset tiny --preset medium --repeats 3 \\
-        --reference /work/ref --reference-python /work/refvenv/bin/python \\
+        --reference ../DropletVideo --reference-python ../refvenv/bin/python \\
         [--comfyui /path/to/ComfyUI --comfyui-python /path/to/comfy/python]
 """
 
@@ -40,7 +40,8 @@ def commands(ckpt: Path, preset: str, args) -> dict:
     native = [str(ROOT / "bench" / "native_run.py"), "--models", str(ckpt.parent), "--model_folder", ckpt.name,
               *size, "--frames", frames, "--steps", str(args.steps)]
     cli = ["-m", "droplet_core", "--ckpt", str(ckpt), "--ref_img", IMAGE, "--fps", "8", "--prompt", PROMPT, *size,
-           "--video_length", frames, "--num_inference_steps", str(args.steps), "--out", "/tmp/droplet_bench.gif",
+           "--video_length", frames, "--num_inference_steps", str(args.steps),
+           "--out", str(Path(tempfile.gettempdir()) / "droplet_bench.gif"),
            "--device", "cpu", "--dtype", "fp32"]
     runs = {
         "native (stand-in)": ([sys.executable, *native], None, json_step),

@@ -12,6 +12,7 @@ import argparse
 import json
 import os
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -70,7 +71,8 @@ def main():
         step_ends = list(stamps)
         frames = run(pack, "DropletVideoVAEDecode", vae=vae, latent=latent, tiling=False, trim_to_frames=False)[0]
         images = [Image.fromarray((frame * 255).numpy().astype(np.uint8)) for frame in frames]
-        images[0].save("/tmp/droplet_native_bench.gif", save_all=True, append_images=images[1:], duration=125, loop=0)
+        images[0].save(Path(tempfile.gettempdir()) / "droplet_native_bench.gif", save_all=True, append_images=images[1:],
+                       duration=125, loop=0)
     total = time.perf_counter() - started
     (first_step, first_end), (last_step, last_end) = step_ends[0], step_ends[-1]
     per_step = (last_end - first_end) / (last_step - first_step) if last_step > first_step else float("nan")

@@ -7,6 +7,7 @@ for that environment); prints one JSON line: total seconds, seconds per step.
 import argparse
 import json
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -55,7 +56,8 @@ def main():
     # save_videos_grid needs torchvision (not installable beside this torch): write the GIF as
     # our CLI does, from the same (x * 255).astype(uint8) frames.
     images = [Image.fromarray((f * 255).numpy().astype(np.uint8)) for f in out[0].permute(1, 2, 3, 0)]
-    images[0].save("/tmp/droplet_reference_bench.gif", save_all=True, append_images=images[1:], duration=125, loop=0)
+    images[0].save(Path(tempfile.gettempdir()) / "droplet_reference_bench.gif", save_all=True, append_images=images[1:],
+                   duration=125, loop=0)
     total = time.perf_counter() - started
     per_step = (stamps[-1] - stamps[0]) / (len(stamps) - 1) if len(stamps) > 1 else float("nan")
     print(json.dumps({"total_s": total, "s_per_step": per_step}))

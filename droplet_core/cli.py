@@ -18,7 +18,8 @@ from transformers.utils import logging as transformers_logging
 from .attention import ATTENTION_BACKENDS
 from .engine_options import WEIGHT_FORMATS, EngineOptions
 from .offload.plan import Workload
-from .parallel import DEFAULT_TIMEOUT_S, PARALLEL_MODES, ParallelRunError, checkpoint_heads, launched, start_parallel
+from .parallel import (DEFAULT_TIMEOUT_S, PARALLEL_MODES, ParallelRunError, checkpoint_heads, end_process, launched,
+                       start_parallel)
 from .continuation import DEFAULT_OVERLAP
 from .loading import checkpoint_kind
 from .model_kind import ModelKind
@@ -43,7 +44,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--ref_img", "--ref_img_dir", dest="ref_img", help="start image (omit for text-to-video)")
     p.add_argument("--end_img", help="optional end image (start + end frame)")
     p.add_argument("--fps", "--FPS", dest="fps", type=float, default=None, help="DropletVideo's FPS condition: "
-                   "motion strength (default 16). Droplet3D has none: refused there")
+                   "motion strength (default 16, as the official inference.py; the nodes default to 8, the official "
+                   "pipeline's own default). Droplet3D has none: refused there")
     p.add_argument("--prompt", default=DEFAULT_PROMPT)
     p.add_argument("--negative_prompt", default=NEGATIVE_PROMPT)
     p.add_argument("--no_prompt_suffix", action="store_true", help="do not append the reference's quality suffix")
@@ -324,7 +326,7 @@ def write_joined(args, pipe, request: Request, started: float, loaded: float) ->
 
 
 def run() -> None:
-    sys.exit(main())
+    end_process(main)
 
 
 if __name__ == "__main__":

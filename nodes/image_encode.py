@@ -33,8 +33,11 @@ SIZE_INPUTS = {
 # core context windows on the MODEL (context_windows.py).
 LONG_VIDEO_WITH_MODEL_INPUT = ("or, for a long video with the DropletVideo Sampler's long_video, disconnect this "
                                "node's `model` input, which checks the frame count against that table")
+# 8: the official pipeline's own default (DropletVideo_Pipeline_Inpaint.__call__, fps=[8]); the official
+# inference.py's --FPS, and so the CLI's --fps, default to 16.
 FPS_INPUT = ("INT", {"default": 8, "min": 1, "max": 60, "tooltip": "FPS condition: how fast things move (the "
-                     "official samples use 4, 8, 16, 32). Not the playback rate of the file."})
+                     "official samples use 4, 8, 16, 32). Not the playback rate of the file. Default 8, the official "
+                     "pipeline's own default; the official inference.py and this pack's command line use 16."})
 
 
 def latent_shape(width: int, height: int, frames: int):

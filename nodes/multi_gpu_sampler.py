@@ -22,7 +22,6 @@ from .sampler import DropletVideoSampler, comfy_latent, latent_scale, sampler_in
 
 PARALLEL_MODES = ("auto", "sequence", "cfg")
 COLLECTIVE_TIMEOUT_S = DEFAULT_TIMEOUT_S  # a worker that hangs in a collective fails after this
-RUN_LIMIT_S = None  # the whole call; none in ComfyUI (a long video takes hours); the tests bound it
 
 
 def transformer_source(model):
@@ -41,7 +40,8 @@ def transformer_source(model):
 
 
 def worker_device(model, gpus: int) -> str:
-    """cuda (worker r on cuda:r) when ComfyUI samples on CUDA, cpu (gloo, for testing) when on the CPU."""
+    """cuda (worker r on cuda:r) when ComfyUI samples on CUDA; cpu (gloo) when it samples on the CPU, where the
+    node gives the same latents as on GPUs (to try a graph on a machine without GPUs), not faster."""
     kind = torch.device(model.load_device).type
     if kind == "cpu":
         return "cpu"
@@ -84,7 +84,7 @@ def multi_gpu_latent(model, positive, negative, latent: dict, seed: int, steps: 
         write_job(folder, job, inputs)
         workers = WorkerGroup(folder, gpus, device)
         workers.wait(lambda index, total: on_step(index, total, None),
-                     comfy.model_management.throw_exception_if_processing_interrupted, RUN_LIMIT_S)
+                     comfy.model_management.throw_exception_if_processing_interrupted)
         latents = read_latents(folder)
     return comfy_latent(latents, scale, preview_of(latent))
 
@@ -94,7 +94,8 @@ class DropletVideoMultiGPUSampler:
                    "(sequence parallel, Ulysses) and/or the [negative, positive] CFG halves are shared out, with the "
                    "one-GPU sampler's latents. Each worker loads the transformer file itself, outside ComfyUI's "
                    "memory management (ComfyUI unloads its models first); LoRAs and model patches are refused. No "
-                   "long video or step cache. Linux with NCCL.")
+                   "long video or step cache. Linux with NCCL; on a CPU-only ComfyUI, CPU processes (gloo), not "
+                   "faster.")
     CATEGORY = "DropletVideo"
     RETURN_TYPES = ("LATENT",)
     RETURN_NAMES = ("latent",)
@@ -110,8 +111,9 @@ class DropletVideoMultiGPUSampler:
         return {"required": {
             **required,
             "gpus": ("INT", {"default": 2, "min": 2, "max": 64, "tooltip": "Worker processes, one per GPU (cuda:0 "
-                     "up to gpus-1 of the GPUs ComfyUI sees). When ComfyUI runs on the CPU they are CPU processes "
-                     "(gloo): for testing only, not faster."}),
+                     "up to gpus-1 of the GPUs ComfyUI sees). When ComfyUI runs on the CPU (--cpu) they are CPU "
+                     "processes (gloo): the same latents, to try a graph without GPUs, but not faster than the "
+                     "DropletVideo Sampler (the processes share the cores)."}),
             "parallel": (list(PARALLEL_MODES), {"default": "auto", "tooltip": "auto: the CFG halves on two groups "
                          "when cfg > 1 and gpus is even, the video tokens split over the rest. sequence: the tokens "
                          "over all gpus (gpus must divide the 48 attention heads). cfg: the two halves on 2 GPUs "

@@ -1,5 +1,5 @@
-"""DropletVideoSampler: the reference's denoising loop (its DDIM and dynamic CFG, bit for bit) on
-the native MODEL, with ComfyUI's progress bar, previews and Cancel. The MODEL's patches that
+"""DropletVideoSampler: the reference's denoising loop (its DDIM and dynamic CFG; every step's latents
+within 1e-4 of the official pipeline's in the fp32 parity tests) on the native MODEL, with ComfyUI's progress bar, previews and Cancel. The MODEL's patches that
 the model's forward reads run; the others are refused by name (model_patches.py)."""
 
 import comfy.model_management
@@ -133,11 +133,11 @@ def sample_latent(model, positive, negative, latent: dict, plan: SamplingPlan, f
 
 
 class DropletVideoSampler:
-    DESCRIPTION = ("Generates video latents on the DropletVideo MODEL exactly as the official pipeline does (its "
+    DESCRIPTION = ("Generates video latents on the DropletVideo MODEL with the official pipeline's own loop (its "
                    "DDIM, [negative, positive] guidance, the FPS condition at every step). With a video latent and "
                    "denoise < 1 it re-generates that video (video-to-video). long_video renders past the model's "
                    "trained length in sliding windows; cache_threshold skips near-repeat steps. Core KSampler also "
-                   "runs this MODEL (close to, not exactly, the reference).")
+                   "runs this MODEL, less close to the reference (docs/core_ksampler.md).")
     CATEGORY = "DropletVideo"
     RETURN_TYPES = ("LATENT",)
     RETURN_NAMES = ("latent",)

@@ -23,6 +23,7 @@ import pickle
 import re
 import shutil
 import sys
+import tempfile
 import time
 import urllib.error
 import urllib.parse
@@ -45,7 +46,7 @@ CLEAR_TYPES = ("ValueError", "FileNotFoundError")
 RAW = ("incomplete metadata", "not fully covered", "expanded size of the tensor", "size mismatch for",
        "Error while deserializing", "HeaderTooLarge", "InvalidHeader", "NoneType", "has no attribute",
        "index out of range", "Weights only load failed", "Sizes of tensors must match", "must match the size of tensor")
-MARKER = Path("/tmp/droplet_bad_input_unpickled")  # appears only if someone unpickles the bad .bin
+MARKER = Path(tempfile.gettempdir()) / "droplet_bad_input_unpickled"  # appears only if someone unpickles the bad .bin
 
 
 # Talking to the server ----------------------------------------------------------------------------
@@ -576,7 +577,7 @@ def judge(case: Case, result: dict, following: dict) -> list:
     return problems
 
 
-# ComfyUI on the symlinked model folders (see /work/comfy/README.txt); the 400 the browser shows anyway.
+# ComfyUI logs the first for model folders that are symlinks; the second is the 400 the browser shows anyway.
 LOG_NOISE = ("doesn't link anywhere", "invalid prompt")
 # ComfyUI 0.8 logs bare messages (no level name): the warnings the cases are known to cause.
 LOG_WARNINGS = ("WARNING", "lora key not loaded", "prompt truncated", "has no config: inferred")
@@ -618,6 +619,13 @@ def run_case(ctx: Context, case: Case) -> dict:
             "log_warning_count": len(warnings),
             "next_status": following["status"], "next_seconds": following["seconds"],
             "problems": problems, "verdict": "ok" if not problems else "FAIL"}
+
+
+def without_folder(row: dict, models: Path) -> dict:
+    """The row with the models folder's path written $MODELS: the table is the same on any machine."""
+    folder = str(models.resolve())
+    mark = lambda text: text.replace(folder, "$MODELS").replace(str(models), "$MODELS")  # noqa: E731
+    return {**row, "message": mark(row.get("message", "")), "log_warnings": [mark(w) for w in row["log_warnings"]]}
 
 
 def shorten(text: str, limit: int = 300) -> str:
@@ -680,8 +688,8 @@ def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--server", default="http://127.0.0.1:8188")
     p.add_argument("--cases", help="comma-separated case names (default: all; see --list)")
-    p.add_argument("--models", type=Path, default=Path("/work/comfy/models"),
-                   help="the models folder the server reads (bad files go there, named bad_*)")
+    p.add_argument("--models", type=Path, help="the models folder the server reads (bad files go there, named "
+                   "bad_*; shown as $MODELS in the table); needed to run cases")
     p.add_argument("--json", type=Path, help="write the results here")
     p.add_argument("--log", type=Path, help="the server's log file: record the warnings each case logs")
     p.add_argument("--timeout", type=float, default=900, help="seconds to wait for one prompt")
@@ -699,6 +707,8 @@ def main(argv=None) -> int:
     unknown = set(chosen) - {c.name for c in CASES}
     if unknown:
         p.error(f"unknown case(s) {', '.join(sorted(unknown))}; see --list")
+    if args.models is None:
+        p.error("--models is needed to run cases: the models folder of the server (e.g. ComfyUI/models)")
     server = args.server.rstrip("/")
     version = request(f"{server}/system_stats")["system"]["comfyui_version"]
     ctx = Context(server, args.models, request(f"{server}/object_info"), args.timeout, seed=int(time.time()) % 10**6,
@@ -706,7 +716,7 @@ def main(argv=None) -> int:
     MARKER.unlink(missing_ok=True)
     start, rows = time.monotonic(), []
     for case in (c for c in CASES if c.name in chosen):
-        rows.append(run_case(ctx, case))
+        rows.append(without_folder(run_case(ctx, case), args.models))
         print(f"[{rows[-1]['verdict']}] {case.name}: {shown(rows[-1])}", file=sys.stderr, flush=True)
     report = {"server": server, "comfyui_version": version, "seconds": round(time.monotonic() - start, 1),
               "command": " ".join([Path(sys.executable).name, *sys.argv]), "cases": rows}

@@ -2,7 +2,7 @@
 
     python tools/comfy_frontend.py --server http://127.0.0.1:8188 example_workflows/*.json \\
         --overrides '{"width": 128, "height": 128, "frames": 13, "length": 13, "steps": 3}' \\
-        --screenshots /tmp/shots [--timeout 1800] [--no-queue]
+        --screenshots shots [--timeout 1800] [--no-queue]
 
 For each workflow file: opens it with the page's own `app.loadGraphData`, reports node types the
 frontend does not know (a pack that did not load, a renamed node) and nodes whose boxes overlap,

@@ -3,12 +3,14 @@
 gloo on CPU, NCCL on CUDA (one GPU per rank: cuda:LOCAL_RANK). Every group carries the same
 timeout, so a rank that hangs in a collective (its peer stuck, not dead) ends with an error after
 `timeout_s` instead of waiting forever; a peer that dies closes its connections and the others
-fail at their next collective.
+fail at their next collective. `end_process` ends a rank with its own exit status, group or not.
 """
 
 import os
+import sys
+import traceback
 from datetime import timedelta
-from typing import NamedTuple
+from typing import Callable, NamedTuple, NoReturn
 
 import torch
 import torch.distributed as dist
@@ -66,3 +68,27 @@ def build_mesh(layout: ParallelLayout, device: torch.device, timeout_s: float) -
                             backend_override={name: override for name in MESH_DIMS})
     mesh["ring", "ulysses"]._flatten(backend_override=override)  # the group diffusers' hooks use, same timeout
     return mesh
+
+
+def end_process(main: Callable[[], int]) -> NoReturn:
+    """Runs a rank's `main` and exits with its status (an exception: its traceback and status 1).
+
+    A run that failed leaves its group to the process exit (destroying it could wait on a dead peer).
+    The interpreter's exit would then tear gloo's threads down while they still run, and the process
+    aborts instead ("terminate called without an active exception", SIGABRT, as often as not): the
+    status that says whose error it was is lost. So with a group still open the process ends at once
+    (os._exit) after flushing its output."""
+    try:
+        code = main()
+    except SystemExit:
+        raise
+    except BaseException:
+        if not dist.is_initialized():
+            raise
+        traceback.print_exc()
+        code = 1
+    if dist.is_initialized():
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
+    sys.exit(code)

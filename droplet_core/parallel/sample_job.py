@@ -6,10 +6,10 @@ the tensors), starts one worker per device (`WorkerGroup`: `python -m droplet_co
 sample_worker <folder>` with the environment torchrun would give each rank, the pack's root on
 PYTHONPATH) and waits. Rank 0 prints one progress line per step on stdout and writes the final
 latents into the folder; every rank writes its output to rank<N>.log. The caller owns the
-processes, not a torchrun agent: a rank that exits with an error stops the others at once, Cancel
-(the caller's `poll`) and the caller's own errors kill them all, and the error names the rank
-with the end of its log: the rank with its own error (its traceback) rather than one that
-stopped because a peer failed.
+processes, not a torchrun agent: a rank that exits with an error of its own stops the others at
+once, Cancel (the caller's `poll`) and the caller's own errors kill them all, and the error names
+the rank with the end of its log: the rank with its own error (its traceback), never one that
+stopped because a peer failed, whichever of them ends first.
 """
 
 import json
@@ -19,7 +19,6 @@ import socket
 import subprocess
 import sys
 import threading
-import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Callable, List, Optional, Tuple
@@ -94,7 +93,7 @@ def cause_order(code: int) -> int:
 
 
 class WorkerGroupError(RuntimeError):
-    """A worker exited with an error, or the run went past its time limit."""
+    """A worker exited with an error."""
 
 
 class WorkerGroup:
@@ -118,7 +117,7 @@ class WorkerGroup:
                "MASTER_PORT": str(port), "RANK": str(rank), "LOCAL_RANK": str(rank),
                "WORLD_SIZE": str(self.world_size), "LOCAL_WORLD_SIZE": str(self.world_size)}
         env.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // self.world_size)))  # as torchrun
-        if self.device == "cpu":  # CPU ranks (testing) take no GPU memory, even when ComfyUI runs with --cpu
+        if self.device == "cpu":  # CPU ranks take no GPU memory, even when ComfyUI runs with --cpu
             env["CUDA_VISIBLE_DEVICES"] = ""
         with open(self.folder / f"rank{rank}.log", "wb") as log:
             return subprocess.Popen([sys.executable, "-m", WORKER, str(self.folder)], cwd=self.folder, env=env,
@@ -131,11 +130,9 @@ class WorkerGroup:
                 if len(parts) == 3 and parts[0] == PROGRESS:
                     self.steps.put((int(parts[1]) - 1, int(parts[2])))
 
-    def wait(self, on_step: Callable[[int, int], None], poll: Callable[[], None],
-             limit_s: Optional[float] = None) -> None:
+    def wait(self, on_step: Callable[[int, int], None], poll: Callable[[], None]) -> None:
         """Until every rank has exited 0. on_step(step index, steps) per finished step; poll() between
-        them (raising from either stops the run); WorkerGroupError when a rank fails or after limit_s."""
-        deadline = None if limit_s is None else time.monotonic() + limit_s
+        them (raising from either stops the run, as Cancel does); WorkerGroupError when a rank fails."""
         try:
             while True:
                 try:
@@ -143,19 +140,30 @@ class WorkerGroup:
                 except queue.Empty:
                     poll()
                 codes = [p.poll() for p in self.procs]
-                failed = [rank for rank, code in enumerate(codes) if code not in (None, 0)]
-                if failed:
-                    rank = min(failed, key=lambda r: (cause_order(codes[r]), r))
+                rank = self._cause(codes)
+                if rank is not None:
                     raise WorkerGroupError(self._report(rank, f"exited with status {codes[rank]}"))
                 if all(code == 0 for code in codes):
                     break
-                if deadline is not None and time.monotonic() > deadline:
-                    raise WorkerGroupError(self._report(0, f"did not finish within {limit_s:g} s"))
             self.reader.join(timeout=10)
             while not self.steps.empty():
                 on_step(*self.steps.get())
         finally:
             self.stop()
+
+    @staticmethod
+    def _cause(codes: List[Optional[int]]) -> Optional[int]:
+        """The failed rank whose log shows the cause, or None while there is none yet to show. A rank that
+        stopped because a peer failed (STOPPED_BY_PEER) is not the cause: while other ranks still run (the
+        failing one may still be ending: its connections close before its process is gone), wait for them;
+        they end too, at their next collective or its timeout."""
+        failed = [rank for rank, code in enumerate(codes) if code not in (None, 0)]
+        if not failed:
+            return None
+        rank = min(failed, key=lambda r: (cause_order(codes[r]), r))
+        if codes[rank] == STOPPED_BY_PEER and None in codes:
+            return None
+        return rank
 
     def _report(self, rank: int, what: str) -> str:
         lines = (self.folder / f"rank{rank}.log").read_text(errors="replace").strip().splitlines()

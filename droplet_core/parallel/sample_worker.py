@@ -25,6 +25,7 @@ from ..engine_options import EngineOptions, prepare_transformer
 from ..loading import load_transformer
 from ..pipeline import DTYPES
 from ..sample_plan import sample
+from .process_group import end_process
 from .run import ParallelRunError, start_parallel
 from .sample_job import LATENTS, PROGRESS, STOPPED_BY_PEER, SampleJob, read_job
 
@@ -75,4 +76,4 @@ def main(folder) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main(sys.argv[1]))
+    end_process(lambda: main(sys.argv[1]))

@@ -62,7 +62,6 @@ class DropletVideoModelConfig(comfy.supported_models_base.BASE):
     sampling_settings = model_sampling_settings(RELEASE_SCHEDULER_CONFIG)  # loading.py: the loaded folder's
     latent_format = DropletVideoLatentFormat
     supported_inference_dtypes = [torch.bfloat16, torch.float16, torch.float32]
-    memory_usage_factor = 2.0
 
     def get_model(self, state_dict=None, prefix="", device=None):
         return DropletVideoModel(self, device=device)
@@ -115,7 +114,9 @@ class DropletVideoModel(comfy.model_base.BaseModel):
 
     def memory_required(self, input_shape, cond_shapes={}):
         """The offload planner's activation estimate (droplet_core/offload/plan.py) for this latent
-        grid; input_shape is [batch, channels, frames, height, width]."""
+        grid; input_shape is [batch, channels, frames, height, width]. It replaces core's estimate
+        (latent area x the config's memory_usage_factor, the only reader of that factor in ComfyUI
+        0.33 and 0.8.0), so the model config sets no memory_usage_factor."""
         batch, _, frames, height, width = input_shape
         text = cond_shapes.get("c_crossattn") if cond_shapes else None
         tokens = text[0][1] if text else DEFAULT_TEXT_TOKENS

@@ -4,11 +4,11 @@ Not run by CI. It imports the reference code (github.com/IEIT-AGI/DropletVideo: 
 transformer.py, vae.py, utils.py) from a folder given on the command line, in an environment
 with the reference's pins (diffusers 0.32.2, transformers 4.46.1; torch 2.13 CPU works):
 
-    python -m venv /tmp/refvenv && /tmp/refvenv/bin/pip install torch==2.13.0 diffusers==0.32.2 \
+    python -m venv ../refvenv && ../refvenv/bin/pip install torch==2.13.0 diffusers==0.32.2 \
         transformers==4.46.1 huggingface-hub==0.28.1 tokenizers==0.20.3 sentencepiece einops imageio \
         safetensors numpy pillow protobuf accelerate==0.34.2
-    python -c "from droplet_core.tiny import ensure_tiny_checkpoint as e; e('/tmp/tiny')"   # our venv
-    /tmp/refvenv/bin/python tests/goldens/make_goldens.py --reference /path/to/DropletVideo --ckpt /tmp/tiny
+    python -c "from droplet_core.tiny import ensure_tiny_checkpoint as e; e('../tiny')"   # our venv
+    ../refvenv/bin/python tests/goldens/make_goldens.py --reference /path/to/DropletVideo --ckpt ../tiny
 
 Every case runs fp32 on CPU with a CPU generator; per-step latents are recorded through
 `callback_on_step_end`. The cases are listed in cases.json, which the tests read too.
