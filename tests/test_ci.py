@@ -8,10 +8,11 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 SCRIPT = ROOT / ".ci" / "real_comfyui"
-# A module needs ComfyUI when it imports it (or the node fixtures, the workflow tool, which do) or
-# when a test takes the pack, which is imported as ComfyUI imports a custom node.
+# A module needs ComfyUI when it imports it (or the node fixtures, the workflow tool, which do), when
+# a test takes the pack (imported as ComfyUI imports a custom node), or when it reads the variable
+# that names a real ComfyUI.
 NEEDS_COMFYUI = re.compile(r"^(?:import|from) (?:comfy|comfy_extras|comfy_api|folder_paths|node_fixtures|run_workflow)"
-                           r"\b|^def test_\w+\([^)]*\bpack\b", re.M)
+                           r"\b|^def test_\w+\([^)]*\bpack\b|COMFYUI_PATH", re.M)
 
 
 def node_test_globs() -> list:
@@ -22,7 +23,8 @@ def node_test_globs() -> list:
 
 def test_every_test_module_that_needs_comfyui_runs_on_the_real_hosts():
     selected = {path for pattern in node_test_globs() for path in ROOT.glob(pattern)}
-    needing = {path for path in (ROOT / "tests").glob("test_*.py") if NEEDS_COMFYUI.search(path.read_text("utf-8"))}
+    modules = set((ROOT / "tests").glob("test_*.py")) - {Path(__file__)}  # this one only names the variable
+    needing = {path for path in modules if NEEDS_COMFYUI.search(path.read_text("utf-8"))}
     left_out = sorted(path.name for path in needing - selected)
     assert not left_out, (f"{left_out} need ComfyUI but no NODE_TESTS glob in .ci/real_comfyui matches them: name "
                           f"them tests/test_nodes_*.py or add them there")
