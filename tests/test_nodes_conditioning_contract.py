@@ -1,7 +1,7 @@
 """Core's conditioning contract on the DropletVideo MODEL: concat_mask is 1 where frames are
-generated (as core's WAN/Hunyuan nodes store it), so a core-built mask gives the pack's video; the
-preview map travels in the LATENT; the MODEL's sampling settings and the sampler's DDIM come from
-one scheduler config."""
+generated (as core's WAN/Hunyuan nodes store it; on a real ComfyUI, core's WanImageToVideo builds
+the pack's mask and gives its video); the preview map travels in the LATENT; the MODEL's sampling
+settings and the sampler's DDIM come from one scheduler config."""
 
 import importlib
 import os
@@ -33,14 +33,6 @@ def with_mask(conditioning, mask):
     return [[embeds, {**options, "concat_mask": mask}] for embeds, options in conditioning]
 
 
-def wan_style_mask(latent_frames, height, width, start_frames=1):
-    """The mask as core's WanImageToVideo builds it (comfy_extras/nodes_wan.py): ones, the latent
-    frames holding the start images zero."""
-    mask = torch.ones((1, 1, latent_frames, height, width))
-    mask[:, :, :((start_frames - 1) // 4) + 1] = 0.0
-    return mask
-
-
 def test_the_stored_mask_is_one_where_frames_are_generated(i2v):
     positive, negative, latent = i2v
     for options in (positive[0][1], negative[0][1]):
@@ -51,29 +43,38 @@ def test_the_stored_mask_is_one_where_frames_are_generated(i2v):
     assert "droplet_rgb_projection" not in positive[0][1] and "droplet_rgb_projection" in latent
 
 
-def core_wan_mask(pack, loaded, i2v, monkeypatch):
-    """WanImageToVideo's own concat_mask (real ComfyUI), or one built by hand as it builds it."""
-    samples = i2v[2]["samples"]
-    if not os.environ.get("COMFYUI_PATH"):
-        return wan_style_mask(*samples.shape[2:])
+@pytest.fixture(scope="module")
+def plain(pack, loaded, i2v):
+    return sampled(pack, loaded, *i2v)
+
+
+def test_the_stored_masks_meaning_decides_the_video(pack, loaded, i2v, plain):
+    positive, negative, latent = i2v
+    mask = positive[0][1]["concat_mask"]
+    inverted = sampled(pack, loaded, with_mask(positive, 1 - mask), with_mask(negative, 1 - mask), latent)
+    assert not torch.allclose(plain, inverted, atol=1e-3)
+
+
+def core_wan_mask(latent, positive, negative, monkeypatch):
+    """The concat_mask core's WanImageToVideo (comfy_extras/nodes_wan.py) stores for a start image
+    and a latent of this size."""
     monkeypatch.setitem(sys.modules, "nodes", core_nodes_module())  # nodes_wan imports core's `nodes`
     wan = importlib.import_module("comfy_extras.nodes_wan")
-    encoder = type("CoreVae", (), {"encode": staticmethod(lambda image: torch.zeros(1, 16, *samples.shape[2:]))})
-    out = wan.WanImageToVideo.execute(i2v[0], i2v[1], encoder(), width=samples.shape[4] * 8,
-                                      height=samples.shape[3] * 8, length=(samples.shape[2] - 1) * 4 + 1,
-                                      batch_size=1, start_image=torch.zeros(1, 64, 64, 3))
+    frames, height, width = latent["samples"].shape[2:]
+    encoder = type("CoreVae", (), {"encode": staticmethod(lambda image: torch.zeros(1, 16, frames, height, width))})
+    out = wan.WanImageToVideo.execute(positive, negative, encoder(), width=width * 8, height=height * 8,
+                                      length=(frames - 1) * 4 + 1, batch_size=1, start_image=torch.zeros(1, 64, 64, 3))
     return out[0][0][1]["concat_mask"]
 
 
-def test_a_core_built_mask_gives_the_packs_video(pack, loaded, i2v, monkeypatch):
+@pytest.mark.skipif(not os.environ.get("COMFYUI_PATH"), reason="core's WanImageToVideo needs a real ComfyUI: set "
+                    "COMFYUI_PATH")
+def test_core_wan_image_to_video_stores_the_packs_mask_and_gives_its_video(pack, loaded, i2v, plain, monkeypatch):
     positive, negative, latent = i2v
-    mask = core_wan_mask(pack, loaded, i2v, monkeypatch)
-    assert torch.equal(mask, wan_style_mask(*latent["samples"].shape[2:]))
-    ours = sampled(pack, loaded, positive, negative, latent)
-    theirs = sampled(pack, loaded, with_mask(positive, mask), with_mask(negative, mask), latent)
-    assert torch.equal(ours, theirs)
-    inverted = sampled(pack, loaded, with_mask(positive, 1 - mask), with_mask(negative, 1 - mask), latent)
-    assert not torch.allclose(ours, inverted, atol=1e-3)  # the mask's meaning matters
+    mask = core_wan_mask(latent, positive, negative, monkeypatch)
+    assert torch.equal(mask, positive[0][1]["concat_mask"]) and torch.equal(mask, negative[0][1]["concat_mask"])
+    core_built = sampled(pack, loaded, with_mask(positive, mask), with_mask(negative, mask), latent)
+    assert torch.equal(core_built, plain)
 
 
 def test_a_several_channel_mask_counts_by_its_mean(loaded, i2v):
