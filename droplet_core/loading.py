@@ -212,8 +212,9 @@ def load_scheduler_config(folder: PathLike) -> dict:
 
 def scheduler_config_for_transformer(path: PathLike) -> dict:
     """The sampling schedule of a transformer loaded on its own: a scheduler_config.json beside it
-    (in its folder, or beside the single file), else the release layout's ../scheduler/ (also
-    through a link into ComfyUI's models folder), else the CogVideoX DDIM config, logged."""
+    (in its folder, or beside the single file), else in a scheduler/ folder beside it as in the
+    release layout (also behind a link into ComfyUI's models folder), else the CogVideoX DDIM
+    config, logged."""
     path = Path(path)
     places = [path.parent] if path.is_file() else [path]
     places += [place.parent / "scheduler" for place in (path, path.resolve())]

@@ -15,6 +15,7 @@ from PIL import Image
 from safetensors.torch import load_file
 
 from droplet_core.pipeline import Request, load_pipeline
+from droplet_core.shapes import round_frames
 from engine_fixtures import GOLDENS, end_image, start_image, tiny_ckpt  # noqa: F401
 from goldens.make_goldens import checkpoint_variant, v2v_input
 
@@ -33,7 +34,7 @@ def request_for(case: dict) -> Request:
     if case.get("end"):
         request.end_image = Image.open(GOLDENS / "end.png")
     if request.strength < 1.0 and not case.get("i2v_video"):
-        frames = (case["frames"] - 1) // 4 * 4 + 1
+        frames = round_frames(case["frames"])
         request.video = v2v_input(frames, case["height"], case["width"])[0].permute(1, 2, 3, 0)
     return request
 

@@ -14,6 +14,7 @@ from PIL import Image
 from safetensors.torch import load_file
 
 from droplet_core.conditioning import i2v_video_and_mask
+from droplet_core.shapes import round_frames
 from droplet_core.text import NEGATIVE_PROMPT
 from goldens.make_goldens import checkpoint_variant, v2v_input
 from node_fixtures import GOLDENS, as_image, loaded, run  # noqa: F401
@@ -67,7 +68,7 @@ def conditioning(pack, loaded, case, positive, negative):
                   start_image=as_image(start), end_image=None if end is None else as_image(end))
     if case.get("strength", 1.0) >= 1.0:
         return out, None
-    frames = (case["frames"] - 1) // 4 * 4 + 1
+    frames = round_frames(case["frames"])
     if case.get("i2v_video"):  # the reference noises its conditioning video when it gets no input video
         video = i2v_video_and_mask(frames, case["width"], case["height"], start, end)[0][0].permute(1, 2, 3, 0)
     else:
