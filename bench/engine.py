@@ -70,7 +70,7 @@ def parse_mode(spec: str):
 def build_model(args, device):
     import torch
 
-    from droplet_core.configs import RELEASE_TRANSFORMER
+    from droplet_core.configs import COGVIDEOX_5B_CLASS_TRANSFORMER
     from droplet_core.loading import load_transformer
     from droplet_core.transformer import DropletVideoTransformer3DModel
 
@@ -78,7 +78,7 @@ def build_model(args, device):
     if args.preset != "5b":
         return load_transformer(Path(args.ckpt) / "transformer").to(device)
     with torch.device("meta"):
-        model = DropletVideoTransformer3DModel(RELEASE_TRANSFORMER)
+        model = DropletVideoTransformer3DModel(COGVIDEOX_5B_CLASS_TRANSFORMER)
     model = model.to_empty(device=device).to(torch.bfloat16)
     for p in model.parameters():
         torch.nn.init.normal_(p, std=0.02)

@@ -1,6 +1,6 @@
 """Load memory of a release-size transformer (benchmark, not a test).
 
-Writes the DropletVideo-5B transformer (RELEASE_TRANSFORMER: 42 blocks, 48 heads, 33 input
+Writes the DropletVideo-5B transformer (COGVIDEOX_5B_CLASS_TRANSFORMER: 42 blocks, 48 heads, 33 input
 channels) with random bf16 weights to a scratch folder once (~10.4 GiB; never commit it), then,
 each in a fresh process, loads it and reports the seconds and the peak anonymous memory
 (RssAnon from /proc/self/status, sampled every 10 ms; a memory-mapped file's pages are not
@@ -31,7 +31,7 @@ def write_release_transformer(folder: Path) -> Path:
     from safetensors.torch import save_file
 
     sys.path.insert(0, str(ROOT))
-    from droplet_core.configs import RELEASE_TRANSFORMER, config_to_dict
+    from droplet_core.configs import COGVIDEOX_5B_CLASS_TRANSFORMER, config_to_dict
     from droplet_core.transformer import DropletVideoTransformer3DModel
 
     weights = folder / "diffusion_pytorch_model.safetensors"
@@ -39,11 +39,11 @@ def write_release_transformer(folder: Path) -> Path:
         return folder
     folder.mkdir(parents=True, exist_ok=True)
     with torch.device("meta"):
-        shapes = {k: v.shape for k, v in DropletVideoTransformer3DModel(RELEASE_TRANSFORMER).state_dict().items()}
+        shapes = {k: v.shape for k, v in DropletVideoTransformer3DModel(COGVIDEOX_5B_CLASS_TRANSFORMER).state_dict().items()}
     generator = torch.Generator().manual_seed(0)
     state = {k: (torch.randn(shape, generator=generator) * 0.02).to(torch.bfloat16) for k, shape in shapes.items()}
     save_file(state, str(weights))
-    (folder / "config.json").write_text(json.dumps(config_to_dict(RELEASE_TRANSFORMER,
+    (folder / "config.json").write_text(json.dumps(config_to_dict(COGVIDEOX_5B_CLASS_TRANSFORMER,
                                                                   "DropletVideoTransformer3DModel")))
     return folder
 

@@ -62,6 +62,7 @@ def time_decode(procs: int, args, ckpt: Path, threads: int) -> float:
 def decode_worker(args) -> None:
     import torch
     import torch.distributed as dist
+    from droplet_core import shapes
     from droplet_core.loading import load_vae
     from droplet_core.parallel import checkpoint_heads, start_parallel
     from droplet_core.pipeline import DTYPES
@@ -70,7 +71,7 @@ def decode_worker(args) -> None:
     run = start_parallel("auto", args.device, checkpoint_heads(args.ckpt), args.guidance)  # None alone
     device = run.device if run else torch.device(args.device)
     vae = load_vae(Path(args.ckpt) / "vae", DTYPES["bf16" if device.type == "cuda" else "fp32"]).to(device)
-    latents = torch.randn(1, (args.frames - 1) // 4 + 1, 16, args.height // 8, args.width // 8,
+    latents = torch.randn(1, shapes.latent_frames(args.frames), 16, args.height // 8, args.width // 8,
                           generator=torch.Generator().manual_seed(0))
     if run:
         dist.barrier()

@@ -35,7 +35,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from droplet_core import shapes  # noqa: E402
-from droplet_core.configs import RELEASE_TRANSFORMER, TransformerConfig, VaeConfig  # noqa: E402
+from droplet_core.configs import COGVIDEOX_5B_CLASS_TRANSFORMER, TransformerConfig, VaeConfig  # noqa: E402
 from droplet_core.fp8 import quantize_blocks, quantize_t5  # noqa: E402
 from droplet_core.offload.plan import MARGIN_BYTES, component_bytes, module_bytes  # noqa: E402
 from droplet_core.transformer import DropletVideoTransformer3DModel  # noqa: E402
@@ -126,7 +126,7 @@ def transformer_inputs(config, width, height, frames, text_tokens, dtype):
 
 
 def trace_transformer(width=672, height=384, frames=85, text_tokens=400, fp8=False,
-                      config: TransformerConfig = RELEASE_TRANSFORMER, dtype=torch.bfloat16) -> dict:
+                      config: TransformerConfig = COGVIDEOX_5B_CLASS_TRANSFORMER, dtype=torch.bfloat16) -> dict:
     """{"weights", "activations"} bytes of one CFG-batched forward, plus the block sizes."""
     with FakeTensorMode(allow_non_fake_inputs=True):
         model = fake_module(lambda: DropletVideoTransformer3DModel(config), dtype)
@@ -207,7 +207,7 @@ torch.set_num_threads(2)
 part, real = sys.argv[1], sys.argv[2] == "real"
 def status(key):
     return next(int(line.split()[1]) * 1024 for line in open("/proc/self/status") if line.startswith(key))
-config = vt.TransformerConfig(**{{**vt.RELEASE_TRANSFORMER.__dict__, "num_layers": 2}})
+config = vt.TransformerConfig(**{{**vt.COGVIDEOX_5B_CLASS_TRANSFORMER.__dict__, "num_layers": 2}})
 if not real:
     trace = (vt.trace_transformer(320, 192, 9, 226, config=config, dtype=torch.float32) if part == "transformer"
              else vt.trace_vae(320, 192, 9, dtype=torch.float32, parts=("decode",)))

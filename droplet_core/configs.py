@@ -1,17 +1,21 @@
 """One config object per component; fields match the released config.json files.
 
 Unknown fields are refused (they would silently change nothing), missing fields that
-decide tensor shapes are refused (the reference would silently build a wrong model).
+decide tensor shapes are refused (the reference would silently build a wrong model), other
+missing fields take the class's default, and the log says which.
 Keys that start with "_" (`_diffusers_version`) are bookkeeping and ignored, but `_class_name`:
 it names the model kind (model_kind.py), and a VAE's must agree with its block type names.
 """
 
 import json
+import logging
 from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Optional, Tuple
 
 from .model_kind import DROPLETVIDEO, ModelKind, kind_named, kind_of_class
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -93,7 +97,7 @@ class VaeConfig:
     temporal_compression_ratio: float = 4
     sample_height: int = 480
     sample_width: int = 720
-    scaling_factor: float = 1.15258426
+    scaling_factor: float = 1.15258426  # the class default, CogVideoX-2B's; 5B-class VAEs say 0.7
     shift_factor: Optional[float] = None
     latents_mean: Optional[Tuple[float, ...]] = None
     latents_std: Optional[Tuple[float, ...]] = None
@@ -150,7 +154,13 @@ def config_from_dict(cls, values: dict, source: str):
         check_vae_block_names(values, source)
     if "model_kind" in cls.DERIVED and kind_of_class(values.get("_class_name")) is not None:
         kwargs["model_kind"] = kind_of_class(values["_class_name"]).name
-    return cls(**kwargs)
+    config = cls(**kwargs)
+    defaulted = [f"{name}={getattr(config, name)!r}" for name in sorted(known - set(values))]
+    if defaulted:
+        logger.warning("%s does not say %s: the reference class's default is used (%s). If the model was made "
+                       "with other values, write them into the file.", source,
+                       ", ".join(d.split("=")[0] for d in defaulted), ", ".join(defaulted))
+    return config
 
 
 def read_json(path: Path) -> dict:
@@ -174,8 +184,9 @@ def config_to_dict(config, class_name: Optional[str] = None) -> dict:
 
 
 
-# The released DropletVideo-5B transformer's shape (CogVideoX-5B class, 33-channel inpaint input),
-# for memory planning and benchmarks without the weights.
-RELEASE_TRANSFORMER = TransformerConfig(
+# Not the release's config (nobody here has it): the CogVideoX-5B-class shape REFERENCE.md expects
+# the DropletVideo-5B transformer to have (48 heads x 64, 42 blocks, 33-channel inpaint input, the
+# 672x384x85 grid), for memory planning and benchmarks without the weights. Never used to load a model.
+COGVIDEOX_5B_CLASS_TRANSFORMER = TransformerConfig(
     num_attention_heads=48, attention_head_dim=64, in_channels=33, out_channels=16, time_embed_dim=512,
     text_embed_dim=4096, num_layers=42, sample_width=84, sample_height=48, sample_frames=85)

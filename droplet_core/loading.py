@@ -14,9 +14,11 @@ from typing import Optional, Union
 import torch
 from diffusers import AutoencoderKLCogVideoX
 
-from .configs import TransformerConfig, VaeConfig, config_from_dict, read_json
+from .configs import TransformerConfig, VaeConfig, config_from_dict, config_to_dict, read_json
 from .fp8 import adopt_fp8_layers, take_fp8_layers
 from .model_kind import ModelKind, detect_transformer_kind, kind_of_class
+from .positional import check_text_rows
+from .sampling import COGVIDEOX_SCHEDULER_CONFIG
 from .transformer import DropletVideoTransformer3DModel
 from .vae_memory import REFERENCE_ENCODE_FRAMES, trim_vae_memory
 from .weights import load_tensors, metadata, refuse_pickle, tensor_shapes, weight_files
@@ -26,8 +28,7 @@ logger = logging.getLogger(__name__)
 # Prefixes that single-file exports put in front of the diffusers keys.
 KEY_PREFIXES = ("model.diffusion_model.", "diffusion_model.", "transformer.", "vae.")
 PATCH_WEIGHT = "patch_embed.proj.weight"
-# DropletVideo-V1.0-weights/vae/config.json, for a VAE file that comes without its config.
-RELEASE_VAE_CONFIG = Path(__file__).parent / "assets" / "release_vae_config.json"
+SCHEDULER_FILE = "scheduler_config.json"
 
 PathLike = Union[str, Path]
 
@@ -59,9 +60,16 @@ def infer_transformer_config(shapes: dict, source: str) -> dict:
     inner, in_channels, patch, _ = shapes[PATCH_WEIGHT]
     head_dim = shapes["transformer_blocks.0.attn1.norm_q.weight"][0]
     layers = 1 + max(int(m.group(1)) for k in shapes if (m := re.match(r"transformer_blocks\.(\d+)\.", k)))
-    logger.warning("%s has no config: inferred from tensor shapes; the positional grid (sample_*) and "
-                   "rotary flag take the reference defaults. Put a config.json beside it to be exact.", source)
-    return {"num_attention_heads": inner // head_dim, "attention_head_dim": head_dim, "in_channels": in_channels,
+    defaults = TransformerConfig()
+    logger.warning(
+        "%s has no config.json beside it and no config in its metadata: its shape is read off the weights, but "
+        "what the weights cannot tell takes the reference class's defaults: a positional grid of %dx%d pixels x "
+        "%d frames (longer videos are refused), %d text positions, no rotary positions, no noise on the image "
+        "condition. If these are not your model's values, put the config.json that came with it beside the "
+        "file.", source, defaults.sample_width * 8, defaults.sample_height * 8, defaults.sample_frames,
+        defaults.max_text_seq_length)
+    return {**{k: v for k, v in config_to_dict(defaults, "").items() if not k.startswith("_")},
+            "num_attention_heads": inner // head_dim, "attention_head_dim": head_dim, "in_channels": in_channels,
             "out_channels": shapes["proj_out.weight"][0] // patch**2, "patch_size": patch,
             "text_embed_dim": shapes["patch_embed.text_proj.weight"][1],
             "time_embed_dim": shapes["time_embedding.linear_2.weight"][0], "num_layers": layers}
@@ -135,6 +143,7 @@ def transformer_config_and_files(path: PathLike, config_overrides: Optional[dict
         config_dict = infer_transformer_config(shapes, source)
     config = config_from_dict(TransformerConfig, {**config_dict, **(config_overrides or {})}, source)
     kind = detect_transformer_kind(config_dict.get("_class_name"), map(strip_prefix, shapes), source)
+    check_text_rows(config, source)
     return replace(config, model_kind=kind.name), files, source
 
 
@@ -204,9 +213,16 @@ def load_transformer(path: PathLike, dtype: torch.dtype = torch.float32, config_
 def load_vae(path: PathLike, dtype: torch.dtype = torch.float32) -> AutoencoderKLCogVideoX:
     """The CogVideoX VAE (the reference's AutoencoderKLDropletVideo maps onto it key for key)."""
     config_dict, source, files = _component_files(Path(path))
-    if config_dict is None:  # a single file as users download them: the release VAE's config
-        config_dict, source = read_json(RELEASE_VAE_CONFIG), f"{source} with the release VAE config"
-    config = config_from_dict(VaeConfig, config_dict, source)
+    if config_dict is None:
+        config = VaeConfig()
+        logger.warning(
+            "%s has no config.json beside it and no config in its metadata: it is loaded as the CogVideoX VAE "
+            "class's defaults, CogVideoX-2B's config, with latent scaling_factor %s. 5B-class CogVideoX VAEs "
+            "say 0.7; with the wrong factor every video comes out wrong. Put the config.json that came with "
+            "this VAE beside the file.", source, config.scaling_factor)
+        source = f"{source} (read with CogVideoX-2B's VAE config: the file has none)"
+    else:
+        config = config_from_dict(VaeConfig, config_dict, source)
     with torch.device("meta"):
         vae = AutoencoderKLCogVideoX(**config.diffusers_kwargs())
     assign_strict(vae, load_tensors(files, dtype, KEY_PREFIXES), source)
@@ -216,4 +232,25 @@ def load_vae(path: PathLike, dtype: torch.dtype = torch.float32) -> AutoencoderK
 
 
 def load_scheduler_config(folder: PathLike) -> dict:
-    return read_json(Path(folder) / "scheduler_config.json")
+    return read_json(Path(folder) / SCHEDULER_FILE)
+
+
+def scheduler_config_for_transformer(path: PathLike) -> dict:
+    """The sampling schedule of a transformer loaded on its own: a scheduler_config.json beside it
+    (in its folder, or beside the single file), else in a scheduler/ folder beside it as in the
+    release layout (also behind a link into ComfyUI's models folder), else the CogVideoX DDIM
+    config, logged."""
+    path = Path(path)
+    places = [path.parent] if path.is_file() else [path]
+    places += [place.parent / "scheduler" for place in (path, path.resolve())]
+    for folder in places:
+        if (folder / SCHEDULER_FILE).is_file():
+            logger.info("%s: sampling schedule from %s", path, folder / SCHEDULER_FILE)
+            return load_scheduler_config(folder)
+    logger.warning(
+        "%s: no %s beside it, nor a scheduler/ folder beside it as in the release folder: sampling with the "
+        "schedule the CogVideoX models ship (v-prediction, zero terminal SNR, trailing timesteps, betas %s to "
+        "%s). If your checkpoint's scheduler/%s says otherwise, copy that file beside the transformer, or load "
+        "the whole release folder with the Model Loader.", path, SCHEDULER_FILE,
+        COGVIDEOX_SCHEDULER_CONFIG["beta_start"], COGVIDEOX_SCHEDULER_CONFIG["beta_end"], SCHEDULER_FILE)
+    return dict(COGVIDEOX_SCHEDULER_CONFIG)

@@ -151,7 +151,8 @@ class DropletVideoPipeline:
         if request.video is not None:
             frames = min(frames, shapes.round_frames(request.video.shape[0]))
         check_frames_fit(self.transformer.config, frames, request.long_video)
-        latent_shape = ((frames - 1) // 4 + 1, request.height // 8, request.width // 8)
+        latent_shape = (shapes.latent_frames(frames), request.height // shapes.SPATIAL_COMPRESSION,
+                        request.width // shapes.SPATIAL_COMPRESSION)
         fps_conditions = [fps_tensor(fps) for fps in fps_values]
         positive, negative = self.encode_prompts(request)
         schedule = self.encode_schedule(request)

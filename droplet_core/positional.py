@@ -47,6 +47,18 @@ def sincos_table_3d(config: TransformerConfig) -> torch.Tensor:
     return torch.cat([temporal, spatial], dim=-1).reshape(-1, dim).to(torch.float32)
 
 
+def check_text_rows(config: TransformerConfig, source: str) -> None:
+    """The additive table works only with max_text_seq_length 226: the reference slices its video
+    part at row 226 whatever the field says (quirk 1), and any other value fails there."""
+    if config.use_rotary_positional_embeddings or config.max_text_seq_length == REFERENCE_TEXT_ROWS:
+        return
+    raise ValueError(
+        f"{source}: max_text_seq_length is {config.max_text_seq_length}, but a model with the sin-cos "
+        f"positional table (use_rotary_positional_embeddings false) runs only with {REFERENCE_TEXT_ROWS}: the "
+        f"official pipeline cuts the table at row {REFERENCE_TEXT_ROWS} and fails on any other value. Use the "
+        f"config.json that came with these weights, or set max_text_seq_length to {REFERENCE_TEXT_ROWS}.")
+
+
 LONG_VIDEO_REMEDY = "or use long-video mode (the sampler's long_video, the CLI's --long_video)"
 
 

@@ -22,9 +22,10 @@ SCHEDULERS = {
     "unipc": (UniPCMultistepScheduler, {}),
 }
 
-# The DDIM config the CogVideoX family ships in scheduler/ (v-prediction, zero terminal SNR,
-# trailing spacing); used when a transformer is loaded without its release folder.
-RELEASE_SCHEDULER_CONFIG = {
+# The DDIM config CogVideoX-5B-class checkpoints ship in scheduler/ (v-prediction, zero terminal
+# SNR, trailing spacing), NOT read from DropletVideo's release, whose file nobody here has: the
+# fallback for a transformer loaded without any scheduler_config.json (loading.py logs it).
+COGVIDEOX_SCHEDULER_CONFIG = {
     "beta_end": 0.012, "beta_schedule": "scaled_linear", "beta_start": 0.00085, "clip_sample": False,
     "clip_sample_range": 1.0, "num_train_timesteps": 1000, "prediction_type": "v_prediction",
     "rescale_betas_zero_snr": True, "sample_max_value": 1.0, "set_alpha_to_one": True, "snr_shift_scale": 1.0,

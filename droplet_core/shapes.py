@@ -27,12 +27,22 @@ def round_frames(frames: int) -> int:
 
 
 def latent_frames(frames: int) -> int:
+    """Latent frames of a video of `frames` frames, rounded to 4k+1 first (85 -> 22)."""
     return (round_frames(frames) - 1) // TEMPORAL_COMPRESSION + 1
 
 
+def video_frames(latent_count: int) -> int:
+    """The 4k+1 frames `latent_count` latent frames stand for (22 -> 85): what trimming keeps."""
+    return (latent_count - 1) * TEMPORAL_COMPRESSION + 1
+
+
 def decoded_frames(latent_count: int) -> int:
-    """Frames the CogVideoX VAE returns (quirk 3: an even latent count gives 4*L frames)."""
-    return 4 * latent_count if latent_count % 2 == 0 else 4 * (latent_count - 1) + 1
+    """Frames the CogVideoX VAE returns. Quirk 3: it decodes 2 latent frames at a time, the first
+    call taking the odd one out, and a call on an even count gives 4 frames each; so an even
+    latent count gives 4*L frames (85 requested -> 22 latents -> 88), an odd one 4*L - 3 (9 -> 9)."""
+    if latent_count % 2 == 0:
+        return TEMPORAL_COMPRESSION * latent_count
+    return video_frames(latent_count)
 
 
 def size_for_budget(image_width: int, image_height: int, base_resolution: int) -> Tuple[int, int]:

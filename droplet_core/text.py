@@ -48,11 +48,21 @@ class TextEncoder:
         return self.model(ids.to(device))[0]
 
 
+# What T5Tokenizer takes when a folder holds spiece.model alone: its own defaults.
+TOKENIZER_FILES = ("tokenizer_config.json", "special_tokens_map.json", "added_tokens.json")
+
+
 def load_tokenizer(folder: Union[str, Path]) -> T5Tokenizer:
     folder = Path(folder)
     if not (folder / "spiece.model").is_file():
         raise FileNotFoundError(f"{folder}/spiece.model is missing: the tokenizer folder of the release has "
-                                f"spiece.model, tokenizer_config.json, special_tokens_map.json, added_tokens.json.")
+                                f"spiece.model, {', '.join(TOKENIZER_FILES)}.")
+    missing = [name for name in TOKENIZER_FILES if not (folder / name).is_file()]
+    if missing:
+        logger.warning("%s has spiece.model but not %s: the tokenizer takes transformers' T5 defaults for what "
+                       "they would say (100 extra tokens <extra_id_N>, </s> to end, <pad>, <unk>). If the prompt "
+                       "embeddings look wrong, copy those files from the release's tokenizer/ folder.",
+                       folder, " or ".join(missing))
     return T5Tokenizer.from_pretrained(str(folder), local_files_only=True)
 
 

@@ -19,28 +19,41 @@ import torch
 from safetensors.torch import save_file
 
 from .configs import TransformerConfig, VaeConfig, config_to_dict
-from .sampling import RELEASE_SCHEDULER_CONFIG
 
 logger = logging.getLogger(__name__)
 
-VERSION = "tiny-v3"  # bump whenever a weight or config changes, so caches rebuild
+VERSION = "tiny-v4"  # bump whenever a weight or config changes, so caches rebuild
 SPIECE = Path(__file__).parent / "assets" / "tiny_spiece.model"
 EXTRA_IDS = 100
 
-# The positional grid of the reference defaults, 672x384 pixels x 85 frames (84x48 latents, 22
-# latent frames), so the bundled workflows run as shipped on it; narrow everywhere else.
+# Every config value that is not a size differs from the library's and the reference classes'
+# defaults (and from the pack's fallbacks), as a user's files may: a loader that takes a default
+# instead of reading the file cannot match the goldens, which the official code made from these files.
+# The positional grid: 640x352 pixels x 89 frames (80x44 latents, 23 latent frames), not the class's
+# 720x480x49 nor the 672x384x85 of the reference's defaults; the bundled workflows (672x384x85) still
+# fit in it. max_text_seq_length stays 226: the reference's additive table works with no other value
+# (it slices the table at row 226 whatever the field says; positional.py refuses other values).
 TRANSFORMER = TransformerConfig(
     num_attention_heads=2, attention_head_dim=16, in_channels=33, out_channels=16, time_embed_dim=32,
-    text_embed_dim=32, num_layers=2, sample_width=84, sample_height=48, sample_frames=85)
+    text_embed_dim=32, num_layers=2, sample_width=80, sample_height=44, sample_frames=89)
+# scaling_factor 0.7, as 5B-class CogVideoX VAEs ship it (the class default is CogVideoX-2B's 1.15258426).
 VAE = VaeConfig(
     down_block_types=("DropletVideoDownBlock3D",) * 4, up_block_types=("DropletVideoUpBlock3D",) * 4,
     block_out_channels=(8, 8, 16, 16), layers_per_block=1, norm_num_groups=4, sample_height=128,
-    sample_width=128)
+    sample_width=128, scaling_factor=0.7)
 T5 = {"d_model": 32, "d_kv": 8, "d_ff": 64, "num_layers": 2, "num_heads": 4, "relative_attention_num_buckets": 8,
       "relative_attention_max_distance": 16, "feed_forward_proj": "gated-gelu", "dropout_rate": 0.0,
       "layer_norm_epsilon": 1e-6, "is_encoder_decoder": False, "use_cache": False, "pad_token_id": 0,
       "eos_token_id": 1, "decoder_start_token_id": 0, "tie_word_embeddings": False}
-SCHEDULER = {"_class_name": "CogVideoXDDIMScheduler", **RELEASE_SCHEDULER_CONFIG}
+# A v-prediction, zero-terminal-SNR, trailing DDIM config (what the DropletVideo Sampler and core's
+# model sampling need) with betas and snr_shift_scale of its own: neither diffusers' defaults
+# (0.0001..0.02) nor the pack's CogVideoX fallback (0.00085..0.012, shift 1.0).
+SCHEDULER = {
+    "_class_name": "CogVideoXDDIMScheduler", "beta_end": 0.015, "beta_schedule": "scaled_linear",
+    "beta_start": 0.001, "clip_sample": False, "clip_sample_range": 1.0, "num_train_timesteps": 1000,
+    "prediction_type": "v_prediction", "rescale_betas_zero_snr": True, "sample_max_value": 1.0,
+    "set_alpha_to_one": True, "snr_shift_scale": 2.0, "steps_offset": 0, "timestep_spacing": "trailing",
+    "trained_betas": None}
 # A larger random-weight model for CPU benchmarks (same layout, ~0.1B transformer).
 MEDIUM = {
     "transformer": TransformerConfig(num_attention_heads=8, attention_head_dim=64, in_channels=33, out_channels=16,

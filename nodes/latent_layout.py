@@ -6,7 +6,7 @@ core video models use them. The engine (droplet_core) and its transformer work i
 (`frames_first`, `channels_first`), which the samplers and the native model also call.
 
 Values are the VAE's latents unscaled, as ComfyUI keeps them; the native model's latent format
-multiplies by the VAE's scaling_factor (its config's) on the way in, so core latent nodes and
+multiplies by the VAE's scaling_factor (its config's: 0.7 in 5B-class CogVideoX VAEs) on the way in, so core latent nodes and
 samplers work on them. A LATENT may record the factor it was encoded or sampled at under
 "droplet_latent_scale" (latent_scale.py).
 

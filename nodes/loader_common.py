@@ -3,13 +3,12 @@ DROPLET_TEXT_ENCODER. Nothing is cached here: ComfyUI's node cache keeps a loade
 while its inputs are unchanged, and "Free model and node cache" drops them."""
 
 from pathlib import Path
-from typing import NamedTuple
+from typing import NamedTuple, Optional
 
 from ..droplet_core.engine_options import WEIGHT_FORMATS
 from ..droplet_core.fp8 import quantize_t5
-from ..droplet_core.loading import load_vae
+from ..droplet_core.loading import load_vae, scheduler_config_for_transformer
 from ..droplet_core.pipeline import DTYPES
-from ..droplet_core.sampling import RELEASE_SCHEDULER_CONFIG
 from ..droplet_core.text import load_text_encoder
 from .components import DropletTextEncoder, DropletVae, text_encoder_patcher, vae_patcher
 from .heap_release import release_heap_when_freed
@@ -59,18 +58,20 @@ def dtype_for(precision: str):
 
 
 def build_model(transformer_path: Path, precision: str, scale: ModelScale, weight_format=None, attention=None,
-                scheduler_config: dict = RELEASE_SCHEDULER_CONFIG, *, disable_dynamic: bool = False):
+                scheduler_config: Optional[dict] = None, *, disable_dynamic: bool = False):
     """The native MODEL (a ModelPatcher around DropletVideoModel), its latents scaled by `scale`
     (the VAE config's factor the loader found: latent_scale.py).
 
     Also the MODEL's cached_patcher_init factory: ComfyUI 0.33 rebuilds a patcher through it with
     `disable_dynamic=True` (ModelPatcher.clone(force_deepcopy=True) in core Train LoRA, and every
-    non-dynamic delegate). That asks for a plain ModelPatcher, which is the only kind built here."""
+    non-dynamic delegate). That asks for a plain ModelPatcher, which is the only kind built here.
+    Without `scheduler_config` (a transformer loaded alone) the schedule is looked up beside it."""
     del disable_dynamic  # never dynamic: load_native_model wraps the model in a plain ModelPatcher
     weight_format, attention = weight_format or "default", attention or "comfy"
     if weight_format not in WEIGHT_FORMATS:
         raise ValueError(f"unknown weight_format {weight_format!r}: use one of {', '.join(WEIGHT_FORMATS)}.")
     check_attention(attention)  # a missing `sageattention` fails here, before the slow part
+    scheduler_config = scheduler_config or scheduler_config_for_transformer(transformer_path)
     patcher = load_native_model(transformer_path, dtype_for(precision), scale,
                                 fp8_weights=weight_format == "fp8_e4m3fn", scheduler_config=scheduler_config)
     patcher.model.diffusion_model.use_attention(attention)

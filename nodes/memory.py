@@ -4,6 +4,7 @@ bench/vram_trace.py checks against a trace of the release model, one estimate pe
 
 import torch
 
+from ..droplet_core import shapes
 from ..droplet_core.configs import TransformerConfig
 from ..droplet_core.offload.plan import Workload, activation_bytes, vae_decode_bytes, vae_encode_bytes
 
@@ -25,8 +26,7 @@ def transformer_memory(config: TransformerConfig, latent_shape, text_tokens: int
 
 
 def vae_decode_memory(latent_frames: int, height: int, width: int, dtype: torch.dtype, tiled: bool) -> int:
-    frames = (latent_frames - 1) * 4 + 1
-    return vae_decode_bytes(Workload(width=width, height=height, frames=frames, act_bytes=_size(dtype),
+    return vae_decode_bytes(Workload(width=width, height=height, frames=shapes.video_frames(latent_frames), act_bytes=_size(dtype),
                                      tiled_vae=tiled))
 
 

@@ -15,7 +15,8 @@ class DropletVideoTransformerLoader:
     DESCRIPTION = ("Loads the DropletVideo transformer from ComfyUI/models/diffusion_models/ as a native ComfyUI "
                    "MODEL: a folder with config.json and safetensors (the release's transformer/), or one "
                    ".safetensors file (with a config.json beside it, or its config read off the weights). Samples "
-                   "with the release's DDIM schedule; latents are scaled by the release VAE's factor.")
+                   "with the scheduler_config.json beside it or in the release layout's scheduler/ folder (else "
+                   "CogVideoX's DDIM schedule, which the log says); latents are scaled by the release VAE's factor.")
     CATEGORY = "DropletVideo"
     RETURN_TYPES = ("MODEL",)
     RETURN_NAMES = ("model",)

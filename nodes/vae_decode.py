@@ -39,7 +39,7 @@ class DropletVideoVAEDecode:
         if not bool(torch.isfinite(latents).all()):  # core samplers do not check each step as ours does
             raise ValueError("the latent holds NaN/inf values, which would decode to a black video. Usual causes: "
                              "a damaged LoRA or model file, fp16 overflow (use bf16 or fp32), or an extreme cfg.")
-        keep = (latents.shape[1] - 1) * shapes.TEMPORAL_COMPRESSION + 1 if trim_to_frames else None
+        keep = shapes.video_frames(latents.shape[1]) if trim_to_frames else None
         out = comfy.model_management.intermediate_device()
         if is_core_vae(vae):
             if SCALE in latent:

@@ -6,8 +6,9 @@ from .model_paths import components, resolve
 
 class DropletVideoVAELoader:
     DESCRIPTION = ("Loads the DropletVideo (CogVideoX-family) VAE from ComfyUI/models/vae/: a folder with "
-                   "config.json and safetensors (the release's vae/), or a single .safetensors file (its config "
-                   "beside it, or the release VAE's config, which the pack ships).")
+                   "config.json and safetensors (the release's vae/), or a single .safetensors file (its config.json "
+                   "beside it; without one, CogVideoX-2B's VAE config, scaling_factor 1.15258426, which the log "
+                   "says).")
     CATEGORY = "DropletVideo"
     RETURN_TYPES = ("DROPLET_VAE",)
     RETURN_NAMES = ("vae",)

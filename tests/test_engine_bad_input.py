@@ -13,7 +13,7 @@ from droplet_core.loading import load_transformer, load_vae
 from droplet_core.lora import merge_loras
 from droplet_core.pipeline import Request, load_pipeline
 from droplet_core.positional import check_frames_fit
-from droplet_core.sampling import RELEASE_SCHEDULER_CONFIG, denoising_loop, make_scheduler, timesteps_for
+from droplet_core.sampling import COGVIDEOX_SCHEDULER_CONFIG, denoising_loop, make_scheduler, timesteps_for
 from droplet_core.tiny import TRANSFORMER
 from engine_fixtures import start_image, tiny_ckpt  # noqa: F401
 from lora_files import write_peft
@@ -72,7 +72,7 @@ class TurnsNaN(torch.nn.Module):
 
 
 def test_latents_that_turn_nan_stop_the_run_at_that_step():
-    scheduler = make_scheduler(RELEASE_SCHEDULER_CONFIG, "ddim")
+    scheduler = make_scheduler(COGVIDEOX_SCHEDULER_CONFIG, "ddim")
     timesteps = timesteps_for(scheduler, 4)
     latents = torch.randn(1, 2, 16, 4, 4, generator=torch.Generator().manual_seed(0))
     text = torch.zeros(1, 8, 32)
@@ -85,11 +85,13 @@ def test_latents_that_turn_nan_stop_the_run_at_that_step():
 
 
 def test_frames_past_the_positional_table_are_refused_up_front():
-    check_frames_fit(TRANSFORMER, TRANSFORMER.max_video_frames)  # 85 fits
-    check_frames_fit(TRANSFORMER, 169, long_video=True)  # sliding windows take any length
-    with pytest.raises(ValueError, match=r"89 frames = 23 latent frames exceed the positional table of this model "
-                                         r"\(22 latent frames = 85 video frames.*at most 85 frames, or use long-video"):
-        check_frames_fit(TRANSFORMER, 89)
+    table, most = TRANSFORMER.latent_frames, TRANSFORMER.max_video_frames  # the tiny's 23 = 89 frames
+    check_frames_fit(TRANSFORMER, most)
+    check_frames_fit(TRANSFORMER, 2 * most, long_video=True)  # sliding windows take any length
+    with pytest.raises(ValueError, match=rf"{most + 4} frames = {table + 1} latent frames exceed the positional table "
+                                         rf"of this model \({table} latent frames = {most} video frames.*at most {most} "
+                                         rf"frames, or use long-video"):
+        check_frames_fit(TRANSFORMER, most + 4)
 
 
 def test_pipeline_checks_frames_before_the_vae_encode(tiny_ckpt, start_image, monkeypatch):

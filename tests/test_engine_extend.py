@@ -16,7 +16,7 @@ from droplet_core.drift import RAMP_FRAMES, channel_stats, drift
 from droplet_core.pipeline import Request, load_pipeline
 from droplet_core.prompt_schedule import window_prompts
 from droplet_core.sample_plan import SampleInputs, SamplingPlan, sample
-from droplet_core.sampling import RELEASE_SCHEDULER_CONFIG
+from droplet_core.sampling import COGVIDEOX_SCHEDULER_CONFIG
 from droplet_core.segments import Extension, Segment, extend, read_plan
 from droplet_core.vae_ops import decode_to_frames, encode_mode
 from droplet_core.video_io import to_uint8
@@ -212,7 +212,7 @@ def test_every_window_gets_its_own_prompt_at_the_model_call():
     model = RecordingTransformer(latent_frames=4)
     prompts = [torch.full((1, 3, 8), float(i + 1)) for i in range(3)]
     negative = torch.zeros(1, 3, 8)
-    plan = SamplingPlan(RELEASE_SCHEDULER_CONFIG, steps=2, long_video=True, window_overlap=2)
+    plan = SamplingPlan(COGVIDEOX_SCHEDULER_CONFIG, steps=2, long_video=True, window_overlap=2)
     inputs = SampleInputs(prompts[0], torch.tensor([8]), negative, prompt_schedule=prompts)
     sample(model, plan, inputs, (8, 2, 2), "cpu", torch.float32)  # windows at 0, 2, 4
     assert len(model.calls) == 2 * 3
@@ -227,7 +227,7 @@ def test_schedule_rule_spreads_fewer_prompts_and_refuses_more():
         window_prompts(4, 3)
     model = RecordingTransformer()
     inputs = SampleInputs(torch.zeros(1, 3, 8), torch.tensor([8]), prompt_schedule=[torch.zeros(1, 3, 8)] * 2)
-    plan = SamplingPlan(RELEASE_SCHEDULER_CONFIG, steps=1, guidance_scale=1.0)
+    plan = SamplingPlan(COGVIDEOX_SCHEDULER_CONFIG, steps=1, guidance_scale=1.0)
     with pytest.raises(ValueError, match="2 prompts for 1 window"):  # no long video: one window
         sample(model, plan, inputs, (4, 2, 2), "cpu", torch.float32)
 

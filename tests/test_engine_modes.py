@@ -132,16 +132,17 @@ def test_window_seams_are_ramps_not_jumps():
 
 
 def test_long_video_twice_the_trained_length(tiny_ckpt, start_image):
+    from droplet_core.long_video import window_starts
     from droplet_core.tiny import TRANSFORMER
 
     pipe = load_pipeline(tiny_ckpt)
-    frames = 2 * (TRANSFORMER.max_video_frames - 1) + 1  # 169 frames = 43 latent frames, the model knows 22
+    frames = 2 * (TRANSFORMER.max_video_frames - 1) + 1  # 177 frames = 45 latent frames, the model knows 23
     latents = (frames - 1) // 4 + 1
     request = Request(prompt="a panda", image=start_image, width=64, height=64, frames=frames, steps=2)
     with pytest.raises(ValueError, match="long-video mode"):
         pipe.generate(request)
     request.long_video = True
-    windows = []  # what the transformer is given: 22-frame windows at latent frames 0, 11 and 21
+    windows = []  # what the transformer is given: table-long windows (the tiny's 23) at latent frames 0, 11, 22
     pipe.transformer.register_forward_pre_hook(  # inpaint_latents: 5th positional, or by name
         lambda module, args, kwargs: windows.append((args[0], (args + (kwargs.get("inpaint_latents"),))[4])),
         with_kwargs=True)
@@ -150,11 +151,14 @@ def test_long_video_twice_the_trained_length(tiny_ckpt, start_image):
     assert torch.isfinite(result.frames).all()
     window = TRANSFORMER.latent_frames
     assert [x.shape[1] for x, _ in windows] == [window] * 3 * request.steps
+    starts = window_starts(latents, window, window // 2)
+    assert len(starts) == 3
     for step in range(request.steps):
         (x0, i0), (x1, i1), (x2, i2) = windows[3 * step:3 * step + 3]
-        for a, b, shared in ((x0, x1, slice(11, 22)), (i0, i1, slice(11, 22)), (x1, x2, slice(10, 22)),
-                             (i1, i2, slice(10, 22))):  # the same latent frames seen by two windows
-            assert torch.equal(a[:, shared], b[:, :shared.stop - shared.start])
+        for (a, b), (first, second) in zip(((x0, x1), (i0, i1), (x1, x2), (i1, i2)),
+                                           [starts[:2]] * 2 + [starts[1:]] * 2):
+            shared = window - (second - first)  # the same latent frames seen by two windows
+            assert torch.equal(a[:, second - first:], b[:, :shared])
         assert not torch.equal(x0, x2) and not torch.equal(i0, i2)
 
 

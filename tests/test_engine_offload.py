@@ -13,7 +13,7 @@ import torch
 from PIL import Image
 
 from droplet_core.offload.block_swap import BlockSwap
-from droplet_core.configs import RELEASE_TRANSFORMER, VaeConfig
+from droplet_core.configs import COGVIDEOX_5B_CLASS_TRANSFORMER, VaeConfig
 from droplet_core.engine_options import EngineOptions
 from droplet_core.loading import load_transformer
 from droplet_core.offload.plan import (Workload, component_bytes, plan_offload, transformer_activation_bytes,
@@ -223,7 +223,7 @@ def release_bytes():
 
     t5_xxl = T5Config(**T5_XXL)
     with torch.device("meta"):
-        transformer = DropletVideoTransformer3DModel(RELEASE_TRANSFORMER).to(torch.bfloat16)
+        transformer = DropletVideoTransformer3DModel(COGVIDEOX_5B_CLASS_TRANSFORMER).to(torch.bfloat16)
         text = T5EncoderModel(t5_xxl).to(torch.bfloat16)
         vae = AutoencoderKLCogVideoX(**VaeConfig().diffusers_kwargs()).half()
     return component_bytes(transformer, text, vae)
@@ -239,17 +239,17 @@ def test_release_weight_bytes_are_the_5b_model(release_bytes):
     (80, "none", 42), (40, "none", 42), (24, "model", 42), (16, "block_swap", 39), (12, "block_swap", 23),
     (8, "sequential", 0)])
 def test_planner_for_the_release_at_672x384x85(release_bytes, free_gib, mode, blocks):
-    plan = plan_offload(free_gib * 2**30, release_bytes, RELEASE_TRANSFORMER, Workload(672, 384, 85))
+    plan = plan_offload(free_gib * 2**30, release_bytes, COGVIDEOX_5B_CLASS_TRANSFORMER, Workload(672, 384, 85))
     assert (plan.mode, plan.blocks_on_device) == (mode, blocks), plan.reason
     if mode != "sequential":
         assert plan.needed_bytes <= free_gib * 2**30
 
 
 def test_planner_needs_less_for_smaller_videos_and_fp8(release_bytes):
-    small = plan_offload(12 * 2**30, release_bytes, RELEASE_TRANSFORMER, Workload(480, 272, 49))
+    small = plan_offload(12 * 2**30, release_bytes, COGVIDEOX_5B_CLASS_TRANSFORMER, Workload(480, 272, 49))
     assert small.mode == "block_swap" and small.blocks_on_device > 23
     fp8 = release_bytes.__class__(**{**release_bytes.__dict__, "block": release_bytes.block // 2 + 1})
-    assert plan_offload(12 * 2**30, fp8, RELEASE_TRANSFORMER, Workload()).mode == "model"
+    assert plan_offload(12 * 2**30, fp8, COGVIDEOX_5B_CLASS_TRANSFORMER, Workload()).mode == "model"
 
 
 @pytest.mark.parametrize("size", [(672, 384, 85), (480, 272, 49)], ids=str)
@@ -260,7 +260,7 @@ def test_planner_estimates_cover_the_traced_memory_of_the_release(size):
     from bench.vram_trace import trace_transformer, trace_vae
 
     transformer, vae = trace_transformer(*size), trace_vae(*size)
-    pairs = [(transformer_activation_bytes(RELEASE_TRANSFORMER, Workload(*size)), transformer["activations"]),
+    pairs = [(transformer_activation_bytes(COGVIDEOX_5B_CLASS_TRANSFORMER, Workload(*size)), transformer["activations"]),
              (vae_decode_bytes(Workload(*size)), vae["decode"]),
              (vae_decode_bytes(Workload(*size, tiled_vae=True)), vae["decode_tiled"]),
              (vae_encode_bytes(Workload(*size)), vae["encode"]),

@@ -11,7 +11,7 @@ import pytest
 import torch
 from PIL import Image
 
-from droplet_core.sampling import RELEASE_SCHEDULER_CONFIG, make_scheduler
+from droplet_core.sampling import COGVIDEOX_SCHEDULER_CONFIG, make_scheduler
 from node_fixtures import (GOLDENS, as_image, conds, conditioned, core_nodes_module, image_cond, loaded,  # noqa: F401
                            run, scale_of)
 
@@ -97,7 +97,7 @@ def comfy_alphas_cumprod(model) -> torch.Tensor:
                                      {"beta_schedule": "linear", "beta_end": 0.02}])
 def test_model_sampling_and_the_samplers_ddim_share_one_scheduler_config(pack, models_dir, loaded, changes):
     native = importlib.import_module(f"{pack.__name__}.nodes.native.loading")
-    config = {**RELEASE_SCHEDULER_CONFIG, **changes}
+    config = {**COGVIDEOX_SCHEDULER_CONFIG, **changes}
     model = native.load_native_model(models_dir / "DropletVideo" / "tiny" / "transformer", torch.float32,
                                      scale_of(pack, loaded[1].scaling_factor), scheduler_config=config).model
     assert model.scheduler_config == config
@@ -111,4 +111,4 @@ def test_a_scheduler_config_the_model_cannot_sample_is_refused(pack, models_dir,
     with pytest.raises(ValueError, match="prediction_type 'epsilon'.*v-prediction.*scheduler_config.json"):
         native.load_native_model(models_dir / "DropletVideo" / "tiny" / "transformer", torch.float32,
                                  scale_of(pack, loaded[1].scaling_factor),
-                                 scheduler_config={**RELEASE_SCHEDULER_CONFIG, "prediction_type": "epsilon"})
+                                 scheduler_config={**COGVIDEOX_SCHEDULER_CONFIG, "prediction_type": "epsilon"})

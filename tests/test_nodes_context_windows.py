@@ -17,7 +17,7 @@ import torch
 from droplet_core.tiny import TRANSFORMER
 from node_fixtures import as_image, conditioned, conds, image_cond, loaded, run, sample, start_image  # noqa: F401
 
-TABLE = TRANSFORMER.latent_frames  # 22 latent frames = 85 video frames
+TABLE = TRANSFORMER.latent_frames  # 23 latent frames = 89 video frames
 SMALL = dict(width=32, height=32)
 LONG_FRAMES = 121  # 31 latent frames: past the table
 NOISE = 16

@@ -72,12 +72,12 @@ def test_resolution_bucket_keeps_the_aspect_ratio_at_the_budget(pack, width, hei
 # Long video, step cache --------------------------------------------------------------------------------
 
 def test_long_video_twice_the_trained_length_equals_the_engine(pack, loaded, conds, engine, start_image):
-    frames = 2 * (TRANSFORMER.max_video_frames - 1) + 1  # 169 frames: 43 latent frames, the model knows 22
+    frames = 2 * (TRANSFORMER.max_video_frames - 1) + 1  # 177 frames: 45 latent frames, the model knows 23
     cond = image_cond(pack, loaded[1], start=as_image(start_image), **SMALL, frames=frames)
     with pytest.raises(ValueError, match="exceed the positional table.*the sampler's long_video"):
         sample(pack, loaded[0], conds, cond, steps=2)
     latent = sample(pack, loaded[0], conds, cond, steps=2, long_video=True, window_overlap=0)
-    assert latent["samples"].shape == (1, 16, 43, 8, 8)
+    assert latent["samples"].shape == (1, 16, 2 * TRANSFORMER.latent_frames - 1, 8, 8)
     expected = engine_latent(engine, image=start_image, **SMALL, frames=frames, steps=2, long_video=True)
     torch.testing.assert_close(latent["samples"], expected, atol=ATOL, rtol=0)
     cached = sample(pack, loaded[0], conds, cond, steps=6, long_video=True, cache_threshold=0.3)["samples"]
@@ -92,8 +92,8 @@ def test_image_encode_with_the_model_refuses_too_many_frames_before_the_vae_enco
     monkeypatch.setattr(vae.encoder, "forward", lambda *args, **kwargs: pytest.fail("the VAE encode ran"))
     too_long = image_cond(pack, loaded[1], start=as_image(start_image), **SMALL, frames=TRANSFORMER.max_video_frames + 4)
     too_long[1]["model"] = loaded[0]
-    with pytest.raises(ValueError, match="89 frames = 23 latent frames exceed the positional table.*disconnect this "
-                                         "node.s `model` input"):
+    with pytest.raises(ValueError, match=f"{TRANSFORMER.max_video_frames + 4} frames = {TRANSFORMER.latent_frames + 1} "
+                                         "latent frames exceed the positional table.*disconnect this node.s `model` input"):
         conditioned(pack, conds, too_long)
 
 

@@ -1,7 +1,8 @@
 """Parity of the native MODEL with the official pipeline: every golden case (tests/goldens,
 made by the reference) run through the nodes (Text Encode, Image Encode or Empty
 Conditioning, VAE Encode for video-to-video, DropletVideo Sampler, VAE Decode) on the native
-ComfyUI model, each step's latents within 1e-4 of the reference's."""
+ComfyUI model, each step's latents within 1e-4 of the reference's. A case whose "files" change
+the checkpoint's config files loads that copy through the Model Loader, as a user's folder."""
 
 import importlib
 import json
@@ -13,8 +14,9 @@ from PIL import Image
 from safetensors.torch import load_file
 
 from droplet_core.conditioning import i2v_video_and_mask
+from droplet_core.shapes import round_frames
 from droplet_core.text import NEGATIVE_PROMPT
-from goldens.make_goldens import v2v_input
+from goldens.make_goldens import checkpoint_variant, v2v_input
 from node_fixtures import GOLDENS, as_image, loaded, run, scale_of  # noqa: F401
 
 CASES = json.loads((GOLDENS / "cases.json").read_text())
@@ -39,14 +41,15 @@ def recorded_steps(pack, monkeypatch):
     return steps
 
 
-def model_for(pack, loaded, models_dir, case):
-    if not case.get("config"):
-        return loaded[0]
-    native = importlib.import_module(f"{pack.__name__}.nodes.native.loading")
-    model = native.load_native_model(models_dir / "DropletVideo" / "tiny" / "transformer", torch.float32,
-                                     scale_of(pack, loaded[1].scaling_factor), config_overrides=case["config"])
-    model.model.scheduler_config = loaded[0].model.scheduler_config
-    return model
+def components_for(pack, loaded, models_dir, name, case):
+    """(MODEL, VAE, text encoder) of the case's checkpoint: the tiny one, or its variant in
+    ComfyUI/models/DropletVideo/ loaded by the Model Loader."""
+    if not case.get("files"):
+        return loaded
+    folder = models_dir / "DropletVideo" / f"variant_{name}"
+    if not folder.exists():
+        checkpoint_variant(models_dir / "DropletVideo" / "tiny", case["files"], folder)
+    return run(pack, "DropletVideoModelLoader", model_folder=folder.name, precision="fp32")
 
 
 def conditioning(pack, loaded, case, positive, negative):
@@ -59,12 +62,13 @@ def conditioning(pack, loaded, case, positive, negative):
         out = run(pack, "DropletVideoEmptyConditioning", positive=positive, negative=negative, **size)
     else:
         out = run(pack, "DropletVideoImageEncode", positive=positive, negative=negative, vae=loaded[1], **size,
-                  resize_mode="stretch", noise_augmentation=bool(case.get("config", {}).get("add_noise_in_inpaint_model")),
+                  resize_mode="stretch",
+                  noise_augmentation=loaded[0].model.droplet_config.add_noise_in_inpaint_model,
                   noise_aug_strength=0.0563, noise_aug_seed=case["seed"], vae_tiling=False,
                   start_image=as_image(start), end_image=None if end is None else as_image(end))
     if case.get("strength", 1.0) >= 1.0:
         return out, None
-    frames = (case["frames"] - 1) // 4 * 4 + 1
+    frames = round_frames(case["frames"])
     if case.get("i2v_video"):  # the reference noises its conditioning video when it gets no input video
         video = i2v_video_and_mask(frames, case["width"], case["height"], start, end)[0][0].permute(1, 2, 3, 0)
     else:
@@ -77,11 +81,12 @@ def conditioning(pack, loaded, case, positive, negative):
 def test_native_model_through_the_nodes_reproduces_reference(name, pack, loaded, models_dir, recorded_steps):
     case = CASES[name]
     golden = load_file(str(GOLDENS / f"{name}.safetensors"))
+    loaded = components_for(pack, loaded, models_dir, name, case)
     positive, negative = run(pack, "DropletVideoTextEncode", text_encoder=loaded[2], prompt=case["prompt"],
                              negative_prompt=NEGATIVE_PROMPT, append_quality_suffix=case.get("suffix", True),
                              max_tokens=case["max_sequence_length"])
     (positive, negative, empty), video = conditioning(pack, loaded, case, positive, negative)
-    latent = run(pack, "DropletVideoSampler", model=model_for(pack, loaded, models_dir, case), positive=positive,
+    latent = run(pack, "DropletVideoSampler", model=loaded[0], positive=positive,
                  negative=negative, latent=empty if video is None else video, steps=case["steps"],
                  cfg=case["guidance_scale"], seed=case["seed"], scheduler="ddim",
                  use_dynamic_cfg=case.get("use_dynamic_cfg", False), denoise=case.get("strength", 1.0))[0]

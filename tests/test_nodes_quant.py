@@ -8,6 +8,7 @@ tests that keep the weights quantized run against a real ComfyUI (COMFYUI_PATH).
 
 import json
 import logging
+import shutil
 
 import comfy.model_management
 import comfy.ops
@@ -56,10 +57,12 @@ def fp8_state(models_dir, tmp_path_factory):
 
 
 def write_model(models_dir, name: str, state: dict, metadata: dict) -> str:
-    """`state` as diffusion_models/<name>.safetensors and as the transformer of a release folder
-    DropletVideo/<name> (the engine's input); returns the file name."""
+    """`state` as diffusion_models/<name>.safetensors (with the tiny's scheduler_config.json beside it)
+    and as the transformer of a release folder DropletVideo/<name> (the engine's input); returns the
+    file name."""
     save_file(state, str(models_dir / "diffusion_models" / f"{name}.safetensors"), metadata=metadata)
     tiny, folder = models_dir / "DropletVideo" / "tiny", models_dir / "DropletVideo" / name
+    shutil.copyfile(tiny / "scheduler" / "scheduler_config.json", models_dir / "diffusion_models" / "scheduler_config.json")
     (folder / "transformer").mkdir(parents=True, exist_ok=True)
     for part in ("vae", "text_encoder", "tokenizer", "scheduler", "model_index.json"):
         if not (folder / part).exists():

@@ -20,6 +20,7 @@ from diffusers import AutoencoderKLCogVideoX
 
 import run_workflow as tool
 from droplet_core.sample_plan import initial_noise
+from droplet_core.configs import COGVIDEOX_5B_CLASS_TRANSFORMER
 from droplet_core.tiny import TRANSFORMER
 from interp_files import write_random_rife
 from lora_files import random_factors, write_peft
@@ -526,7 +527,8 @@ def test_context_windows_workflow_cuts_the_frames_into_windows_that_fit_the_tabl
     api = tool.ui_to_api(load("droplet_long_video_context_windows"), info)
     windows_id, windows = by_type(api, "ContextWindowsManual")
     assert (windows["dim"], windows["context_length"], windows["causal_window_fix"]) == \
-        (2, TRANSFORMER.latent_frames - 1, True)  # + the causal-fix frame = the table
+        (2, COGVIDEOX_5B_CLASS_TRANSFORMER.latent_frames - 1, True)  # + the causal-fix frame = an 85-frame table
+    assert COGVIDEOX_5B_CLASS_TRANSFORMER.latent_frames <= TRANSFORMER.latent_frames  # it runs on the tiny one
     assert 0 < windows["context_overlap"] < windows["context_length"]
     _, encode = by_type(api, "DropletVideoImageEncode")
     assert encode["model"] == [windows_id, 0] and encode["frames"] == 169  # Image Encode's check sees the windows
@@ -534,9 +536,10 @@ def test_context_windows_workflow_cuts_the_frames_into_windows_that_fit_the_tabl
 
 @pytest.mark.skipif(not COMFYUI_PATH, reason=CORE_RUN_REASON)
 def test_context_windows_workflow_renders_past_the_table_on_core_ksampler(pack, info, tmp_path):
-    size = argparse.Namespace(width=32, height=32, frames=89, steps=2)
+    past = TRANSFORMER.max_video_frames + 4  # one latent frame more than the table
+    size = argparse.Namespace(width=32, height=32, frames=past, steps=2)
     frames = run_graph("droplet_long_video_context_windows", pack, info, tmp_path, size)
-    assert frames.shape == (89, 32, 32, 3) and torch.isfinite(frames).all()  # 23 latent frames; the table is 22
+    assert frames.shape == (past, 32, 32, 3) and torch.isfinite(frames).all()
 
 
 def test_interpolation_workflow_interpolates_the_decoded_video_for_playback(info):

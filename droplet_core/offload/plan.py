@@ -23,6 +23,8 @@ from dataclasses import dataclass
 
 import torch
 
+from .. import shapes
+
 logger = logging.getLogger(__name__)
 
 MARGIN_BYTES = int(1.5 * 2**30)
@@ -97,9 +99,8 @@ def activation_bytes(config, tokens: int, batch: int, act_bytes: int) -> int:
 
 
 def transformer_activation_bytes(config, work: Workload) -> int:
-    latent_frames = (work.frames - 1) // 4 + 1
-    patch = config.patch_size * 8
-    tokens = work.text_tokens + latent_frames * (work.height // patch) * (work.width // patch)
+    patch = config.patch_size * shapes.SPATIAL_COMPRESSION
+    tokens = work.text_tokens + shapes.latent_frames(work.frames) * (work.height // patch) * (work.width // patch)
     return activation_bytes(config, tokens, work.batch, work.act_bytes)
 
 
@@ -116,8 +117,8 @@ def vae_decode_bytes(work: Workload) -> int:
         working = VAE_TILED_DECODE_PER_PIXEL * min(work.height, VAE_TILE[0]) * min(work.width, VAE_TILE[1])
     else:
         working = VAE_DECODE_PER_PIXEL * work.height * work.width
-    decoded_frames = 4 * ((work.frames - 1) // 4 + 1)  # quirk 3: 4 per latent frame (85 -> 88)
-    return (working + 2 * 3 * decoded_frames * work.height * work.width) * work.act_bytes
+    decoded = shapes.decoded_frames(shapes.latent_frames(work.frames))  # quirk 3: 85 -> 88
+    return (working + 2 * 3 * decoded * work.height * work.width) * work.act_bytes
 
 
 def plan_offload(free_bytes: int, sizes: ModelBytes, config, work: Workload = Workload()) -> OffloadPlan:

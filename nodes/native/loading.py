@@ -12,7 +12,7 @@ import torch
 from ...droplet_core.configs import config_to_dict
 from ...droplet_core.loading import (assign_strict, fit_to_config, read_transformer_state,
                                      transformer_config_and_files)
-from ...droplet_core.sampling import RELEASE_SCHEDULER_CONFIG
+from ...droplet_core.sampling import COGVIDEOX_SCHEDULER_CONFIG
 from ..latent_scale import ModelScale
 from .model import DropletVideoLatentFormat, DropletVideoModelConfig, model_sampling_settings
 from .quantized import keeps_quantized, load_quantized, read_quantized
@@ -22,7 +22,7 @@ logger = logging.getLogger(__name__)
 
 
 def model_config_for(transformer_config, weight_dtype, compute_dtype, scale: ModelScale,
-                     scheduler_config: dict = RELEASE_SCHEDULER_CONFIG):
+                     scheduler_config: dict = COGVIDEOX_SCHEDULER_CONFIG):
     config = DropletVideoModelConfig({"image_model": "dropletvideo",
                                       "droplet_config": config_to_dict(transformer_config)})
     config.latent_format = DropletVideoLatentFormat(scale)
@@ -32,7 +32,7 @@ def model_config_for(transformer_config, weight_dtype, compute_dtype, scale: Mod
 
 
 def load_native_model(path, compute_dtype: torch.dtype, scale: ModelScale, fp8_weights: bool = False,
-                      config_overrides=None, scheduler_config: dict = RELEASE_SCHEDULER_CONFIG):
+                      config_overrides=None, scheduler_config: dict = COGVIDEOX_SCHEDULER_CONFIG):
     """The transformer at `path` (folder or single file) as a ComfyUI MODEL.
 
     `scale` is the VAE scaling_factor the latent format scales by, and where the loader read it.

@@ -15,7 +15,7 @@ import torch
 
 from ...droplet_core.configs import VaeConfig
 from ...droplet_core.positional import fps_tensor
-from ...droplet_core.sampling import RELEASE_SCHEDULER_CONFIG
+from ...droplet_core.sampling import COGVIDEOX_SCHEDULER_CONFIG
 from ..latent_scale import SCALE, ModelScale, check_core_sampler
 from ..memory import transformer_memory
 from .diffusion_model import ComfyDropletTransformer
@@ -28,7 +28,7 @@ BETA_SCHEDULES = {"scaled_linear": "linear", "linear": "sqrt_linear"}
 
 def model_sampling_settings(scheduler_config: dict) -> dict:
     """ComfyUI's model-sampling settings for a v-prediction DDIM-family scheduler config (the
-    release's scheduler/scheduler_config.json, or droplet_core.sampling.RELEASE_SCHEDULER_CONFIG)."""
+    release's scheduler/scheduler_config.json, or droplet_core.sampling.COGVIDEOX_SCHEDULER_CONFIG)."""
     schedule = scheduler_config.get("beta_schedule", "linear")
     prediction = scheduler_config.get("prediction_type", "epsilon")
     if schedule not in BETA_SCHEDULES or scheduler_config.get("trained_betas") is not None or \
@@ -59,7 +59,7 @@ class DropletVideoModelConfig(comfy.supported_models_base.BASE):
 
     unet_config = {"image_model": "dropletvideo"}
     unet_extra_config = {}
-    sampling_settings = model_sampling_settings(RELEASE_SCHEDULER_CONFIG)  # loading.py: the loaded folder's
+    sampling_settings = model_sampling_settings(COGVIDEOX_SCHEDULER_CONFIG)  # loading.py: the loaded folder's
     latent_format = DropletVideoLatentFormat
     supported_inference_dtypes = [torch.bfloat16, torch.float16, torch.float32]
 

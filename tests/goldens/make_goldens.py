@@ -11,7 +11,8 @@ with the reference's pins (diffusers 0.32.2, transformers 4.46.1; torch 2.13 CPU
     ../refvenv/bin/python tests/goldens/make_goldens.py --reference /path/to/DropletVideo --ckpt ../tiny
 
 Every case runs fp32 on CPU with a CPU generator; per-step latents are recorded through
-`callback_on_step_end`. The cases are listed in cases.json, which the tests read too.
+`callback_on_step_end`. The cases are listed in cases.json, which the tests read too; a case's "files" changes values in the
+checkpoint's config files (checkpoint_variant), so the goldens cover files that differ from the tiny one.
 The tiny checkpoint's weights come from droplet_core.tiny's own seeded generator, never from
 diffusers' or transformers' init, so the goldens need regenerating only when tiny.VERSION changes.
 """
@@ -63,16 +64,18 @@ def import_reference(path):
     return pipeline, transformer, vae, utils
 
 
-def variant(ckpt, overrides, workdir):
-    if not overrides:
-        return ckpt
-    target = Path(workdir) / ("ckpt_" + "_".join(sorted(overrides)))
+def checkpoint_variant(ckpt, files, target):
+    """A copy of the checkpoint at `target` whose config files get a case's `files` overrides
+    ({"vae/config.json": {"scaling_factor": ...}, ...}); the checkpoint itself without any."""
+    if not files:
+        return Path(ckpt)
     shutil.copytree(ckpt, target)
-    config_path = target / "transformer" / "config.json"
-    config = json.loads(config_path.read_text())
-    config.update(overrides)
-    config_path.write_text(json.dumps(config))
-    return target
+    for relative, overrides in files.items():
+        config_path = Path(target) / relative
+        config = json.loads(config_path.read_text())
+        config.update(overrides)
+        config_path.write_text(json.dumps(config))
+    return Path(target)
 
 
 def run_case(case, ckpt, ref):
@@ -126,7 +129,7 @@ def main():
     cases = json.loads((HERE / "cases.json").read_text())
     with tempfile.TemporaryDirectory() as workdir:
         for name, case in cases.items():
-            ckpt = variant(args.ckpt, case.get("config", {}), workdir)
+            ckpt = checkpoint_variant(args.ckpt, case.get("files"), Path(workdir) / name)
             video, steps = run_case(case, str(ckpt), ref)
             # Goldens stay small: all latents, and the video subsampled every 8th pixel.
             tensors = {"video_sub": video[0, :, :, ::8, ::8].contiguous(), "frames": torch.tensor(video.shape[2])}
