@@ -23,7 +23,6 @@ from pathlib import Path
 from typing import NamedTuple, Optional
 
 from ..droplet_core.configs import VaeConfig, config_from_dict, read_json
-from ..droplet_core.loading import RELEASE_VAE_CONFIG
 from .core_vae import is_core_vae
 
 SCALE = "droplet_latent_scale"  # a conditioning option and a LATENT key
@@ -61,8 +60,9 @@ def transformer_scale(transformer_path: Path) -> ModelScale:
         if config_file.is_file():
             return ModelScale(vae_config_scale(config_file).factor,
                               f"{config_file}, the VAE config beside the transformer")
-    return ModelScale(vae_config_scale(RELEASE_VAE_CONFIG).factor,
-                      f"the pack's fallback VAE config, as no vae/config.json is beside {path}", fallback=True)
+    return ModelScale(VaeConfig().scaling_factor,
+                      f"CogVideoX-2B's VAE config (the VAE Loader's fallback for a VAE file without a config), as no "
+                      f"vae/config.json is beside {path}; 5B-class CogVideoX VAEs say 0.7", fallback=True)
 
 
 def _link_chain(path: Path):

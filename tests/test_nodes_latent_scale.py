@@ -181,7 +181,7 @@ def test_a_core_sampler_on_a_fallback_factor_without_a_vae_to_check_says_so(pack
                              fps=8)
     lone.model.concat_cond(noise=empty["samples"], **positive[0][1])
     assert (f"KSampler (or another core sampler): the MODEL's latent scale {lone.model.latent_format.scale_factor} "
-            f"comes from the pack's fallback VAE config") in caplog.text
+            f"comes from CogVideoX-2B's VAE config (the VAE Loader's fallback") in caplog.text
     assert "if the VAE's config.json says another scaling_factor, the video is wrong" in caplog.text
 
 
@@ -201,11 +201,11 @@ def test_the_transformer_loader_logs_where_its_factor_comes_from(pack, models_di
     assert f"the MODEL's latent scale is {FACTORS[0]}, from {config_file}, the VAE config beside the transformer." \
         in caplog.text
     lone = transformer(pack, lone_transformer(models_dir))
-    fallback = json.loads((Path(pack.__file__).parent / "droplet_core" / "assets" / "release_vae_config.json")
-                          .read_text())["scaling_factor"]
+    fallback = 1.15258426  # CogVideoX-2B's, the diffusers class default: the one fallback, named in the log
     assert lone.model.latent_format.scale_factor == fallback and beside.model.latent_format.fallback is False
-    assert (f"the MODEL's latent scale is {fallback}, from the pack's fallback VAE config, as no vae/config.json is "
-            f"beside {models_dir / 'diffusion_models' / 'lone-transformer'}.") in caplog.text
+    assert (f"the MODEL's latent scale is {fallback}, from CogVideoX-2B's VAE config (the VAE Loader's fallback for a "
+            f"VAE file without a config), as no vae/config.json is beside "
+            f"{models_dir / 'diffusion_models' / 'lone-transformer'}; 5B-class CogVideoX VAEs say 0.7.") in caplog.text
 
 
 def test_the_sampler_logs_which_factor_it_samples_at(pack, models_dir, conds, caplog):
