@@ -2,7 +2,8 @@
 
 Unknown fields are refused (they would silently change nothing), missing fields that
 decide tensor shapes are refused (the reference would silently build a wrong model).
-Keys that start with "_" (`_class_name`, `_diffusers_version`) are bookkeeping and ignored.
+Keys that start with "_" (`_diffusers_version`) are bookkeeping and ignored, but `_class_name`:
+it names the model kind (model_kind.py), and a VAE's must agree with its block type names.
 """
 
 import json
@@ -10,10 +11,12 @@ from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Optional, Tuple
 
+from .model_kind import DROPLETVIDEO, ModelKind, kind_named, kind_of_class
+
 
 @dataclass(frozen=True)
 class TransformerConfig:
-    """DropletVideoTransformer3DModel's constructor arguments (reference defaults)."""
+    """DropletVideoTransformer3DModel's constructor arguments (reference defaults), and the model kind."""
 
     num_attention_heads: int = 30
     attention_head_dim: int = 64
@@ -40,11 +43,19 @@ class TransformerConfig:
     temporal_interpolation_scale: float = 1.0
     use_rotary_positional_embeddings: bool = False
     add_noise_in_inpaint_model: bool = False
+    # Not a config.json field: "dropletvideo" or "droplet3d", from `_class_name` here and from the
+    # weights in loading.py (model_kind.py); config_to_dict writes it back as `_class_name`.
+    model_kind: str = DROPLETVIDEO.name
 
+    DERIVED = ("model_kind",)
     REQUIRED = ("num_attention_heads", "attention_head_dim", "in_channels", "num_layers")
     # Fields newer diffusers versions write for CogVideoX; accepted only at these neutral values.
     NEUTRAL = {"patch_size_t": None, "ofs_embed_dim": None, "use_learned_positional_embeddings": False,
                "patch_bias": True}
+
+    @property
+    def kind(self) -> ModelKind:
+        return kind_named(self.model_kind)
 
     @property
     def inner_dim(self) -> int:
@@ -90,11 +101,12 @@ class VaeConfig:
     use_quant_conv: bool = False
     use_post_quant_conv: bool = False
 
+    DERIVED = ()
     REQUIRED = ("block_out_channels", "latent_channels")
     NEUTRAL = {"invert_scale_latents": False}  # written by newer diffusers
 
     def diffusers_kwargs(self) -> dict:
-        """The reference names its blocks DropletVideo*; diffusers knows them as CogVideoX*."""
+        """The references name their blocks DropletVideo* / Droplet3D*; diffusers knows them as CogVideoX*."""
         kwargs = {f.name: getattr(self, f.name) for f in fields(self)}
         kwargs["down_block_types"] = tuple(_cogvideox_block_name(n) for n in self.down_block_types)
         kwargs["up_block_types"] = tuple(_cogvideox_block_name(n) for n in self.up_block_types)
@@ -102,12 +114,25 @@ class VaeConfig:
 
 
 def _cogvideox_block_name(name: str) -> str:
-    return name.replace("DropletVideo", "CogVideoX")
+    return name.replace("DropletVideo", "CogVideoX").replace("Droplet3D", "CogVideoX")
+
+
+def check_vae_block_names(values: dict, source: str) -> None:
+    """A Droplet VAE class takes its own block names only, as each reference vae.py does."""
+    kind = kind_of_class(values.get("_class_name"))
+    if kind is None:
+        return
+    for key in ("down_block_types", "up_block_types"):
+        foreign = [name for name in values.get(key) or () if not name.startswith(kind.vae_block_prefix)]
+        if foreign:
+            raise ValueError(f"{source}: {values['_class_name']} ({kind.label}) takes {kind.vae_block_prefix}* "
+                             f"block types, but {key} holds {foreign[0]!r} (the reference vae.py refuses it). "
+                             f"Use the config.json that came with these weights.")
 
 
 def config_from_dict(cls, values: dict, source: str):
     """Builds `cls` from a config dict; `source` names the file in error messages."""
-    known = {f.name for f in fields(cls)}
+    known = {f.name for f in fields(cls)} - set(cls.DERIVED)
     for key, value in values.items():
         if key.startswith("_") or key in known:
             continue
@@ -121,6 +146,10 @@ def config_from_dict(cls, values: dict, source: str):
         raise ValueError(f"{source}: config field {missing[0]!r} is missing; it decides the model's "
                          f"shape, so it must be written in the file (compare with the released config.json).")
     kwargs = {k: (tuple(v) if isinstance(v, list) else v) for k, v in values.items() if k in known}
+    if cls is VaeConfig:
+        check_vae_block_names(values, source)
+    if "model_kind" in cls.DERIVED and kind_of_class(values.get("_class_name")) is not None:
+        kwargs["model_kind"] = kind_of_class(values["_class_name"]).name
     return cls(**kwargs)
 
 
@@ -134,8 +163,12 @@ def read_json(path: Path) -> dict:
         raise ValueError(f"{path} is not valid JSON ({error}); re-download it.") from error
 
 
-def config_to_dict(config, class_name: str) -> dict:
-    values = {f.name: getattr(config, f.name) for f in fields(config)}
+def config_to_dict(config, class_name: Optional[str] = None) -> dict:
+    """The config.json of `config`; a transformer's `_class_name` is its kind's class (the kind
+    travels as that name), a VAE's must be given."""
+    if class_name is None:
+        class_name = config.kind.transformer_class
+    values = {f.name: getattr(config, f.name) for f in fields(config) if f.name not in config.DERIVED}
     values = {k: (list(v) if isinstance(v, tuple) else v) for k, v in values.items()}
     return {"_class_name": class_name, **values}
 

@@ -147,5 +147,5 @@ def save_fp8_transformer(transformer, path) -> None:
             scale = module.scale_weight
             state[f"{name}.scale_weight"] = (scale.reshape(-1) if scale.ndim else scale).clone()
     state["scaled_fp8"] = torch.zeros(0, dtype=FP8)
-    config = config_to_dict(transformer.config, "DropletVideoTransformer3DModel")
+    config = config_to_dict(transformer.config)
     save_file(state, str(path), metadata={"config": json.dumps(config)})

@@ -7,6 +7,7 @@ one copy of its weights in RAM, already in the target dtype.
 import json
 import logging
 import re
+from dataclasses import replace
 from pathlib import Path
 from typing import Optional, Union
 
@@ -15,6 +16,7 @@ from diffusers import AutoencoderKLCogVideoX
 
 from .configs import TransformerConfig, VaeConfig, config_from_dict, read_json
 from .fp8 import adopt_fp8_layers, take_fp8_layers
+from .model_kind import ModelKind, detect_transformer_kind, kind_of_class
 from .transformer import DropletVideoTransformer3DModel
 from .vae_memory import REFERENCE_ENCODE_FRAMES, trim_vae_memory
 from .weights import load_tensors, metadata, refuse_pickle, tensor_shapes, weight_files
@@ -123,15 +125,34 @@ def assign_strict(model: torch.nn.Module, state: dict, source: str) -> None:
 def transformer_config_and_files(path: PathLike, config_overrides: Optional[dict] = None):
     """(config, weight files, source) of a transformer folder or single file, `source` being what
     error messages call it; the config from config.json, the file's metadata or, failing both,
-    the tensor shapes."""
+    the tensor shapes. The config's model_kind is detected from its `_class_name` and the tensor
+    names (model_kind.py), read off the file headers."""
     config_dict, source, files = _component_files(Path(path))
+    shapes = {}
+    for file in files:
+        shapes.update(tensor_shapes(file))
     if config_dict is None:
-        shapes = {}
-        for file in files:
-            shapes.update(tensor_shapes(file))
         config_dict = infer_transformer_config(shapes, source)
     config = config_from_dict(TransformerConfig, {**config_dict, **(config_overrides or {})}, source)
-    return config, files, source
+    kind = detect_transformer_kind(config_dict.get("_class_name"), map(strip_prefix, shapes), source)
+    return replace(config, model_kind=kind.name), files, source
+
+
+def checkpoint_kind(root: PathLike) -> ModelKind:
+    """The model kind of a released folder, from its transformer (class name and weights) before
+    anything is loaded; a model_index.json naming the other model is refused."""
+    root = Path(root)
+    config, _, source = transformer_config_and_files(root / "transformer")
+    index_file = root / "model_index.json"
+    index = read_json(index_file)
+    named = {entry[1] for entry in (index.get("transformer"), index.get("vae")) if isinstance(entry, list)}
+    named.add(index.get("_class_name"))
+    for class_name in sorted(filter(None, named)):
+        other = kind_of_class(class_name)
+        if other is not None and other != config.kind:
+            raise ValueError(f"{index_file} names {class_name} ({other.label}), but {source} is a "
+                             f"{config.kind.label} transformer. The folder mixes two models: re-download it.")
+    return config.kind
 
 
 def fit_to_config(config: TransformerConfig, state: dict, files: list, source: str) -> None:

@@ -16,10 +16,9 @@ from . import shapes
 from .axes import video_to_images
 from .conditioning import NOISE_AUG_STRENGTH, i2v_video_and_mask, inpaint_latents
 from .continuation import continuation_video_and_mask, known_latent_frames
-from .configs import read_json
 from .engine_options import EngineOptions, offload_mode, prepare_transformer
 from .fp8 import quantize_t5
-from .loading import load_scheduler_config, load_transformer, load_vae
+from .loading import checkpoint_kind, load_scheduler_config, load_transformer, load_vae
 from .lora import merge_loras
 from .offload.plan import Workload, component_bytes, resolve_offload
 from .offload.placement import Placement
@@ -36,7 +35,8 @@ DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 @dataclass
 class Request:
-    """One generation; defaults are the reference CLI's (inference.py)."""
+    """One generation; defaults are DropletVideo's reference CLI's (inference.py); Droplet3D's
+    differ in size and text length (model_kind.DROPLET3D), and it takes no notice of `fps`."""
 
     prompt: str
     image: Optional[Image.Image] = None  # start frame; None = text-to-video
@@ -131,6 +131,11 @@ class DropletVideoPipeline:
             return continuation_video_and_mask(request.known_frames, frames)
         return i2v_video_and_mask(frames, request.width, request.height, request.image, request.end_image)
 
+    @property
+    def kind(self):
+        """The model kind (model_kind.py) of the loaded transformer."""
+        return self.transformer.config.kind
+
     def generate(self, request: Request, on_step: Optional[StepCallback] = None,
                  keep_step_latents: bool = False) -> Result:
         return self.generate_fps_sweep(request, [request.fps], on_step, keep_step_latents)[0]
@@ -138,6 +143,9 @@ class DropletVideoPipeline:
     def generate_fps_sweep(self, request: Request, fps_values, on_step: Optional[StepCallback] = None,
                            keep_step_latents: bool = False) -> list:
         """One video per FPS value from the same seed; text and image are encoded once."""
+        if len(fps_values) > 1 and not self.kind.has_fps:
+            raise ValueError(f"an FPS sweep needs the FPS condition, which {self.kind.label} does not have: "
+                             f"every video would be the same. Generate one video instead.")
         shapes.check_size(request.width, request.height)
         frames = shapes.round_frames(request.frames)
         if request.video is not None:
@@ -202,7 +210,8 @@ class DropletVideoPipeline:
 def load_pipeline(ckpt, device="cpu", dtype: torch.dtype = torch.float32, offload: Union[bool, str] = False,
                   options: Optional[EngineOptions] = None, loras: Sequence[Tuple[str, float]] = (),
                   workload: Workload = Workload()) -> DropletVideoPipeline:
-    """A pipeline from the released folder layout (DropletVideo-V1.0-weights/).
+    """A pipeline from the released folder layout (DropletVideo-V1.0-weights/ or Droplet3D-5B/; the
+    model kind is read from the files, model_kind.py).
 
     `options` (engine_options.py) sets offload, fp8 weights, attention, QKV fusion and compile;
     without it `offload` alone is used (True = model offload). LoRAs (path, strength) are merged
@@ -211,8 +220,8 @@ def load_pipeline(ckpt, device="cpu", dtype: torch.dtype = torch.float32, offloa
     root = Path(ckpt)
     if not root.is_dir():
         raise FileNotFoundError(f"checkpoint folder {root} does not exist: point --ckpt at the released "
-                                f"DropletVideo-V1.0-weights folder, or use --ckpt tiny for the built-in test model.")
-    read_json(root / "model_index.json")
+                                f"DropletVideo-V1.0-weights or Droplet3D-5B folder, or use --ckpt tiny for the built-in test model.")
+    checkpoint_kind(root)  # reads model_index.json: a folder that mixes two models is refused here
     transformer = load_transformer(root / "transformer", dtype, keep_fp8=options.keep_fp8)
     vae = load_vae(root / "vae", dtype)
     text_encoder = load_text_encoder(root / "text_encoder", root / "tokenizer", dtype)

@@ -70,12 +70,17 @@ def ensure_tiny_checkpoint(path=None, preset: str = "tiny") -> Path:
     preset "medium" builds the benchmark model instead (give it its own path)."""
     path = Path(path) if path else default_dir()
     transformer, vae = (TRANSFORMER, VAE) if preset == "tiny" else (MEDIUM["transformer"], MEDIUM["vae"])
+    return build_once(path, lambda root: _write_checkpoint(root, transformer, vae))
+
+
+def build_once(path: Path, write) -> Path:
+    """`path`, written by `write(folder)` in a staging folder unless it already holds a checkpoint."""
     if (path / "model_index.json").is_file():
         return path
     path.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=".tiny-", dir=path.parent))
     try:
-        _write_checkpoint(staging, transformer, vae)
+        write(staging)
         if not (path / "model_index.json").is_file():  # another process may have won the race
             shutil.rmtree(path, ignore_errors=True)
             staging.rename(path)
@@ -172,7 +177,7 @@ def text_encoder_state() -> dict:
 
 
 def _write_transformer(folder: Path, config: TransformerConfig) -> None:
-    _save_component(folder, transformer_state(config), config_to_dict(config, "DropletVideoTransformer3DModel"))
+    _save_component(folder, transformer_state(config), config_to_dict(config))
 
 
 def _write_vae(folder: Path, config: VaeConfig) -> None:

@@ -1,9 +1,11 @@
-"""DropletVideo's DiT: diffusers' CogVideoX pieces plus the FPS embedding.
+"""DropletVideo's and Droplet3D's DiT: diffusers' CogVideoX pieces plus, for DropletVideo, the FPS embedding.
 
 Submodule names are the checkpoint keys (patch_embed, time_embedding, fps_embedding,
 transformer_blocks.N.attn1.to_q, norm_final, norm_out, proj_out), so weights load strictly.
 What is DropletVideo's own: `fps_proj`/`fps_embedding` and the positional-table handling
-(positional.py). Layout: hidden states are [B, F, C, H, W] (latent frames first).
+(positional.py). Droplet3D (config.model_kind "droplet3d") is the same model without the FPS
+embedding: its reference calls the time embedding with timestep_cond=None and reads the same
+positional table. Layout: hidden states are [B, F, C, H, W] (latent frames first).
 """
 
 from typing import Callable, Optional
@@ -53,11 +55,12 @@ class DropletVideoTransformer3DModel(nn.Module):
         self.embedding_dropout = nn.Dropout(config.dropout)
         self.register_buffer("pos_table", torch.empty(0), persistent=False)
 
-        # 2. Time and FPS embeddings: emb = MLP(sin(t)) + MLP(sin(fps)).
+        # 2. Time and FPS embeddings: emb = MLP(sin(t)) + MLP(sin(fps)); Droplet3D: emb = MLP(sin(t)).
         self.time_proj = Timesteps(dim, config.flip_sin_to_cos, config.freq_shift)
-        self.fps_proj = Timesteps(dim, config.flip_sin_to_cos, config.freq_shift)
         self.time_embedding = TimestepEmbedding(dim, config.time_embed_dim, config.timestep_activation_fn)
-        self.fps_embedding = TimestepEmbedding(dim, config.time_embed_dim, config.timestep_activation_fn)
+        if config.kind.has_fps:
+            self.fps_proj = Timesteps(dim, config.flip_sin_to_cos, config.freq_shift)
+            self.fps_embedding = TimestepEmbedding(dim, config.time_embed_dim, config.timestep_activation_fn)
 
         # 3. Blocks.
         self.transformer_blocks = nn.ModuleList([
@@ -87,8 +90,18 @@ class DropletVideoTransformer3DModel(nn.Module):
         p = self.config.patch_size
         return rotary_embeddings(self.config, frames, height // p, width // p, device)
 
-    def embed_conditioning(self, timestep: torch.Tensor, fps: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    @property
+    def has_fps(self) -> bool:
+        return self.config.kind.has_fps
+
+    def embed_conditioning(self, timestep: torch.Tensor, fps: Optional[torch.Tensor], dtype: torch.dtype) -> torch.Tensor:
+        """The conditioning vector; `fps` is read by DropletVideo only (Droplet3D has no FPS input, so
+        callers may pass None or any value: whether to warn about one is theirs to decide)."""
         t_emb = self.time_proj(timestep).to(dtype=dtype)
+        if not self.has_fps:
+            return self.time_embedding(t_emb, condition=None)
+        if fps is None:
+            raise ValueError("this DropletVideo transformer needs the FPS condition (fps); none was given.")
         fps_emb = self.fps_proj(fps).to(dtype=dtype)
         return self.time_embedding(t_emb, condition=None) + self.fps_embedding(fps_emb, condition=None)
 
@@ -96,7 +109,7 @@ class DropletVideoTransformer3DModel(nn.Module):
         return self.predict(*args, **kwargs)
 
     def predict(self, hidden_states: torch.Tensor, encoder_hidden_states: torch.Tensor,
-                timestep: torch.Tensor, fps: torch.Tensor, inpaint_latents: Optional[torch.Tensor] = None,
+                timestep: torch.Tensor, fps: Optional[torch.Tensor], inpaint_latents: Optional[torch.Tensor] = None,
                 image_rotary_emb=None, block_runner: BlockRunner = run_block,
                 attention_options=None) -> torch.Tensor:
         """The engine's call (also `forward`; ComfyUI's native model overrides forward and calls this).
@@ -104,7 +117,7 @@ class DropletVideoTransformer3DModel(nn.Module):
         batch, frames, channels, height, width = hidden_states.shape
         p = self.config.patch_size
 
-        # 1. Conditioning vector (timestep + FPS).
+        # 1. Conditioning vector (timestep, + FPS for DropletVideo).
         emb = self.embed_conditioning(timestep, fps, hidden_states.dtype)
 
         # 2. Patch embedding of [noise ; mask ; masked-video latents].

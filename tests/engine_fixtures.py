@@ -23,3 +23,10 @@ def start_image() -> Image.Image:
 @pytest.fixture(scope="session")
 def end_image() -> Image.Image:
     return Image.open(GOLDENS / "end.png")
+
+
+@pytest.fixture(scope="session")
+def tiny_droplet3d_ckpt(tmp_path_factory) -> Path:
+    from droplet_core.tiny_droplet3d import ensure_tiny_droplet3d
+
+    return ensure_tiny_droplet3d(tmp_path_factory.mktemp("tiny3d") / "Droplet3D-tiny")

@@ -23,7 +23,7 @@ logger = logging.getLogger(__name__)
 def model_config_for(transformer_config, weight_dtype, compute_dtype, scale_factor: float,
                      scheduler_config: dict = RELEASE_SCHEDULER_CONFIG):
     config = DropletVideoModelConfig({"image_model": "dropletvideo",
-                                      "droplet_config": config_to_dict(transformer_config, "DropletVideoTransformer3DModel")})
+                                      "droplet_config": config_to_dict(transformer_config)})
     config.latent_format = DropletVideoLatentFormat(scale_factor)
     config.sampling_settings = model_sampling_settings(scheduler_config)
     config.set_inference_dtype(weight_dtype, None if weight_dtype == compute_dtype else compute_dtype)
