@@ -11,6 +11,7 @@ from ..droplet_core.preview import fit_rgb_projection
 from .components import load_for_compute, module_dtype
 from .context_windows import check_model_frames, table_remedy
 from .core_vae import VAE_TOOLTIP, VAE_TYPES, core_inpaint_latents, is_core_vae
+from .fps_condition import FPS_DEFAULT, IGNORED_ON_DROPLET3D
 from .images import first_image, fit
 from .memory import vae_encode_memory
 from .native.conditioning import video_conditioning
@@ -32,8 +33,9 @@ SIZE_INPUTS = {
 # core context windows on the MODEL (context_windows.py).
 LONG_VIDEO_WITH_MODEL_INPUT = ("or, for a long video with the DropletVideo Sampler's long_video, disconnect this "
                                "node's `model` input, which checks the frame count against that table")
-FPS_INPUT = ("INT", {"default": 8, "min": 1, "max": 60, "tooltip": "FPS condition: how fast things move (the "
-                     "official samples use 4, 8, 16, 32). Not the playback rate of the file."})
+FPS_INPUT = ("INT", {"default": FPS_DEFAULT, "min": 1, "max": 60, "tooltip": "DropletVideo's FPS condition: how "
+                     "fast things move (the official samples use 4, 8, 16, 32). Not the playback rate of the file. "
+                     + IGNORED_ON_DROPLET3D})
 
 
 def latent_shape(width: int, height: int, frames: int):
