@@ -181,8 +181,8 @@ def test_orbit_workflow_runs_and_saves_every_decoded_frame_as_png_per_run(pack, 
     assert prefix.startswith("droplet3d/orbit_%year%-%month%-%day%_%hour%%minute%%second%/")
     # 5 frames -> 2 latent frames, an even count: decoded in pairs to 4 each
     assert frames.shape == (8, SMALL.height, SMALL.width, 3)
-    video_prefix = by_type(api, "SaveVideo")[1]["filename_prefix"]
-    assert video_prefix.rsplit("/", 1)[0] == prefix.rsplit("/", 1)[0]  # the video in the frames' folder
+    # the video beside the run folders: core evaluates the time per save node, a second apart at times
+    assert by_type(api, "SaveVideo")[1]["filename_prefix"] == "droplet3d/orbit"
 
 
 def test_decoded_frame_count_rule_odd_latent_count_gives_the_requested_frames(pack, info, tiny3d, tmp_path):
