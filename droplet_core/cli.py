@@ -1,4 +1,8 @@
-"""`python -m droplet_core`: the reference inference.py's options, plus output and device control."""
+"""`python -m droplet_core`: the reference inference.py's options, plus output and device control.
+
+The model (DropletVideo or Droplet3D) is detected from the checkpoint's files (model_kind.py);
+options left out take that model's reference defaults (size, frames, text length, file frame rate).
+Droplet3D has no FPS condition: --fps and --fps_sweep are refused for it."""
 
 import argparse
 import contextlib
@@ -16,30 +20,37 @@ from .engine_options import WEIGHT_FORMATS, EngineOptions
 from .offload.plan import Workload
 from .parallel import DEFAULT_TIMEOUT_S, PARALLEL_MODES, ParallelRunError, checkpoint_heads, launched, start_parallel
 from .continuation import DEFAULT_OVERLAP
+from .loading import checkpoint_kind
+from .model_kind import ModelKind
 from .pipeline import DTYPES, Request, load_pipeline
 from .offload.placement import OFFLOAD_MODES
 from .sampling import SCHEDULERS
 from .segments import Extension, Segment, extend, read_plan
 from .shapes import RESIZE_MODES, size_for_budget
-from .text import MAX_SEQUENCE_LENGTH, NEGATIVE_PROMPT
+from .text import NEGATIVE_PROMPT
 from .tiny import ensure_tiny_checkpoint
-from .video_io import PLAYBACK_FPS, load_image, read_video, write_video
+from .tiny_droplet3d import ensure_tiny_droplet3d
+from .video_io import load_image, read_video, write_video
 
 DEFAULT_PROMPT = "A panda plays a guitar in a bamboo forest, the camera slowly moving to the left."
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m droplet_core", description="DropletVideo image-to-video.")
-    p.add_argument("--ckpt", required=True, help="released DropletVideo-V1.0-weights folder, or 'tiny' for the "
-                   "built-in random-weight test model")
+    p = argparse.ArgumentParser(prog="python -m droplet_core", description="DropletVideo and Droplet3D "
+                                "image-to-video (the model is detected from --ckpt's files).")
+    p.add_argument("--ckpt", required=True, help="released DropletVideo-V1.0-weights or Droplet3D-5B folder, or "
+                   "'tiny' / 'tiny-droplet3d' for the built-in random-weight test models")
     p.add_argument("--ref_img", "--ref_img_dir", dest="ref_img", help="start image (omit for text-to-video)")
     p.add_argument("--end_img", help="optional end image (start + end frame)")
-    p.add_argument("--fps", "--FPS", dest="fps", type=float, default=16, help="FPS condition: motion strength")
+    p.add_argument("--fps", "--FPS", dest="fps", type=float, default=None, help="DropletVideo's FPS condition: "
+                   "motion strength (default 16). Droplet3D has none: refused there")
     p.add_argument("--prompt", default=DEFAULT_PROMPT)
     p.add_argument("--negative_prompt", default=NEGATIVE_PROMPT)
     p.add_argument("--no_prompt_suffix", action="store_true", help="do not append the reference's quality suffix")
-    p.add_argument("--width", type=int, default=None, help="multiple of 16 (default 672; tiny: 128)")
-    p.add_argument("--height", type=int, default=None, help="multiple of 16 (default 384; tiny: 128)")
+    p.add_argument("--width", type=int, default=None, help="multiple of 16 (default DropletVideo 672, Droplet3D "
+                   "512; tiny: 128)")
+    p.add_argument("--height", type=int, default=None, help="multiple of 16 (default DropletVideo 384, Droplet3D "
+                   "512; tiny: 128)")
     p.add_argument("--base_resolution", type=int, help="pick width/height from the image's aspect ratio and "
                    "this pixel budget (e.g. 512 .. 896)")
     p.add_argument("--video_length", type=int, default=None, help="frames, rounded to 4k+1 (default 85; tiny: 13)")
@@ -48,7 +59,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--guidance_scale", type=float, default=6.0)
     p.add_argument("--use_dynamic_cfg", action="store_true")
     p.add_argument("--scheduler", choices=sorted(SCHEDULERS), default="ddim")
-    p.add_argument("--max_sequence_length", type=int, default=MAX_SEQUENCE_LENGTH)
+    p.add_argument("--max_sequence_length", type=int, default=None, help="T5 tokens (default DropletVideo 400, "
+                   "Droplet3D 450, as their inference.py)")
     p.add_argument("--input_video", help="video-to-video input (use with --strength < 1)")
     p.add_argument("--strength", type=float, default=1.0, help="V2V denoise strength (1 = from noise)")
     p.add_argument("--trim_frames", action="store_true", help="return exactly the rounded frame count "
@@ -68,7 +80,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--fps_sweep", help="comma-separated FPS values (e.g. 4,8,16,32): one video each from the same "
                    "seed, written as OUT_FPS<n> plus a side-by-side OUT_sweep")
     p.add_argument("--out", default="samples/droplet.mp4", help=".mp4, .gif, .npz (key 'frames') or a folder")
-    p.add_argument("--playback_fps", type=float, default=PLAYBACK_FPS, help="file frame rate (reference: 8)")
+    p.add_argument("--playback_fps", type=float, default=None, help="file frame rate (both references: 8)")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--dtype", choices=sorted(DTYPES), default=None, help="default bf16 on CUDA, fp32 on CPU")
     add_engine_options(p)
@@ -99,10 +111,15 @@ def run_segments(args, pipe, request: Request) -> torch.Tensor:
     segments = read_plan(args.segments) if args.segments else [Segment(request.prompt, request.fps)]
     previous = read_video(args.extend_from) if args.extend_from else None
     extension = Extension(args.overlap, args.drift_control == "on", args.resize_mode)
+    has_fps = pipe.kind.has_fps
+    if args.segments and not has_fps:
+        print(f"warning: {pipe.kind.label} has no FPS condition: the plan's fps values change nothing.",
+              file=sys.stderr)
 
     def on_segment(index: int, count: int) -> None:
         segment = segments[index]
-        sys.stderr.write(f"segment {index + 1}/{count} (fps {segment.fps:g}): {segment.prompt[:60]}\n")
+        fps = f" (fps {segment.fps:g})" if has_fps else ""
+        sys.stderr.write(f"segment {index + 1}/{count}{fps}: {segment.prompt[:60]}\n")
 
     return extend(pipe, request, segments, extension, previous, on_step=Progress(), on_segment=on_segment)
 
@@ -136,6 +153,30 @@ def engine_options_from_args(args) -> EngineOptions:
                          text_encoder_fp8=args.t5_fp8)
 
 
+DROPLETVIDEO_FPS = 16  # inference.py's --FPS default
+TINY_CHECKPOINTS = {"tiny": ensure_tiny_checkpoint, "tiny-droplet3d": ensure_tiny_droplet3d}
+
+
+def apply_model_defaults(args, kind: ModelKind) -> None:
+    """Options left out take the detected model's reference values; --fps is refused for a model
+    without the FPS condition (it would change nothing, silently)."""
+    if not kind.has_fps:
+        given = "--fps_sweep" if args.fps_sweep else "--fps" if args.fps is not None else None
+        if given:
+            raise ValueError(f"{given}: {kind.label} has no FPS condition (its reference pipeline takes no fps), "
+                             f"so the value would change nothing. Leave {given} out; the file's frame rate is "
+                             f"--playback_fps (default {kind.playback_fps:g}).")
+    if args.fps is None:
+        args.fps = DROPLETVIDEO_FPS
+    if args.max_sequence_length is None:
+        args.max_sequence_length = kind.max_sequence_length
+    if args.playback_fps is None:
+        args.playback_fps = kind.playback_fps
+    args.width = args.width or kind.width
+    args.height = args.height or kind.height
+    args.video_length = args.video_length or kind.frames
+
+
 def _tiny_defaults(args) -> None:
     """The tiny model's positional table covers 128x128 and 13 frames; keep its demo quick."""
     args.width = args.width or 128
@@ -153,8 +194,8 @@ def request_from_args(args) -> Request:
     video = read_video(args.input_video) if args.input_video else None
     return Request(
         prompt=args.prompt, image=image, end_image=load_image(args.end_img) if args.end_img else None,
-        negative_prompt=args.negative_prompt, width=args.width or 672, height=args.height or 384,
-        frames=args.video_length or 85, fps=args.fps, steps=args.num_inference_steps or 50, seed=args.seed,
+        negative_prompt=args.negative_prompt, width=args.width, height=args.height,
+        frames=args.video_length, fps=args.fps, steps=args.num_inference_steps or 50, seed=args.seed,
         guidance_scale=args.guidance_scale, use_dynamic_cfg=args.use_dynamic_cfg, scheduler=args.scheduler,
         max_sequence_length=args.max_sequence_length, append_prompt_suffix=not args.no_prompt_suffix,
         video=video, strength=args.strength, tiled_vae=args.tiled_vae, long_video=args.long_video,
@@ -210,13 +251,15 @@ def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     transformers_logging.disable_progress_bar()  # our own bar is the one that matters
-    if args.ckpt == "tiny":
-        args.ckpt = ensure_tiny_checkpoint()
+    if args.ckpt in TINY_CHECKPOINTS:
+        args.ckpt = TINY_CHECKPOINTS[args.ckpt]()
         _tiny_defaults(args)
     dtype = DTYPES[args.dtype or ("bf16" if args.device.startswith("cuda") else "fp32")]
     run = None
     try:
         started = time.perf_counter()
+        kind = checkpoint_kind(args.ckpt)
+        apply_model_defaults(args, kind)
         request = request_from_args(args)
         if launched().world_size > 1:  # torchrun: several processes on this one video (parallel/)
             run = start_parallel(args.parallel, args.device, checkpoint_heads(args.ckpt), request.guidance_scale,
@@ -259,8 +302,9 @@ def main(argv=None) -> int:
             run.close()
     total = time.perf_counter() - started
     peak_rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    summary = (f"wrote {out} ({result.frames.shape[0]} frames {request.width}x{request.height}, FPS condition "
-               f"{','.join(f'{v:g}' for v in fps_values)}, playback {args.playback_fps:g} fps) in {total:.1f} s "
+    condition = f"FPS condition {','.join(f'{v:g}' for v in fps_values)}" if kind.has_fps else "no FPS condition"
+    summary = (f"wrote {out} ({result.frames.shape[0]} frames {request.width}x{request.height}, {kind.label}, "
+               f"{condition}, playback {args.playback_fps:g} fps) in {total:.1f} s "
                f"(load {loaded - started:.1f} s, generate {total - (loaded - started):.1f} s, "
                f"{progress.seconds_per_step:.3f} s/step, offload {pipe.offload}); peak RSS {peak_rss:.0f} MiB")
     if args.device.startswith("cuda"):

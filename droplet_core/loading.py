@@ -142,6 +142,10 @@ def checkpoint_kind(root: PathLike) -> ModelKind:
     """The model kind of a released folder, from its transformer (class name and weights) before
     anything is loaded; a model_index.json naming the other model is refused."""
     root = Path(root)
+    if not root.is_dir():
+        raise FileNotFoundError(f"checkpoint folder {root} does not exist: point --ckpt at the released "
+                                f"DropletVideo-V1.0-weights or Droplet3D-5B folder, or use --ckpt tiny for the "
+                                f"built-in test model.")
     config, _, source = transformer_config_and_files(root / "transformer")
     index_file = root / "model_index.json"
     index = read_json(index_file)

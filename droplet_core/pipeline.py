@@ -218,9 +218,6 @@ def load_pipeline(ckpt, device="cpu", dtype: torch.dtype = torch.float32, offloa
     before fp8/fusion. `workload` is the size offload 'auto' plans for."""
     options = (options or EngineOptions(offload=offload_mode(offload))).check()
     root = Path(ckpt)
-    if not root.is_dir():
-        raise FileNotFoundError(f"checkpoint folder {root} does not exist: point --ckpt at the released "
-                                f"DropletVideo-V1.0-weights or Droplet3D-5B folder, or use --ckpt tiny for the built-in test model.")
     checkpoint_kind(root)  # reads model_index.json: a folder that mixes two models is refused here
     transformer = load_transformer(root / "transformer", dtype, keep_fp8=options.keep_fp8)
     vae = load_vae(root / "vae", dtype)

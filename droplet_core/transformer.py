@@ -94,7 +94,8 @@ class DropletVideoTransformer3DModel(nn.Module):
     def has_fps(self) -> bool:
         return self.config.kind.has_fps
 
-    def embed_conditioning(self, timestep: torch.Tensor, fps: Optional[torch.Tensor], dtype: torch.dtype) -> torch.Tensor:
+    def embed_conditioning(self, timestep: torch.Tensor, fps: Optional[torch.Tensor],
+                           dtype: torch.dtype) -> torch.Tensor:
         """The conditioning vector; `fps` is read by DropletVideo only (Droplet3D has no FPS input, so
         callers may pass None or any value: whether to warn about one is theirs to decide)."""
         t_emb = self.time_proj(timestep).to(dtype=dtype)

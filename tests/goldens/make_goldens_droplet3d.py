@@ -67,7 +67,7 @@ def run_case(case, ckpt, ref):
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--reference", required=True, help="folder with the official Droplet3D pipeline.py etc.")
-    parser.add_argument("--ckpt", required=True, help="the tiny Droplet3D checkpoint folder (droplet_core.tiny_droplet3d)")
+    parser.add_argument("--ckpt", required=True, help="the tiny Droplet3D checkpoint (droplet_core.tiny_droplet3d)")
     args = parser.parse_args()
     ref = import_reference(args.reference)
     cases = json.loads((OUT / "cases.json").read_text())
