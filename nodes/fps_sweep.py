@@ -4,11 +4,19 @@ from typing import List
 
 import torch
 
+from .fps_condition import model_reads_fps
 from .image_encode import FPS_INPUT
 from .sampler import DropletVideoSampler, sample_latent, sampler_plan
 from .vae_decode import DropletVideoVAEDecode
 
 LAYOUTS = ("side_by_side", "batch")
+
+
+def refuse_without_fps(model) -> None:
+    config = model.model.droplet_config
+    if not model_reads_fps(config):
+        raise ValueError(f"DropletVideo FPS Sweep: this MODEL is {config.kind.label}, which has no FPS condition, so "
+                         f"every panel would be the same video. Use the DropletVideo Sampler (one video).")
 
 
 def parse_fps_values(text: str) -> List[int]:
@@ -37,7 +45,8 @@ def arrange(videos: List[torch.Tensor], layout: str) -> torch.Tensor:
 class DropletVideoFPSSweep:
     DESCRIPTION = ("Renders the same prompt, image and seed at several FPS conditions (the motion-speed control) "
                    "and returns the frames side by side, left to right in the order given, or one video after "
-                   "another. Each panel equals DropletVideoSampler + DropletVideoVAEDecode at that fps (the conditioning's own FPS is replaced).")
+                   "another. Each panel equals DropletVideoSampler + DropletVideoVAEDecode at that fps (the conditioning's own FPS is replaced). "
+                   "DropletVideo only: a Droplet3D MODEL has no FPS condition and is refused.")
     CATEGORY = "DropletVideo"
     RETURN_TYPES = ("IMAGE",)
     RETURN_NAMES = ("frames",)
@@ -62,6 +71,7 @@ class DropletVideoFPSSweep:
 
     def sweep(self, model, vae, positive, negative, latent, fps_values, steps, cfg, seed, scheduler, layout,
               vae_tiling):
+        refuse_without_fps(model)
         fps_list = parse_fps_values(fps_values)
         if layout not in LAYOUTS:
             raise ValueError(f"unknown layout {layout!r}: use one of {', '.join(LAYOUTS)}.")

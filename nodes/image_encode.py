@@ -11,6 +11,7 @@ from ..droplet_core.preview import fit_rgb_projection
 from .components import load_for_compute, module_dtype
 from .context_windows import check_model_frames, table_remedy
 from .core_vae import VAE_TOOLTIP, VAE_TYPES, core_inpaint_latents, is_core_vae
+from .fps_condition import FPS_DEFAULT, IGNORED_ON_DROPLET3D
 from .images import first_image, fit
 from .latent_scale import vae_scale
 from .memory import vae_encode_memory
@@ -35,9 +36,10 @@ LONG_VIDEO_WITH_MODEL_INPUT = ("or, for a long video with the DropletVideo Sampl
                                "node's `model` input, which checks the frame count against that table")
 # 8: the official pipeline's own default (DropletVideo_Pipeline_Inpaint.__call__, fps=[8]); the official
 # inference.py's --FPS, and so the CLI's --fps, default to 16.
-FPS_INPUT = ("INT", {"default": 8, "min": 1, "max": 60, "tooltip": "FPS condition: how fast things move (the "
-                     "official samples use 4, 8, 16, 32). Not the playback rate of the file. Default 8, the official "
-                     "pipeline's own default; the official inference.py and this pack's command line use 16."})
+FPS_INPUT = ("INT", {"default": FPS_DEFAULT, "min": 1, "max": 60, "tooltip": "DropletVideo's FPS condition: how "
+                     "fast things move (the official samples use 4, 8, 16, 32). Not the playback rate of the file. "
+                     "Default 8, the official pipeline's own default; the official inference.py and this pack's "
+                     "command line use 16. " + IGNORED_ON_DROPLET3D})
 
 
 def latent_shape(width: int, height: int, frames: int):

@@ -10,6 +10,8 @@ patches are core's adapters (LoRA, LoHa, LoKr, DoRA), applied by ComfyUI when it
 model, on fp8 weights too; chain loaders to stack LoRAs.
 """
 
+import logging
+
 import comfy.lora
 import comfy.lora_convert
 from ..droplet_core.lora import check_lora_finite
@@ -21,6 +23,23 @@ MODEL_PREFIX = "diffusion_model."
 # Text-encoder parts some trainers save beside the transformer's: not this node's to apply.
 TEXT_ENCODER_PREFIXES = ("lora_te", "text_encoder.", "te.")
 DIFFERENCE_SUFFIXES = ("diff", "diff_b")
+# DropletVideo's FPS embedding, in any key style (fps_embedding.linear_1, lora_unet_fps_embedding_linear_1).
+FPS_LAYER_NAMES = ("fps_embedding", "fps_proj")
+
+logger = logging.getLogger(__name__)
+
+
+def without_fps_layers(tensors: dict, model, name: str) -> dict:
+    """A DropletVideo LoRA on a model with no FPS embedding (Droplet3D): its FPS layers have no target.
+    They are dropped with a warning and the rest applies, as the blocks are the same."""
+    if model.model.droplet_config.kind.has_fps:
+        return tensors
+    dropped = [key for key in tensors if any(layer in key for layer in FPS_LAYER_NAMES)]
+    if dropped:
+        logger.warning("LoRA %r: %d of its keys are for DropletVideo's FPS embedding (first: %s), which %s has "
+                       "not: they are left out and the rest of the LoRA applies.", name, len(dropped), dropped[0],
+                       model.model.droplet_config.kind.label)
+    return {key: value for key, value in tensors.items() if key not in dropped}
 
 
 def droplet_key_map(base_model) -> dict:
@@ -78,7 +97,7 @@ def lora_patches(model, path, name: str) -> dict:
     """{model key: adapter} of the LoRA file at `path` for this MODEL; errors name the file."""
     tensors = load_tensors([path])
     check_lora_finite(name, tensors)
-    tensors = comfy.lora_convert.convert_lora(tensors)
+    tensors = comfy.lora_convert.convert_lora(without_fps_layers(tensors, model, name))
     key_map = droplet_key_map(model.model)
     patches = comfy.lora.load_lora(tensors, key_map, log_missing=False)
     unused = unused_keys(tensors, patches, key_map)

@@ -9,8 +9,9 @@ from .model_paths import DROPLET_FOLDER, folders_with, resolve
 
 
 class DropletVideoModelLoader:
-    DESCRIPTION = ("Loads a DropletVideo release folder (DropletVideo-V1.0-weights: model_index.json, transformer/, "
-                   "vae/, text_encoder/, tokenizer/, scheduler/) from ComfyUI/models/DropletVideo/. The transformer "
+    DESCRIPTION = ("Loads a DropletVideo or Droplet3D release folder (DropletVideo-V1.0-weights, Droplet3D-V1.0-weights: "
+                   "model_index.json, transformer/, vae/, text_encoder/, tokenizer/, scheduler/) from "
+                   "ComfyUI/models/DropletVideo/; which model it is comes from its files. The transformer "
                    "is a native ComfyUI MODEL: core samplers, LoRA loaders and model patches work on it, and "
                    "ComfyUI loads it partially when VRAM is short.")
     CATEGORY = "DropletVideo"
@@ -25,7 +26,7 @@ class DropletVideoModelLoader:
         return {"required": {
             "model_folder": (folders_with(DROPLET_FOLDER, "model_index.json"), {
                 "tooltip": "A folder under ComfyUI/models/DropletVideo/ that holds model_index.json "
-                           "(the released DropletVideo-V1.0-weights)."}),
+                           "(the released DropletVideo-V1.0-weights or Droplet3D-V1.0-weights)."}),
             "precision": (PRECISIONS, {"default": "bf16", "tooltip": PRECISION_TOOLTIP}),
         }, "optional": {**TRANSFORMER_OPTIONS, "text_encoder_device": TEXT_ENCODER_DEVICE_INPUT}}
 

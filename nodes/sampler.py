@@ -2,6 +2,8 @@
 within 1e-4 of the official pipeline's in the fp32 parity tests) on the native MODEL, with ComfyUI's progress bar, previews and Cancel. The MODEL's patches that
 the model's forward reads run; the others are refused by name (model_patches.py)."""
 
+import logging
+
 import comfy.model_management
 import torch
 
@@ -14,10 +16,13 @@ from .context_windows import refuse_in_own_sampler
 from .latent_layout import preview_of, with_preview
 from .latent_scale import SCALE, sampling_scale
 from .model_patches import check_patches
-from .native.conditioning import IMAGE, MASK, fps_of, options, text_embeds
+from .fps_condition import FPS_DEFAULT, model_reads_fps, warn_if_set
+from .native.conditioning import FPS, IMAGE, MASK, fps_of, options, text_embeds
 from .extend import KNOWN
 from .native.diffusion_model import EngineView
 from .progress import comfy_on_step
+
+logger = logging.getLogger(__name__)
 
 
 def check_text(embeds: torch.Tensor, name: str, text_dim: int) -> None:
@@ -49,6 +54,25 @@ def latent_scale(node: str, base, positive, latent: dict) -> float:
     return sampling_scale(node, base.latent_format, options(positive), latent)
 
 
+def condition_fps(base, positive, fps=None) -> float:
+    """The FPS the loop carries: `fps` (the sweep's), else the conditioning's. A Droplet3D MODEL
+    reads none (fps_condition.py): a conditioning without one is fine there."""
+    if not model_reads_fps(base.droplet_config):
+        value = fps if fps is not None else options(positive).get(FPS, FPS_DEFAULT)
+        warn_if_set(base.diffusion_model, value)
+        return value
+    return fps if fps is not None else fps_of(positive, "positive")
+
+
+def check_text_length(embeds: torch.Tensor, config) -> None:
+    """Text Encode cannot see the MODEL: here the prompt's token count meets the model's reference."""
+    tokens, kind = embeds.shape[1], config.kind
+    if tokens != kind.max_sequence_length:
+        logger.warning("the prompt is encoded to %d tokens; %s's reference encodes %d (inference.py's "
+                       "max_sequence_length): set DropletVideo Text Encode's max_tokens to %d to match it.",
+                       tokens, kind.label, kind.max_sequence_length, kind.max_sequence_length)
+
+
 def sampler_inputs(base, positive, negative, latent: dict, plan: SamplingPlan, device, scale: float, fps=None,
                    prompt_schedule=None) -> SampleInputs:
     """What the DropletVideo samplers sample from, with the prompts and the latent checked: text
@@ -56,9 +80,9 @@ def sampler_inputs(base, positive, negative, latent: dict, plan: SamplingPlan, d
     channels, V2V start latents, a continuation's known latent frames (DropletVideo Extend); the
     latents x `scale` (latent_scale)."""
     config = base.droplet_config
-    inputs = SampleInputs(text_embeds(positive, "positive"), fps_tensor(fps if fps is not None else
-                                                                          fps_of(positive, "positive")),
+    inputs = SampleInputs(text_embeds(positive, "positive"), fps_tensor(condition_fps(base, positive, fps)),
                           prompt_schedule=prompt_schedule, known_latent_frames=options(positive).get(KNOWN, 0))
+    check_text_length(inputs.positive, config)
     if plan.uses_cfg:
         inputs.negative = text_embeds(negative, "negative")
     named = [(inputs.positive, "positive"), (inputs.negative, "negative")]

@@ -61,7 +61,9 @@ class DropletVideoTextEncode:
                 "append_quality_suffix": ("BOOLEAN", {"default": True, "tooltip": "Append the reference's quality "
                                                       "sentence to the prompt (inference.py always does)."}),
                 "max_tokens": ("INT", {"default": MAX_SEQUENCE_LENGTH, "min": 1, "max": 1024, "tooltip":
-                                       "T5 sequence length: prompts are padded or cut to it (reference CLI: 400)."}),
+                                       "T5 sequence length: prompts are padded or cut to it. DropletVideo's inference.py uses 400, "
+                                       "Droplet3D's 450 (the Droplet3D workflows set 450); the sampler warns when "
+                                       "this differs from its MODEL's reference."}),
             },
             "optional": {
                 "text_encoder": ("DROPLET_TEXT_ENCODER", {"tooltip": "From a DropletVideo loader."}),

@@ -34,10 +34,11 @@ import run_workflow  # noqa: E402 (tools/, on pytest's pythonpath; after the com
 PACK = run_workflow.load_pack(stub=False)  # the stand-in or COMFYUI_PATH is on sys.path already
 
 # The model names the shipped workflows use; empty stand-ins make them valid combo choices.
-SHIPPED_NAMES = {"DropletVideo": ("DropletVideo-V1.0-weights", "model_index.json"),
-                 "diffusion_models": ("DropletVideo-V1.0-transformer", "config.json"),
-                 "vae": ("DropletVideo-V1.0-vae", "config.json"),
-                 "text_encoders": ("DropletVideo-V1.0-t5", "config.json")}
+SHIPPED_NAMES = [("DropletVideo", "DropletVideo-V1.0-weights", "model_index.json"),
+                 ("DropletVideo", "Droplet3D-V1.0-weights", "model_index.json"),
+                 ("diffusion_models", "DropletVideo-V1.0-transformer", "config.json"),
+                 ("vae", "DropletVideo-V1.0-vae", "config.json"),
+                 ("text_encoders", "DropletVideo-V1.0-t5", "config.json")]
 SHIPPED_FILES = {"loras": "droplet_lora.safetensors"}
 
 
@@ -76,7 +77,7 @@ def models_dir(tmp_path_factory) -> Path:
 
     root = Path(tmp_path_factory.mktemp("models")) if COMFYUI_PATH else Path(folder_paths.models_dir)
     if COMFYUI_PATH:  # never write into the ComfyUI checkout
-        for name in (*SHIPPED_NAMES, *SHIPPED_FILES):
+        for name in {*(folder for folder, _, _ in SHIPPED_NAMES), *SHIPPED_FILES}:
             folder_paths.add_model_folder_path(name, str(root / name))
     tiny = ensure_tiny_checkpoint(root / "DropletVideo" / "tiny")
     links = {"diffusion_models/tiny-transformer": tiny / "transformer", "vae/tiny-vae": tiny / "vae",
@@ -88,7 +89,7 @@ def models_dir(tmp_path_factory) -> Path:
         (root / name).parent.mkdir(parents=True, exist_ok=True)
         if not (root / name).is_symlink():
             (root / name).symlink_to(target)
-    for folder, (name, marker) in SHIPPED_NAMES.items():
+    for folder, name, marker in SHIPPED_NAMES:
         (root / folder / name).mkdir(parents=True, exist_ok=True)
         (root / folder / name / marker).write_text(json.dumps({}))
     for folder, name in SHIPPED_FILES.items():

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-WORKFLOWS = sorted((ROOT / "workflows").glob("*.json"))
+WORKFLOWS = sorted((ROOT / "example_workflows").glob("*.json"))
 NOTE_TYPES = ("Note", "MarkdownNote")
 NEEDS = "Needs ComfyUI 0.33"  # the Note's sentence
 README_MARK = "(ComfyUI 0.33)"  # the README row's mark

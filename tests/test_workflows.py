@@ -185,7 +185,8 @@ def test_api_prompt_gives_every_required_input(path, info):
         for name, spec, optional in tool.input_specs(info[node["class_type"]]):
             assert optional or name in node["inputs"], f"{path.stem} node {node_id}: {name} missing"
     loaders = [n for n in api.values() if n["class_type"] == "DropletVideoModelLoader"]
-    assert all(n["inputs"]["model_folder"] == "DropletVideo-V1.0-weights" for n in loaders)
+    release = "Droplet3D-V1.0-weights" if path.stem.startswith("droplet3d") else "DropletVideo-V1.0-weights"
+    assert all(n["inputs"]["model_folder"] == release for n in loaders)
 
 
 def test_i2v_workflow_converts_as_the_frontend_queues_it(info):

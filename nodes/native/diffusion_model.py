@@ -1,7 +1,8 @@
 """The diffusion model that ComfyUI's BaseModel builds: droplet_core's transformer with
 ComfyUI's layer classes and ComfyUI's call signature.
 
-ComfyUI calls `forward(x, timestep, context, fps=..., transformer_options=...)` with x in its
+ComfyUI calls `forward(x, timestep, context, fps=..., transformer_options=...)` (fps: DropletVideo's
+condition, ignored by Droplet3D: fps_condition.py) with x in its
 latent layout [B, C, F, H, W], C = 16 noise channels followed by the 17 concat channels (mask,
 masked-video latents; model.py). The engine's `predict` works in [B, F, C, H, W]. The blocks'
 attention is ComfyUI's (attention.py), called with each call's transformer_options; the pack's
@@ -17,6 +18,7 @@ from ...droplet_core.configs import TransformerConfig, config_from_dict
 from ...droplet_core.positional import check_latent_frames_fit
 from ...droplet_core.transformer import DropletVideoTransformer3DModel, run_block
 from ..context_windows import table_remedy
+from ..fps_condition import fps_for_transformer
 from .attention import comfy_attention_fn
 from .layers import use_operations
 
@@ -49,10 +51,7 @@ class ComfyDropletTransformer(DropletVideoTransformer3DModel):
 
     def _forward(self, x, timestep, context, fps, transformer_options, block_runner=run_block, **kwargs):
         """`block_runner` is the pack sampler's (its step cache), inside ComfyUI's block replacements."""
-        if fps is None:
-            raise ValueError("DropletVideo needs its FPS condition: build the conditioning with DropletVideo Image "
-                             "Encode (start/end frame) or DropletVideo Empty Conditioning (text-to-video); they "
-                             "set fps on positive and negative.")
+        fps = fps_for_transformer(self, fps)  # DropletVideo's condition; None on Droplet3D, which has none
         noise_channels = self.config.noise_channels
         hidden = frames_first(x)  # [B, F, C, H, W]
         inpaint = hidden[:, :, noise_channels:] if hidden.shape[2] > noise_channels else None
@@ -61,7 +60,7 @@ class ComfyDropletTransformer(DropletVideoTransformer3DModel):
         # past the table, before the positional rows give the engine's.
         check_latent_frames_fit(self.config, frames, remedy=f"{table_remedy(self.config)}, or use the "
                                 f"DropletVideo Sampler's long_video")
-        out = self.predict(hidden[:, :, :noise_channels], context, timestep, fps.reshape(-1)[:1].float(),
+        out = self.predict(hidden[:, :, :noise_channels], context, timestep, fps,
                            inpaint_latents=inpaint,
                            image_rotary_emb=self.rotary(frames, height, width, device=x.device),
                            block_runner=patched_block_runner(transformer_options, block_runner),
