@@ -13,6 +13,7 @@ from ...droplet_core.configs import config_to_dict
 from ...droplet_core.loading import (assign_strict, fit_to_config, read_transformer_state,
                                      transformer_config_and_files)
 from ...droplet_core.sampling import RELEASE_SCHEDULER_CONFIG
+from ..quantized_file import check_quantized_file
 from .model import DropletVideoLatentFormat, DropletVideoModelConfig, model_sampling_settings
 from .quantized import keeps_quantized, load_quantized, read_quantized
 
@@ -63,6 +64,7 @@ def _quantized_model(config, files, source, compute_dtype, scale_factor, schedul
     from detect_layer_quantization, manual cast always on (the weights' dtypes are mixed), weights
     through the layers' own loading. The compute dtype is the node's precision, as for every other
     file (core picks it from the device: unet_manual_cast(None, ...))."""
+    check_quantized_file(config, files, source)  # from the header: refused before anything is read
     state = read_quantized(files, compute_dtype)
     fit_to_config(config, state, files, source)
     model_config = model_config_for(config, compute_dtype, compute_dtype, scale_factor, scheduler_config)

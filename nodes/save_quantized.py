@@ -1,0 +1,50 @@
+"""DropletVideoSaveQuantized: the transformer written in one of ComfyUI's quantized formats into
+ComfyUI/models/diffusion_models/, where the Transformer Loader lists it."""
+
+import os
+from pathlib import Path
+
+import folder_paths
+
+from .model_paths import components, resolve
+from .quantized_writer import host_formats, write_quantized
+
+
+class DropletVideoSaveQuantized:
+    DESCRIPTION = ("Writes a bf16 DropletVideo (or Droplet3D) transformer as one .safetensors in ComfyUI's "
+                   "mixed-precision format, quantized with this ComfyUI's own functions (comfy-kitchen). The block "
+                   "Linears take the format; embeddings, norms, adaLN and proj_out stay bf16 (docs/quantization.md). "
+                   "The file lands in models/diffusion_models/ and holds its config, so the Transformer Loader "
+                   "reads it with no other setting. Needs about one bf16 copy of RAM (11 GB at release size).")
+    CATEGORY = "DropletVideo"
+    RETURN_TYPES = ("STRING",)
+    RETURN_NAMES = ("transformer_name",)
+    OUTPUT_TOOLTIPS = ("The written file's name, as the Transformer Loader lists it.",)
+    OUTPUT_NODE = True
+    FUNCTION = "save"
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        formats = host_formats() or ["(install comfy-kitchen)"]
+        return {"required": {
+            "transformer_name": (components("diffusion_models"), {
+                "tooltip": "The bf16 transformer: a .safetensors file or a folder with config.json in "
+                           "ComfyUI/models/diffusion_models/."}),
+            "format": (formats, {"default": formats[0], "tooltip": "ComfyUI's formats on this install "
+                       "(comfy.quant_ops.QUANT_ALGOS). float8_e4m3fn: half of bf16, nearly lossless. nvfp4 / "
+                       "convrot_w4a4 / asym_w4a8_int8: about a quarter, 4-bit. See docs/quantization.md."}),
+            "file_name": ("STRING", {"default": "DropletVideo-5B", "tooltip": "Written as <file_name>_<format>"
+                          ".safetensors; an existing file is never overwritten."}),
+        }, "optional": {
+            "quantize_modulation": ("BOOLEAN", {"default": False, "tooltip": "Also quantize the adaLN modulation "
+                                    "Linears (norm1/norm2.linear, ~16% of weights). Off: measured to double the "
+                                    "error of one forward for 1/6 more saving (docs/quantization.md)."}),
+        }}
+
+    def save(self, transformer_name, format, file_name, quantize_modulation=False):
+        source = resolve("diffusion_models", transformer_name, "transformer")
+        name = f"{Path(file_name).name}_{format}.safetensors"
+        out = Path(folder_paths.get_folder_paths("diffusion_models")[0]) / name
+        os.makedirs(out.parent, exist_ok=True)
+        write_quantized(source, out, format, quantize_modulation)
+        return {"ui": {"text": [name]}, "result": (name,)}
