@@ -11,7 +11,7 @@ from functools import lru_cache
 import torch
 from safetensors import safe_open
 
-from ..droplet_core.loading import strip_prefix
+from ..droplet_core.loading import PATCH_WEIGHT, check_config_fits_weights, check_state_fits, strip_prefix
 from ..droplet_core.quant_plan import METADATA_KIND, model_kind
 from ..droplet_core.transformer import DropletVideoTransformer3DModel
 from ..droplet_core.weights import read_header
@@ -72,12 +72,19 @@ def packed_entries(fmt: str, shape: tuple) -> dict:
 
 
 def check_layers_fit(config, files, layers: dict, source: str) -> None:
-    """Each quantized layer holds exactly the tensors its format gives the config's Linear."""
+    """The unquantized tensors have the config's shapes (the engine's own checks, on shapes read
+    from the header) and each quantized layer holds exactly the tensors its format gives the
+    config's Linear."""
     header = {}
     for file in files:
         header.update({strip_prefix(k): v for k, v in read_header(file).items() if k != "__metadata__"})
     with torch.device("meta"):
         expected = DropletVideoTransformer3DModel(config).state_dict()
+        shapes = {k: torch.empty(v["shape"]) for k, v in header.items() if not k.endswith(QUANT_ENTRY)}
+    check_config_fits_weights(config, shapes, source, files[0])
+    dense = {k: v for k, v in shapes.items() if k.rpartition(".")[0] not in layers and k != PATCH_WEIGHT}
+    check_state_fits({k: v for k, v in expected.items() if k.rpartition(".")[0] not in layers and k != PATCH_WEIGHT},
+                     dense, source)  # the patch embedding's input channels may differ (loading.py fits them)
     for layer, conf in sorted(layers.items()):
         wanted = expected.get(f"{layer}.weight")
         if wanted is None or wanted.ndim != 2:

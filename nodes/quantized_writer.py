@@ -61,11 +61,12 @@ def check_format(fmt: str) -> None:
                          f"Pick one of those, or update ComfyUI and comfy-kitchen.")
 
 
-def quantize_weight(weight: torch.Tensor, fmt: str, layer: str) -> dict:
-    """The tensors of one quantized layer, comfy_quant entry included, keyed under `layer`."""
+def quantize_weight(weight: torch.Tensor, fmt: str, layer: str, device="cpu") -> dict:
+    """The tensors of one quantized layer (on the CPU), comfy_quant entry included, keyed under `layer`;
+    quantized on `device` (comfy-kitchen's CPU code takes minutes a GiB for the 4-bit formats)."""
     layout = quant_ops.QUANT_ALGOS[fmt]["comfy_tensor_layout"]
-    quantized = quant_ops.QuantizedTensor.from_float(weight, layout)
-    tensors = {key: value.contiguous() for key, value in quantized.state_dict(f"{layer}.weight").items()}
+    quantized = quant_ops.QuantizedTensor.from_float(weight.to(device), layout)
+    tensors = {key: value.cpu().contiguous() for key, value in quantized.state_dict(f"{layer}.weight").items()}
     tensors[layer + QUANT_ENTRY] = torch.tensor(list(json.dumps(layer_conf(fmt, quantized)).encode()),
                                                 dtype=torch.uint8)
     return tensors
@@ -82,13 +83,13 @@ def layer_conf(fmt: str, quantized) -> dict:
     return conf
 
 
-def quantize_state_dict(state: dict, fmt: str, quantize_modulation: bool = False):
+def quantize_state_dict(state: dict, fmt: str, quantize_modulation: bool = False, device="cpu"):
     """quantize_tensors over a transformer state dict (prefixes stripped), emptied as it goes."""
     shapes = {key: tuple(value.shape) for key, value in state.items()}
-    return quantize_tensors(((key, state.pop(key)) for key in list(state)), shapes, fmt, quantize_modulation)
+    return quantize_tensors(((key, state.pop(key)) for key in list(state)), shapes, fmt, quantize_modulation, device)
 
 
-def quantize_tensors(items, shapes: dict, fmt: str, quantize_modulation: bool = False):
+def quantize_tensors(items, shapes: dict, fmt: str, quantize_modulation: bool = False, device="cpu"):
     """(tensors, per-layer comfy_quant entries, kept layers with why) from (key, tensor) pairs taken
     one at a time, so the caller holds the output and one source layer."""
     check_format(fmt)
@@ -98,7 +99,7 @@ def quantize_tensors(items, shapes: dict, fmt: str, quantize_modulation: bool = 
         layer = key[: -len(".weight")]
         if key.endswith(".weight") and layer in chosen:
             try:
-                quantized = quantize_weight(tensor, fmt, layer)
+                quantized = quantize_weight(tensor, fmt, layer, device)
             except ValueError as error:  # the layout's own shape rule (e.g. ConvRot groups of 256 inputs)
                 kept[layer] = f"{fmt} refused its shape {tuple(tensor.shape)}: {error}"
             else:
@@ -150,7 +151,7 @@ def _class_name(path: Path, files) -> str:
     return json.loads(embedded).get("_class_name", "") if embedded else ""
 
 
-def write_quantized(source_path, out_path, fmt: str, quantize_modulation: bool = False) -> dict:
+def write_quantized(source_path, out_path, fmt: str, quantize_modulation: bool = False, device="cpu") -> dict:
     """Writes the transformer at `source_path` (release folder transformer/ or one file) as `out_path`
     in `fmt`; returns the file's metadata. Refuses to overwrite a file."""
     out_path = Path(out_path)
@@ -159,7 +160,7 @@ def write_quantized(source_path, out_path, fmt: str, quantize_modulation: bool =
     check_format(fmt)
     config, files, source, shapes = read_source(Path(source_path))
     kind = model_kind(config, shapes)
-    tensors, layers, kept = quantize_tensors(source_tensors(files), shapes, fmt, quantize_modulation)
+    tensors, layers, kept = quantize_tensors(source_tensors(files), shapes, fmt, quantize_modulation, device)
     metadata = quant_metadata(config, kind, fmt, layers, kept, files, source_hash(files), host_name())
     partial = out_path.with_name(out_path.name + ".partial")
     save_file(tensors, str(partial), metadata=metadata)

@@ -4,6 +4,7 @@ ComfyUI/models/diffusion_models/, where the Transformer Loader lists it."""
 import os
 from pathlib import Path
 
+import comfy.model_management
 import folder_paths
 
 from .model_paths import components, resolve
@@ -30,7 +31,7 @@ class DropletVideoSaveQuantized:
             "transformer_name": (components("diffusion_models"), {
                 "tooltip": "The bf16 transformer: a .safetensors file or a folder with config.json in "
                            "ComfyUI/models/diffusion_models/."}),
-            "format": (formats, {"default": formats[0], "tooltip": "ComfyUI's formats on this install "
+            "quant_format": (formats, {"default": formats[0], "tooltip": "ComfyUI's formats on this install "
                        "(comfy.quant_ops.QUANT_ALGOS). float8_e4m3fn: half of bf16, nearly lossless. nvfp4 / "
                        "convrot_w4a4 / asym_w4a8_int8: about a quarter, 4-bit. See docs/quantization.md."}),
             "file_name": ("STRING", {"default": "DropletVideo-5B", "tooltip": "Written as <file_name>_<format>"
@@ -41,10 +42,10 @@ class DropletVideoSaveQuantized:
                                     "error of one forward for 1/6 more saving (docs/quantization.md)."}),
         }}
 
-    def save(self, transformer_name, format, file_name, quantize_modulation=False):
+    def save(self, transformer_name, quant_format, file_name, quantize_modulation=None):
         source = resolve("diffusion_models", transformer_name, "transformer")
-        name = f"{Path(file_name).name}_{format}.safetensors"
+        name = f"{Path(file_name).name}_{quant_format}.safetensors"
         out = Path(folder_paths.get_folder_paths("diffusion_models")[0]) / name
         os.makedirs(out.parent, exist_ok=True)
-        write_quantized(source, out, format, quantize_modulation)
+        write_quantized(source, out, quant_format, bool(quantize_modulation), comfy.model_management.get_torch_device())
         return {"ui": {"text": [name]}, "result": (name,)}

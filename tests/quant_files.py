@@ -33,3 +33,21 @@ def quantized_file(writer, models_dir: Path, fmt: str, quantize_modulation: bool
     if not out.is_file():
         writer.write_quantized(medium_release_file(models_dir), out, fmt, quantize_modulation)
     return name
+
+
+def forward_inputs(model, frames: int = 2, size: int = 16):
+    """Fixed random inputs of one transformer call ([B, F, C, H, W] latents, text, timestep, fps)."""
+    config = model.model.diffusion_model.config
+    generator = torch.Generator().manual_seed(0)
+    return dict(hidden_states=torch.randn(1, frames, config.noise_channels, size, size, generator=generator),
+                encoder_hidden_states=torch.randn(1, 8, config.text_embed_dim, generator=generator),
+                timestep=torch.tensor([500]), fps=torch.tensor([8]),
+                inpaint_latents=torch.randn(1, frames, config.in_channels - config.noise_channels, size, size,
+                                            generator=generator))
+
+
+@torch.no_grad()
+def forward(model, inputs):
+    device, dtype = model.load_device, model.model.manual_cast_dtype or torch.bfloat16
+    cast = {k: v.to(device, dtype) if v.is_floating_point() else v.to(device) for k, v in inputs.items()}
+    return model.model.diffusion_model.predict(**cast).float().cpu()

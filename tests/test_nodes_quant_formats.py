@@ -16,7 +16,7 @@ from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
 from node_fixtures import load_partially, run
-from quant_files import medium_release_file, quantized_file
+from quant_files import forward, forward_inputs, medium_release_file, quantized_file
 
 quant_ops = pytest.importorskip("comfy.quant_ops", reason="needs a real ComfyUI (COMFYUI_PATH) with quant_ops")
 if not hasattr(quant_ops.QuantizedTensor, "from_float"):
@@ -121,19 +121,107 @@ def test_partial_load_of_a_4bit_file_gives_the_full_load_forward(pack, models_di
     model.unpatch_model(model.offload_device)
 
 
-def forward_inputs(model, frames: int = 2, size: int = 16):
-    """Fixed random inputs of one transformer call ([B, F, C, H, W] latents, text, timestep, fps)."""
-    config = model.model.diffusion_model.config
-    generator = torch.Generator().manual_seed(0)
-    return dict(hidden_states=torch.randn(1, frames, config.noise_channels, size, size, generator=generator),
-                encoder_hidden_states=torch.randn(1, 8, config.text_embed_dim, generator=generator),
-                timestep=torch.tensor([500]), fps=torch.tensor([8]),
-                inpaint_latents=torch.randn(1, frames, config.in_channels - config.noise_channels, size, size,
-                                            generator=generator))
+# Bad input: each refused by name with its fix, from the header, before any tensor is read.
+def rewritten(models_dir, name: str, new_name: str, edit_tensors=None, edit_metadata=None) -> str:
+    path = models_dir / "diffusion_models" / name
+    tensors = load_file(str(path))
+    with safe_open(str(path), framework="pt") as handle:
+        metadata = handle.metadata()
+    tensors = edit_tensors(tensors) if edit_tensors else tensors
+    metadata = edit_metadata(metadata) if edit_metadata else metadata
+    save_file(tensors, str(models_dir / "diffusion_models" / new_name), metadata=metadata)
+    return new_name
 
 
-@torch.no_grad()
-def forward(model, inputs):
-    device, dtype = model.load_device, model.model.manual_cast_dtype or torch.bfloat16
-    cast = {k: v.to(device, dtype) if v.is_floating_point() else v.to(device) for k, v in inputs.items()}
-    return model.model.diffusion_model.predict(**cast).float().cpu()
+@pytest.fixture
+def refused_early(pack, monkeypatch):
+    """Fails the test if the loader reads the tensors of a file it should have refused."""
+    loading = importlib.import_module(pack.__name__ + ".nodes.native.loading")
+
+    def read_quantized(*args, **kwargs):
+        raise AssertionError("the tensors were read before the file was checked")
+
+    monkeypatch.setattr(loading, "read_quantized", read_quantized)
+
+
+def still_loads(pack, models_dir, writer):
+    """After a refusal the server goes on: a good file loads quantized."""
+    model = load(pack, quantized_file(writer, models_dir, "float8_e4m3fn"))
+    assert isinstance(layers_of(model)["transformer_blocks.0.attn1.to_q"].weight, quant_ops.QuantizedTensor)
+
+
+def test_a_dropped_scale_is_refused(pack, models_dir, writer, refused_early):
+    for fmt, scale in (("float8_e4m3fn", "weight_scale"), (FOUR_BIT, next(iter(sorted(
+            k for k in load_file(str(models_dir / "diffusion_models" / quantized_file(writer, models_dir, FOUR_BIT)))
+            if k.startswith("transformer_blocks.3.ff.net.2.weight_"))))[len("transformer_blocks.3.ff.net.2."):])):
+        key = f"transformer_blocks.3.ff.net.2.{scale}"
+        name = rewritten(models_dir, quantized_file(writer, models_dir, fmt), f"no_scale_{fmt}.safetensors",
+                         edit_tensors=lambda t: {k: v for k, v in t.items() if k != key})
+        with pytest.raises(ValueError, match=f"no {key} tensor: its scale was dropped"):
+            load(pack, name)
+
+
+def test_metadata_disagreeing_with_tensors_is_refused(pack, models_dir, writer, refused_early):
+    fp8 = quantized_file(writer, models_dir, "float8_e4m3fn")
+    layer = "transformer_blocks.1.attn1.to_v"
+
+    def relabel(metadata):
+        record = json.loads(metadata["_quantization_metadata"])
+        record["layers"][layer] = {"format": FOUR_BIT}
+        return {**metadata, "_quantization_metadata": json.dumps(record)}
+
+    with pytest.raises(ValueError, match=f"_quantization_metadata says layer '{layer}' is .*{FOUR_BIT}.*comfy_quant"):
+        load(pack, rewritten(models_dir, fp8, "relabelled.safetensors", edit_metadata=relabel))
+
+    def other_config(metadata):  # a config with twice the heads of half the size: same inner width
+        config = json.loads(metadata["config"])
+        config.update(num_attention_heads=16, attention_head_dim=32)
+        return {**metadata, "config": json.dumps(config)}
+
+    with pytest.raises(ValueError, match="attention_head_dim"):
+        load(pack, rewritten(models_dir, fp8, "other_config.safetensors", edit_metadata=other_config))
+
+    def wider_ff(tensors):  # the config's feed-forward is 4x; a file whose packed ff.net.2 claims 3x
+        key = "transformer_blocks.2.ff.net.2.weight"
+        return {**tensors, key: tensors[key][:, : tensors[key].shape[1] * 3 // 4].contiguous()}
+
+    with pytest.raises(ValueError, match="ff.net.2.weight is F8_E4M3 .*disagrees with the tensors"):
+        load(pack, rewritten(models_dir, fp8, "wrong_shape.safetensors", edit_tensors=wider_ff))
+    still_loads(pack, models_dir, writer)
+
+
+def test_a_truncated_quantized_file_is_refused(pack, models_dir, writer):
+    good = models_dir / "diffusion_models" / quantized_file(writer, models_dir, FOUR_BIT)
+    cut = models_dir / "diffusion_models" / "truncated.safetensors"
+    cut.write_bytes(good.read_bytes()[:-4096])
+    with pytest.raises(ValueError, match="is incomplete.*re-download"):
+        load(pack, cut.name)
+    still_loads(pack, models_dir, writer)
+
+
+def test_a_file_quantized_for_another_model_is_refused(pack, models_dir, writer, refused_early):
+    other = {"blocks.0.self_attn.q.weight": torch.zeros(64, 64, dtype=torch.float8_e4m3fn),
+             "blocks.0.self_attn.q.weight_scale": torch.ones(()),
+             "blocks.0.self_attn.q.comfy_quant": torch.tensor(list(b'{"format": "float8_e4m3fn"}'), dtype=torch.uint8),
+             "patch_embedding.weight": torch.zeros(64, 16, 1, 2, 2, dtype=torch.bfloat16)}
+    save_file(other, str(models_dir / "diffusion_models" / "wan_like_fp8.safetensors"))
+    with pytest.raises(ValueError, match="not a DropletVideo/CogVideoX transformer"):
+        load(pack, "wan_like_fp8.safetensors")
+    three_d = rewritten(models_dir, quantized_file(writer, models_dir, "float8_e4m3fn"), "droplet3d_fp8.safetensors",
+                        edit_tensors=lambda t: {k: v for k, v in t.items() if not k.startswith("fps_embedding.")},
+                        edit_metadata=lambda m: {**m, "droplet_model_kind": "Droplet3D"})
+    with pytest.raises(ValueError, match="quantized Droplet3D transformer, not DropletVideo"):
+        load(pack, three_d)
+    still_loads(pack, models_dir, writer)
+
+
+def test_a_format_this_comfyui_lacks_is_refused_with_the_version_that_has_it(pack, models_dir, writer, monkeypatch,
+                                                                           refused_early):
+    """ComfyUI 0.8.0's QUANT_ALGOS has float8 and nvfp4 only: an int8 file names 0.33.0."""
+    if "int8_tensorwise" not in FORMATS:
+        pytest.skip("this ComfyUI cannot write int8_tensorwise")
+    name = quantized_file(writer, models_dir, "int8_tensorwise")
+    monkeypatch.setattr(quant_ops, "QUANT_ALGOS", {k: v for k, v in quant_ops.QUANT_ALGOS.items()
+                                                   if k in ("float8_e4m3fn", "float8_e5m2", "nvfp4")})
+    with pytest.raises(ValueError, match="int8_tensorwise, which this ComfyUI .* update ComfyUI to 0.33.0 or newer"):
+        load(pack, name)
