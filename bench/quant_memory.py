@@ -36,7 +36,8 @@ def write_source(path: Path, blocks: int) -> int:
         shapes = {k: v.shape for k, v in DropletVideoTransformer3DModel(config).state_dict().items()}
     generator = torch.Generator().manual_seed(0)
     state = {k: (torch.randn(s, generator=generator) * 0.02).to(torch.bfloat16) for k, s in shapes.items()}
-    save_file(state, str(path), metadata={"config": json.dumps(config_to_dict(config, "DropletVideoTransformer3DModel"))})
+    config_json = json.dumps(config_to_dict(config, "DropletVideoTransformer3DModel"))
+    save_file(state, str(path), metadata={"config": config_json})
     return sum(t.numel() * 2 for t in state.values())
 
 
@@ -50,7 +51,8 @@ writer = writer_module(Path({args.comfyui!r}))
 before = next(int(l.split()[1]) for l in open("/proc/self/status") if l.startswith("VmRSS:"))  # kB, now
 start = time.time()
 writer.write_quantized({str(source)!r}, {str(out)!r}, {args.format!r}, device={args.device!r})
-print(json.dumps({{"seconds": time.time() - start, "peak_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # kB
+print(json.dumps({{"seconds": time.time() - start, "peak_mib": peak / 1024,
                   "before_mib": before / 1024}}))
 """
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)

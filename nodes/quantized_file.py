@@ -37,7 +37,8 @@ def layer_formats(files) -> dict:
         if keys:
             with safe_open(str(file), framework="pt") as handle:
                 for key in keys:
-                    entries[strip_prefix(key)[: -len(QUANT_ENTRY)]] = json.loads(handle.get_tensor(key).numpy().tobytes())
+                    layer = strip_prefix(key)[: -len(QUANT_ENTRY)]
+                    entries[layer] = json.loads(handle.get_tensor(key).numpy().tobytes())
     if entries and listed:
         for layer in sorted(set(entries) | set(listed)):
             if entries.get(layer) != listed.get(layer):

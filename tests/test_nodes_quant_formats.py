@@ -16,7 +16,8 @@ from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
 from node_fixtures import load_partially, run
-from quant_files import forward, forward_inputs, medium_release_file, quantized_file
+from quant_files import (TEST_BLOCKS, VIDEO, forward, forward_inputs, medium_release_file, quantized_file, short_video,
+                         video_conditioning)
 
 quant_ops = pytest.importorskip("comfy.quant_ops", reason="needs a real ComfyUI (COMFYUI_PATH) with quant_ops")
 if not hasattr(quant_ops.QuantizedTensor, "from_float"):
@@ -30,8 +31,8 @@ def writer(pack):
     return importlib.import_module(pack.__name__ + ".nodes.quantized_writer")
 
 
-def load(pack, name: str):
-    return run(pack, "DropletVideoTransformerLoader", transformer_name=name, precision="bf16")[0]
+def load(pack, name: str, precision: str = "bf16"):
+    return run(pack, "DropletVideoTransformerLoader", transformer_name=name, precision=precision)[0]
 
 
 def layers_of(model):
@@ -46,9 +47,9 @@ def layer_formats(models_dir, name: str) -> dict:
 @pytest.mark.parametrize("fmt", FORMATS)
 def test_each_format_reads_back_as_cores_own_quantize_and_stays_quantized(pack, models_dir, writer, fmt):
     name = quantized_file(writer, models_dir, fmt)
-    source = load_file(str(medium_release_file(models_dir)))
+    source = load_file(str(medium_release_file(models_dir, TEST_BLOCKS)))
     formats = layer_formats(models_dir, name)
-    assert len(formats) == 48 and all(f["format"] == fmt for f in formats.values())  # 8 blocks x 6 Linears
+    assert len(formats) == 6 * TEST_BLOCKS and all(f["format"] == fmt for f in formats.values())  # 6 Linears a block
     model = load(pack, name)
     layers = layers_of(model)
     layout = quant_ops.QUANT_ALGOS[fmt]["comfy_tensor_layout"]
@@ -61,7 +62,7 @@ def test_each_format_reads_back_as_cores_own_quantize_and_stays_quantized(pack, 
     for kept in ("proj_out", "patch_embed.proj", "time_embedding.linear_1", "fps_embedding.linear_2",
                  "transformer_blocks.0.norm1.linear", "norm_out.linear"):
         assert torch.equal(layers[kept].weight, source[f"{kept}.weight"]), kept  # bf16 as stored
-    bf16 = load(pack, medium_release_file(models_dir).name)
+    bf16 = load(pack, medium_release_file(models_dir, TEST_BLOCKS).name)
     assert model.model_size() < 0.8 * bf16.model_size()
 
 
@@ -69,10 +70,12 @@ def test_the_file_holds_config_kind_formats_and_source_hash(models_dir, writer):
     name = quantized_file(writer, models_dir, "float8_e4m3fn")
     with safe_open(str(models_dir / "diffusion_models" / name), framework="pt") as handle:
         metadata = handle.metadata()
-    source = medium_release_file(models_dir)
+    source = medium_release_file(models_dir, TEST_BLOCKS)
     with safe_open(str(source), framework="pt") as handle:
         source_config = json.loads(handle.metadata()["config"])
-    assert json.loads(metadata["config"])["num_layers"] == source_config["num_layers"] == 8
+    written = json.loads(metadata["config"])
+    assert written["num_layers"] == source_config["num_layers"] == TEST_BLOCKS
+    assert written["num_attention_heads"] == source_config["num_attention_heads"] and written["_class_name"]
     assert metadata["droplet_model_kind"] == "DropletVideo"
     record = json.loads(metadata["droplet_quantization"])
     import hashlib
@@ -91,7 +94,7 @@ def test_a_lora_on_a_4bit_file_is_applied_and_requantized(pack, models_dir, writ
     from lora_files import random_factors, write_peft
 
     model = load(pack, quantized_file(writer, models_dir, FOUR_BIT))
-    bf16 = load(pack, medium_release_file(models_dir).name).model.diffusion_model
+    bf16 = load(pack, medium_release_file(models_dir, TEST_BLOCKS).name).model.diffusion_model
     factors = random_factors(bf16, 5)  # the bf16 model's Linears are torch Linears; the quantized ones are not
     write_peft(models_dir / "loras" / "droplet_test_4bit.safetensors", factors)
     patched = run(pack, "DropletVideoLoraLoader", model=model, lora_name="droplet_test_4bit.safetensors",
@@ -225,3 +228,31 @@ def test_a_format_this_comfyui_lacks_is_refused_with_the_version_that_has_it(pac
                                                    if k in ("float8_e4m3fn", "float8_e5m2", "nvfp4")})
     with pytest.raises(ValueError, match="int8_tensorwise, which this ComfyUI .* update ComfyUI to 0.33.0 or newer"):
         load(pack, name)
+
+
+# The table's video RMSE against bf16 (docs/quantization.md, bench/quant_table.py on ComfyUI 0.33.0):
+# medium checkpoint (8 blocks), image-to-video at quant_files.VIDEO (64x64, 5 frames, 3 DDIM steps, CFG 6,
+# seed 42, fp32 compute).
+TABLE_RMSE = TABLE_RMSE_VALUES
+VIDEO_FORMATS = [f for f in ("float8_e4m3fn", FOUR_BIT) if f in TABLE_RMSE]
+
+
+@pytest.fixture(scope="module")
+def medium_video(pack, models_dir):
+    """(bf16 file's frames, the medium checkpoint's VAE and prompt conditioning) as the table made them."""
+    vae, conds = video_conditioning(pack)
+    with torch.inference_mode():
+        frames, _ = short_video(pack, load(pack, medium_release_file(models_dir, 8).name, VIDEO["precision"]), vae,
+                                conds)
+    return frames, vae, conds
+
+
+@pytest.mark.parametrize("fmt", VIDEO_FORMATS)
+def test_a_video_from_a_quantized_file_stays_within_the_tables_distance_of_bf16(pack, models_dir, writer,
+                                                                                 medium_video, fmt):
+    reference, vae, conds = medium_video
+    with torch.inference_mode():
+        model = load(pack, quantized_file(writer, models_dir, fmt, blocks=8), VIDEO["precision"])
+        frames, _ = short_video(pack, model, vae, conds)
+    rmse = float(((frames - reference) ** 2).mean().sqrt())
+    assert 0 < rmse < 1.5 * TABLE_RMSE[fmt], rmse  # fixed in advance: 1.5x the table's figure
