@@ -35,7 +35,8 @@ def write_source(path: Path, blocks: int) -> int:
     with torch.device("meta"):
         shapes = {k: v.shape for k, v in DropletVideoTransformer3DModel(config).state_dict().items()}
     generator = torch.Generator().manual_seed(0)
-    state = {k: (torch.randn(s, generator=generator) * 0.02).to(torch.bfloat16) for k, s in shapes.items()}
+    state = {k: torch.empty(s, dtype=torch.bfloat16).uniform_(-0.03, 0.03, generator=generator)
+             for k, s in shapes.items()}
     config_json = json.dumps(config_to_dict(config, "DropletVideoTransformer3DModel"))
     save_file(state, str(path), metadata={"config": config_json})
     return sum(t.numel() * 2 for t in state.values())

@@ -31,6 +31,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 CARDS_GIB = (8, 12, 16, 24)
 MODULATION_FORMATS = ("float8_e4m3fn", "nvfp4", "int8_tensorwise")
+SETUPS = (("bf16", False), ("fp8", False), ("fp8", True))  # T5 weights, VAE decode tiled
 T5_GIB = {"bf16": 9.1, "fp8": 5.7}  # the T5 loader's two weight formats (nodes/loader_common.py)
 
 
@@ -170,12 +171,14 @@ def vram_table(rows) -> list:
     table = []
     for row in rows:
         quantized_block = block - block_linear_weights * (2 - row["bytes_per_weight"])
-        for t5, t5_gib in T5_GIB.items():
+        for t5, tiled in SETUPS:
             sizes = ModelBytes(block=int(quantized_block), num_blocks=RELEASE_TRANSFORMER.num_layers,
-                               transformer_other=other, text_encoder=int(t5_gib * 2**30), vae=module_bytes(vae),
+                               transformer_other=other, text_encoder=int(T5_GIB[t5] * 2**30), vae=module_bytes(vae),
                                largest_layer=int(inner * 4 * inner * 2))
-            plans = {card: plan_offload(card * 2**30, sizes, RELEASE_TRANSFORMER, Workload()) for card in CARDS_GIB}
-            table.append({"format": row["format"], "t5": t5, "transformer_gib": sizes.transformer / 2**30,
+            work = Workload(tiled_vae=tiled)
+            plans = {card: plan_offload(card * 2**30, sizes, RELEASE_TRANSFORMER, work) for card in CARDS_GIB}
+            table.append({"format": row["format"], "t5": t5 + (", VAE tiled" if tiled else ""),
+                          "transformer_gib": sizes.transformer / 2**30,
                           "plans": {card: (p.mode, p.blocks_on_device, p.needed_bytes / 2**30)
                                     for card, p in plans.items()}})
     return table

@@ -56,7 +56,7 @@ def check_shapes(patches: dict, base_model, name: str) -> None:
     only log and skip a mismatch at load, and the run would go on without that layer)."""
     weights = base_model.state_dict()
     for key, adapter in patches.items():
-        shape = logical_shape(weights[key])
+        shape = logical_shape(base_model, key, weights[key])
         if isinstance(adapter, tuple) and adapter[0] == "diff" and adapter[1][0].shape != shape:
             raise ValueError(f"LoRA {name!r}: the difference for {key[len(MODEL_PREFIX):]} is "
                              f"{tuple(adapter[1][0].shape)}, the weight {tuple(shape)}; the LoRA was "
@@ -75,11 +75,12 @@ def check_shapes(patches: dict, base_model, name: str) -> None:
                              f"one made for this DropletVideo/CogVideoX transformer.")
 
 
-def logical_shape(weight) -> torch.Size:
-    """A weight's shape as its layer computes with it: a quantized one (ComfyUI's QuantizedTensor)
-    keeps its unpacked shape in its layout parameters (4-bit formats pack two weights a byte)."""
+def logical_shape(base_model, key: str, stored: torch.Tensor) -> torch.Size:
+    """A weight's shape as its layer computes with it. A quantized layer's state dict holds the packed
+    data (4-bit formats: two weights a byte); its QuantizedTensor keeps the unpacked shape."""
+    weight = getattr(base_model.get_submodule(key.rpartition(".")[0]), key.rpartition(".")[2], None)
     params = getattr(weight, "_params", None)
-    return torch.Size(params.orig_shape) if getattr(params, "orig_shape", None) else weight.shape
+    return torch.Size(params.orig_shape) if getattr(params, "orig_shape", None) else stored.shape
 
 
 def lora_patches(model, path, name: str) -> dict:
