@@ -153,14 +153,17 @@ def still_loads(pack, models_dir, writer):
 
 
 def test_a_dropped_scale_is_refused(pack, models_dir, writer, refused_early):
-    for fmt, scale in (("float8_e4m3fn", "weight_scale"), (FOUR_BIT, next(iter(sorted(
-            k for k in load_file(str(models_dir / "diffusion_models" / quantized_file(writer, models_dir, FOUR_BIT)))
-            if k.startswith("transformer_blocks.3.ff.net.2.weight_"))))[len("transformer_blocks.3.ff.net.2."):])):
-        key = f"transformer_blocks.3.ff.net.2.{scale}"
-        name = rewritten(models_dir, quantized_file(writer, models_dir, fmt), f"no_scale_{fmt}.safetensors",
-                         edit_tensors=lambda t: {k: v for k, v in t.items() if k != key})
-        with pytest.raises(ValueError, match=f"no {key} tensor: its scale was dropped"):
-            load(pack, name)
+    layer = "transformer_blocks.1.ff.net.2"
+    for fmt in ("float8_e4m3fn", FOUR_BIT):
+        name = quantized_file(writer, models_dir, fmt)
+        scales = [k for k in load_file(str(models_dir / "diffusion_models" / name)) if k.startswith(f"{layer}.weight_")]
+        assert scales, fmt
+        for key in scales:  # each of the format's scales (nvfp4: the block and the per-tensor one)
+            dropped = rewritten(models_dir, name, f"no_scale_{fmt}.safetensors",
+                                edit_tensors=lambda tensors: {k: v for k, v in tensors.items() if k != key})
+            with pytest.raises(ValueError, match=f"no {key} tensor: its scale was dropped"):
+                load(pack, dropped)
+    still_loads(pack, models_dir, writer)
 
 
 def test_metadata_disagreeing_with_tensors_is_refused(pack, models_dir, writer, refused_early):
