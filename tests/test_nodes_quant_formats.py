@@ -242,10 +242,10 @@ VIDEO_FORMATS = [f for f in ("float8_e4m3fn", FOUR_BIT) if f in TABLE_RMSE]
 @pytest.fixture(scope="module")
 def medium_video(pack, models_dir):
     """(bf16 file's frames, the medium checkpoint's VAE and prompt conditioning) as the table made them."""
+    release = medium_release_file(models_dir, 8)  # also writes DropletVideo/medium, the VAE and T5's folder
     vae, conds = video_conditioning(pack)
     with torch.inference_mode():
-        frames, _ = short_video(pack, load(pack, medium_release_file(models_dir, 8).name, VIDEO["precision"]), vae,
-                                conds)
+        frames, _ = short_video(pack, load(pack, release.name, VIDEO["precision"]), vae, conds)
     return frames, vae, conds
 
 
