@@ -152,7 +152,7 @@ def still_loads(pack, models_dir, writer):
     assert isinstance(layers_of(model)["transformer_blocks.0.attn1.to_q"].weight, quant_ops.QuantizedTensor)
 
 
-def test_a_dropped_scale_is_refused(pack, models_dir, writer, refused_early):
+def test_a_dropped_scale_is_refused(pack, models_dir, writer, refused_early, monkeypatch):
     layer = "transformer_blocks.1.ff.net.2"
     for fmt in ("float8_e4m3fn", FOUR_BIT):
         name = quantized_file(writer, models_dir, fmt)
@@ -163,10 +163,11 @@ def test_a_dropped_scale_is_refused(pack, models_dir, writer, refused_early):
                                 edit_tensors=lambda tensors: {k: v for k, v in tensors.items() if k != key})
             with pytest.raises(ValueError, match=f"no {key} tensor: its scale was dropped"):
                 load(pack, dropped)
+    monkeypatch.undo()  # the loader reads tensors again
     still_loads(pack, models_dir, writer)
 
 
-def test_metadata_disagreeing_with_tensors_is_refused(pack, models_dir, writer, refused_early):
+def test_metadata_disagreeing_with_tensors_is_refused(pack, models_dir, writer, refused_early, monkeypatch):
     fp8 = quantized_file(writer, models_dir, "float8_e4m3fn")
     layer = "transformer_blocks.1.attn1.to_v"
 
@@ -192,6 +193,7 @@ def test_metadata_disagreeing_with_tensors_is_refused(pack, models_dir, writer, 
 
     with pytest.raises(ValueError, match="ff.net.2.weight is F8_E4M3 .*disagrees with the tensors"):
         load(pack, rewritten(models_dir, fp8, "wrong_shape.safetensors", edit_tensors=wider_ff))
+    monkeypatch.undo()
     still_loads(pack, models_dir, writer)
 
 
@@ -204,7 +206,7 @@ def test_a_truncated_quantized_file_is_refused(pack, models_dir, writer):
     still_loads(pack, models_dir, writer)
 
 
-def test_a_file_quantized_for_another_model_is_refused(pack, models_dir, writer, refused_early):
+def test_a_file_quantized_for_another_model_is_refused(pack, models_dir, writer, refused_early, monkeypatch):
     other = {"blocks.0.self_attn.q.weight": torch.zeros(64, 64, dtype=torch.float8_e4m3fn),
              "blocks.0.self_attn.q.weight_scale": torch.ones(()),
              "blocks.0.self_attn.q.comfy_quant": torch.tensor(list(b'{"format": "float8_e4m3fn"}'), dtype=torch.uint8),
@@ -217,6 +219,7 @@ def test_a_file_quantized_for_another_model_is_refused(pack, models_dir, writer,
                         edit_metadata=lambda m: {**m, "droplet_model_kind": "Droplet3D"})
     with pytest.raises(ValueError, match="quantized Droplet3D transformer, not DropletVideo"):
         load(pack, three_d)
+    monkeypatch.undo()
     still_loads(pack, models_dir, writer)
 
 
