@@ -188,7 +188,7 @@ def test_metadata_disagreeing_with_tensors_is_refused(pack, models_dir, writer, 
         load(pack, rewritten(models_dir, fp8, "other_config.safetensors", edit_metadata=other_config))
 
     def wider_ff(tensors):  # the config's feed-forward is 4x; a file whose packed ff.net.2 claims 3x
-        key = "transformer_blocks.2.ff.net.2.weight"
+        key = "transformer_blocks.1.ff.net.2.weight"
         return {**tensors, key: tensors[key][:, : tensors[key].shape[1] * 3 // 4].contiguous()}
 
     with pytest.raises(ValueError, match="ff.net.2.weight is F8_E4M3 .*disagrees with the tensors"):
