@@ -10,6 +10,7 @@ from .model_loader import DropletVideoModelLoader
 from .multi_gpu_sampler import DropletVideoMultiGPUSampler
 from .prompt_schedule import DropletVideoPromptSchedule
 from .resolution_bucket import DropletVideoResolutionBucket
+from .save_quantized import DropletVideoSaveQuantized
 from .sampler import DropletVideoSampler
 from .t5_loader import DropletVideoT5Loader
 from .text_encode import DropletVideoTextEncode
@@ -36,10 +37,11 @@ NODE_DISPLAY_NAME_MAPPINGS = {
     "DropletVideoExtend": "DropletVideo Extend (continue a video)",
     "DropletVideoJoinSegments": "DropletVideo Join Segments",
     "DropletVideoPromptSchedule": "DropletVideo Prompt Schedule (long video)",
+    "DropletVideoSaveQuantized": "DropletVideo Save Quantized",
 }
 NODE_CLASS_MAPPINGS = {cls.__name__: cls for cls in (
     DropletVideoModelLoader, DropletVideoTransformerLoader, DropletVideoVAELoader, DropletVideoT5Loader,
     DropletVideoLoraLoader, DropletVideoTextEncode, DropletVideoImageEncode, DropletVideoEmptyConditioning,
     DropletVideoResolutionBucket, DropletVideoSampler, DropletVideoMultiGPUSampler, DropletVideoFPSSweep,
     DropletVideoVAEDecode, DropletVideoVAEEncode, DropletVideoExtend, DropletVideoJoinSegments,
-    DropletVideoPromptSchedule)}
+    DropletVideoPromptSchedule, DropletVideoSaveQuantized)}

@@ -14,6 +14,7 @@ import logging
 
 import comfy.lora
 import comfy.lora_convert
+import torch
 from ..droplet_core.lora import check_lora_finite
 from ..droplet_core.weights import load_tensors
 from .model_paths import resolve, weight_files
@@ -74,14 +75,14 @@ def check_shapes(patches: dict, base_model, name: str) -> None:
     only log and skip a mismatch at load, and the run would go on without that layer)."""
     weights = base_model.state_dict()
     for key, adapter in patches.items():
-        if isinstance(adapter, tuple) and adapter[0] == "diff" and adapter[1][0].shape != weights[key].shape:
+        shape = logical_shape(base_model, key, weights[key])
+        if isinstance(adapter, tuple) and adapter[0] == "diff" and adapter[1][0].shape != shape:
             raise ValueError(f"LoRA {name!r}: the difference for {key[len(MODEL_PREFIX):]} is "
-                             f"{tuple(adapter[1][0].shape)}, the weight {tuple(weights[key].shape)}; the LoRA was "
+                             f"{tuple(adapter[1][0].shape)}, the weight {tuple(shape)}; the LoRA was "
                              f"trained for a model of another size: use one made for this DropletVideo transformer.")
         if getattr(adapter, "name", None) != "lora":
             continue
         up, down, mid = adapter.weights[0], adapter.weights[1], adapter.weights[3]
-        shape = weights[key].shape
         layer = key[len(MODEL_PREFIX):-len(".weight")]
         if mid is None and up.shape[1] != down.shape[0]:  # core would log the failed product and skip the layer
             raise ValueError(f"LoRA {name!r}, layer {layer}: up {tuple(up.shape)} has rank {up.shape[1]} but down "
@@ -91,6 +92,14 @@ def check_shapes(patches: dict, base_model, name: str) -> None:
             raise ValueError(f"LoRA {name!r}, layer {layer}: up {tuple(up.shape)} x down {tuple(down.shape)} does not "
                              f"fit the weight {tuple(shape)}; the LoRA was trained for a model of another size: use "
                              f"one made for this DropletVideo/CogVideoX transformer.")
+
+
+def logical_shape(base_model, key: str, stored: torch.Tensor) -> torch.Size:
+    """A weight's shape as its layer computes with it. A quantized layer's state dict holds the packed
+    data (4-bit formats: two weights a byte); its QuantizedTensor keeps the unpacked shape."""
+    weight = getattr(base_model.get_submodule(key.rpartition(".")[0]), key.rpartition(".")[2], None)
+    params = getattr(weight, "_params", None)
+    return torch.Size(params.orig_shape) if getattr(params, "orig_shape", None) else stored.shape
 
 
 def lora_patches(model, path, name: str) -> dict:

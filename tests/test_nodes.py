@@ -49,7 +49,7 @@ def spies(monkeypatch):
 # Interfaces -------------------------------------------------------------------------------------
 
 def test_every_node_declares_a_consistent_interface(pack):
-    assert len(pack.NODE_CLASS_MAPPINGS) == 17
+    assert len(pack.NODE_CLASS_MAPPINGS) == 18
     for name, cls in pack.NODE_CLASS_MAPPINGS.items():
         assert name.startswith("DropletVideo") and name == cls.__name__
         assert cls.CATEGORY == "DropletVideo" and cls.DESCRIPTION and name in pack.NODE_DISPLAY_NAME_MAPPINGS

@@ -14,6 +14,7 @@ from ...droplet_core.loading import (assign_strict, fit_to_config, read_transfor
                                      transformer_config_and_files)
 from ...droplet_core.sampling import COGVIDEOX_SCHEDULER_CONFIG
 from ..latent_scale import ModelScale
+from ..quantized_file import check_quantized_file
 from .model import DropletVideoLatentFormat, DropletVideoModelConfig, model_sampling_settings
 from .quantized import keeps_quantized, load_quantized, read_quantized
 
@@ -65,6 +66,7 @@ def _quantized_model(config, files, source, compute_dtype, scale, scheduler_conf
     from detect_layer_quantization, manual cast always on (the weights' dtypes are mixed), weights
     through the layers' own loading. The compute dtype is the node's precision, as for every other
     file (core picks it from the device: unet_manual_cast(None, ...))."""
+    check_quantized_file(config, files, source)  # from the header: refused before anything is read
     state = read_quantized(files, compute_dtype)
     fit_to_config(config, state, files, source)
     model_config = model_config_for(config, compute_dtype, compute_dtype, scale, scheduler_config)
