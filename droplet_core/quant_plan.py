@@ -16,10 +16,11 @@ import json
 import re
 from pathlib import Path
 
+from .model_kind import kind_of_class, kind_of_weights
+
 BLOCK_LINEARS = ("attn1.to_q", "attn1.to_k", "attn1.to_v", "attn1.to_out.0", "ff.net.0.proj", "ff.net.2")
 MODULATION_LINEARS = ("norm1.linear", "norm2.linear")
 BLOCK_LAYER = re.compile(r"^transformer_blocks\.\d+\.(.+)$")
-KINDS = {"DropletVideoTransformer3DModel": "DropletVideo", "Droplet3DTransformer3DModel": "Droplet3D"}
 METADATA_KIND = "droplet_model_kind"
 METADATA_QUANT = "droplet_quantization"
 
@@ -37,12 +38,9 @@ def quantized_layers(shapes: dict, quantize_modulation: bool = False) -> list:
 
 
 def model_kind(config: dict, keys) -> str:
-    """DropletVideo or Droplet3D: the config's class name, or (for a config without one) whether
-    the weights hold the FPS embedding, which Droplet3D has not."""
-    kind = KINDS.get(config.get("_class_name"))
-    if kind:
-        return kind
-    return "DropletVideo" if any(k.startswith("fps_embedding.") for k in keys) else "Droplet3D"
+    """DropletVideo or Droplet3D (model_kind.py's label): the config's class name, or (for a config
+    without one) whether the weights hold the FPS embedding, which Droplet3D has not."""
+    return (kind_of_class(config.get("_class_name")) or kind_of_weights(keys)).label
 
 
 def source_hash(files) -> str:

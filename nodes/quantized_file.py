@@ -104,7 +104,7 @@ def check_layers_fit(config, files, layers: dict, source: str) -> None:
                                  f"file was written with, or write it again.")
 
 
-def check_quantized_file(config, files, source: str, expected_kind: str = "DropletVideo") -> None:
+def check_quantized_file(config, files, source: str, expected_kind: str) -> None:
     layers = layer_formats(files)
     if not layers:
         return  # scaled fp8: core's convert_old_quants makes its float8_e4m3fn entries

@@ -66,7 +66,7 @@ def _quantized_model(config, files, source, compute_dtype, scale, scheduler_conf
     from detect_layer_quantization, manual cast always on (the weights' dtypes are mixed), weights
     through the layers' own loading. The compute dtype is the node's precision, as for every other
     file (core picks it from the device: unet_manual_cast(None, ...))."""
-    check_quantized_file(config, files, source)  # from the header: refused before anything is read
+    check_quantized_file(config, files, source, config.kind.label)  # from the header: refused before anything is read
     state = read_quantized(files, compute_dtype)
     fit_to_config(config, state, files, source)
     model_config = model_config_for(config, compute_dtype, compute_dtype, scale, scheduler_config)
