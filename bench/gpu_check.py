@@ -46,6 +46,9 @@ from gpu_check_engine import ENGINE_STAGES  # noqa: E402
 from gpu_check_comfy import COMFY_STAGES  # noqa: E402
 
 GIB = 2**30
+# The priorities first (a run cut off by its budget has measured those): formats, then the cap.
+ORDER = ("cuda_vs_cpu", "engine", "comfy_path", "quant", "engine_capped", "quant_capped", "attention", "block_swap",
+         "comfy_dynamic")
 # The release's defaults: 672x384x85 is 84x48 latents x 22 latent frames; CFG batches 2.
 RELEASE_RUN = dict(config=RELEASE_TRANSFORMER, frames=22, height=48, width=84, text_tokens=226, batch=2,
                    warm=1, timed=2, cap_gib=12.0)
@@ -107,14 +110,15 @@ def main(argv=None) -> dict:
                    help="a ComfyUI checkout (default: $COMFYUI_PATH) for the ComfyUI and quant stages")
     p.add_argument("--out", default="gpu_check.json", help="the JSON report, rewritten after each stage")
     p.add_argument("--budget-s", type=float, default=285.0, help="no stage starts after this many seconds")
-    p.add_argument("--stage", action="append", help="run only these stages (default: all, in order)")
+    p.add_argument("--stage", action="append", choices=ORDER, help="run only these stages (default: all, in order)")
+    p.add_argument("--format", action="append", help="quant stages: only these formats (default: all the host's)")
     args = p.parse_args(argv)
     device = "cuda" if torch.cuda.is_available() and not args.dry_run else "cpu"
     run = DRY_RUN if args.dry_run else RELEASE_RUN
     report = Report(Path(args.out), run, device, args.budget_s)
     report.set("setup", "comfyui", args.comfyui or "none")
-    stages = {**ENGINE_STAGES, **COMFY_STAGES}
-    context = {"device": device, "run": run, "comfyui": args.comfyui}
+    stages = {name: {**ENGINE_STAGES, **COMFY_STAGES}[name] for name in ORDER}
+    context = {"device": device, "run": run, "comfyui": args.comfyui, "formats": args.format}
     for name, stage in stages.items():
         if args.stage and name not in args.stage:
             continue

@@ -126,7 +126,8 @@ def quantized_file(ctx, fmt: str) -> Path:
 
 def formats(ctx) -> list:
     offered = pack_module(ctx, "nodes.quantized_writer").host_formats()
-    return [f for f in FORMAT_ORDER if f in offered] + [f for f in offered if f not in FORMAT_ORDER]
+    ordered = [f for f in FORMAT_ORDER if f in offered] + [f for f in offered if f not in FORMAT_ORDER]
+    return [f for f in ordered if not ctx["formats"] or f in ctx["formats"]]
 
 
 def quant_stage(report, name, ctx, cap: bool) -> None:
