@@ -38,8 +38,8 @@ class DropletVideoSaveQuantized:
                           ".safetensors; an existing file is never overwritten."}),
         }, "optional": {
             "quantize_modulation": ("BOOLEAN", {"default": False, "tooltip": "Also quantize the adaLN modulation "
-                                    "Linears (norm1/norm2.linear, ~16% of weights). Off: measured to double the "
-                                    "error of one forward for 1/6 more saving (docs/quantization.md)."}),
+                                    "Linears (norm1/norm2.linear, 14% of the 5B's weights): 12% smaller fp8, 26% smaller "
+                                    "4-bit files; +6-7% forward error on random weights (docs/quantization.md)."}),
         }}
 
     def save(self, transformer_name, quant_format, file_name, quantize_modulation=None):
