@@ -45,7 +45,6 @@ from droplet_core.tiny import MEDIUM  # noqa: E402
 from gpu_check_engine import ENGINE_STAGES  # noqa: E402
 from gpu_check_comfy import COMFY_STAGES  # noqa: E402
 
-GIB = 2**30
 # The priorities first (a run cut off by its budget has measured those): formats, then the cap.
 ORDER = ("cuda_vs_cpu", "engine", "comfy_path", "quant", "engine_capped", "quant_capped", "attention", "block_swap",
          "comfy_dynamic")

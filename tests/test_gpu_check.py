@@ -40,7 +40,8 @@ def test_dry_run_reports_every_stage(tmp_path, monkeypatch):
     if not torch.cuda.is_available():
         assert stages["cuda_vs_cpu"]["cuda"] == "skipped: no CUDA"
     if comfyui:
-        for stage, setting in (("comfy_path", "bf16"), ("quant", "int8_tensorwise"), ("quant_capped", "int8_tensorwise")):
+        for stage, setting in (("comfy_path", "bf16"), ("quant", "int8_tensorwise"),
+                               ("quant_capped", "int8_tensorwise")):
             assert stages[stage][setting].get("finite"), stages[stage][setting]
     else:
         assert stages["block_swap"]["bf16_1_resident"]["finite"]
