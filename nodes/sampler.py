@@ -16,8 +16,8 @@ from .context_windows import refuse_in_own_sampler
 from .latent_layout import preview_of, with_preview
 from .latent_scale import SCALE, sampling_scale
 from .model_patches import check_patches
-from .fps_condition import FPS_DEFAULT, model_reads_fps, warn_if_set
-from .native.conditioning import FPS, IMAGE, MASK, fps_of, options, text_embeds
+from .model_kind_checks import check_text_length, condition_fps
+from .native.conditioning import IMAGE, MASK, options, text_embeds
 from .extend import KNOWN
 from .native.diffusion_model import EngineView
 from .progress import comfy_on_step
@@ -52,25 +52,6 @@ def check_latent(samples: torch.Tensor, config, strength: float, long_video: boo
 def latent_scale(node: str, base, positive, latent: dict) -> float:
     """The factor the DropletVideo samplers scale latents by (latent_scale.sampling_scale)."""
     return sampling_scale(node, base.latent_format, options(positive), latent)
-
-
-def condition_fps(base, positive, fps=None) -> float:
-    """The FPS the loop carries: `fps` (the sweep's), else the conditioning's. A Droplet3D MODEL
-    reads none (fps_condition.py): a conditioning without one is fine there."""
-    if not model_reads_fps(base.droplet_config):
-        value = fps if fps is not None else options(positive).get(FPS, FPS_DEFAULT)
-        warn_if_set(base.diffusion_model, value)
-        return value
-    return fps if fps is not None else fps_of(positive, "positive")
-
-
-def check_text_length(embeds: torch.Tensor, config) -> None:
-    """Text Encode cannot see the MODEL: here the prompt's token count meets the model's reference."""
-    tokens, kind = embeds.shape[1], config.kind
-    if tokens != kind.max_sequence_length:
-        logger.warning("the prompt is encoded to %d tokens; %s's reference encodes %d (inference.py's "
-                       "max_sequence_length): set DropletVideo Text Encode's max_tokens to %d to match it.",
-                       tokens, kind.label, kind.max_sequence_length, kind.max_sequence_length)
 
 
 def sampler_inputs(base, positive, negative, latent: dict, plan: SamplingPlan, device, scale: float, fps=None,
