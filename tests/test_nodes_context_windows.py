@@ -54,7 +54,7 @@ def long_cond(pack, loaded, start_image, model=None, frames=LONG_FRAMES):
 
 def test_image_encode_refuses_past_the_table_without_context_windows(pack, loaded, conds, start_image):
     with pytest.raises(ValueError, match=r"31 latent frames exceed the positional table.*core Context Windows "
-                                         r"\(Manual\) on the MODEL \(dim 2, context_length at most 21"):
+                                         rf"\(Manual\) on the MODEL \(dim 2, context_length at most {TABLE - 1}"):
         conditioned(pack, conds, long_cond(pack, loaded, start_image, loaded[0]))
 
 
@@ -66,7 +66,8 @@ def test_image_encode_lets_the_length_through_with_context_windows_that_fit(pack
 
 
 @pytest.mark.parametrize("dim, extra, message", [
-    (2, 1, r"give the model 23 latent frames.*more than its positional table's 22.*context_length to at most"),
+    (2, 1, rf"give the model {TABLE + 1} latent frames.*more than its positional table's {TABLE}.*"
+           r"context_length to at most"),
     (0, 0, r"cut along dim 0; DropletVideo's frames are dim 2.*set dim to 2")])
 def test_context_windows_that_cannot_fit_are_refused_before_the_vae_encode(pack, loaded, conds, start_image, fix,
                                                                            monkeypatch, dim, extra, message):
