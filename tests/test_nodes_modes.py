@@ -108,8 +108,10 @@ def test_vae_decode_refuses_nan_latents_instead_of_a_black_video(pack, loaded):
 
 
 def test_long_video_settings_that_cannot_work_are_refused(pack, loaded, conds, small_cond):
-    with pytest.raises(ValueError, match="window_overlap 22 must be below the model's window of 22 latent frames"):
-        sample(pack, loaded[0], conds, small_cond, long_video=True, window_overlap=22)
+    window = TRANSFORMER.latent_frames
+    with pytest.raises(ValueError, match=f"window_overlap {window} must be below the model's window of {window} "
+                                         f"latent frames"):
+        sample(pack, loaded[0], conds, small_cond, long_video=True, window_overlap=window)
 
 
 def record_instances(monkeypatch, module, name: str) -> list:
