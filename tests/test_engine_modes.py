@@ -163,13 +163,15 @@ def test_long_video_twice_the_trained_length(tiny_ckpt, start_image):
 
 
 def test_sliding_windows_blend_the_models_windows_with_ramps(tiny_ckpt):
-    """SlidingWindowTransformer on the tiny model against the blend written out here: windows of 22
-    latent frames at 0, 11 and 21, each weighted 1 inside and by a ramp k / 12 over the 11 frames it
-    shares with a neighbour, the weighted sum divided by the summed weights."""
+    """SlidingWindowTransformer on the tiny model against the blend written out here: windows of the
+    model's length W (23 latent frames on tiny-v4) at 0, W - W // 2 and the last flush with the end,
+    each weighted 1 inside and by a ramp k / (W // 2 + 1) over the W // 2 frames at an edge shared
+    with a neighbour, the weighted sum divided by the summed weights."""
     from droplet_core.long_video import SlidingWindowTransformer
 
     model = load_transformer(tiny_ckpt / "transformer")
-    frames, window, overlap = 43, model.config.latent_frames, 11
+    frames, window = 43, model.config.latent_frames
+    overlap = window // 2
     g = torch.Generator().manual_seed(0)
     x, inpaint = torch.randn(2, frames, 16, 4, 4, generator=g), torch.randn(2, frames, 17, 4, 4, generator=g)
     text = torch.randn(2, 7, model.config.text_embed_dim, generator=g)
@@ -177,7 +179,7 @@ def test_sliding_windows_blend_the_models_windows_with_ramps(tiny_ckpt):
     total, weight_sum = torch.zeros_like(x), torch.zeros(frames)
     with torch.no_grad():
         blended = SlidingWindowTransformer(model)(x, text, t, fps, inpaint)
-        for start in (0, 11, 21):
+        for start in (0, window - overlap, frames - window):
             end = start + window
             weights = torch.tensor([min(1.0, (k + 1) / (overlap + 1) if start > 0 else 1.0,
                                         (window - k) / (overlap + 1) if end < frames else 1.0)
