@@ -31,6 +31,17 @@ def test_every_test_module_that_needs_comfyui_runs_on_the_real_hosts():
     assert ROOT / "tests" / "test_nodes.py" in needing  # the pattern still recognises a node test
 
 
+def test_every_host_dependent_test_the_older_release_runs_exists():
+    """0.8.0 runs HOST_TESTS only: a renamed file or test there would silently run nothing."""
+    body = re.search(r"^HOST_TESTS=\((.*?)\)$", SCRIPT.read_text(encoding="utf-8"), re.M | re.S)
+    assert body, ".ci/real_comfyui lost its HOST_TESTS=(...) list"
+    for entry in body.group(1).split():
+        pattern, _, test = entry.partition("::")
+        files = sorted(ROOT.glob(pattern))
+        assert files, f"HOST_TESTS names {pattern}, which matches no file"
+        assert not test or any(f"def {test}(" in path.read_text("utf-8") for path in files), f"no test {entry}"
+
+
 def test_without_the_archives_the_real_comfyui_part_says_so_and_passes(tmp_path):
     checkout = tmp_path / "clone"  # no shared/ beside it, as in a user's clone
     (checkout / ".ci").mkdir(parents=True)
