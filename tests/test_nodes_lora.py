@@ -17,7 +17,7 @@ from lora_files import random_factors, write_kohya, write_peft
 from node_fixtures import (ATOL, as_image, conds, core_nodes_module, engine_latent, image_cond, load_engine,  # noqa: F401
                            loaded, run, sample, start_image)
 
-LORA_ATOL = 1e-5
+LORA_ATOL = 2e-5  # fp32 sum order of core's patching vs the merged weights (1.24e-5 seen on ComfyUI 0.33)
 PEFT, KOHYA = "droplet_test_peft.safetensors", "droplet_test_kohya.safetensors"
 
 
