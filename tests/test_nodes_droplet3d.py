@@ -211,3 +211,21 @@ def test_every_node_class_and_workflow_is_in_the_droplet3d_table(pack):
     rows = {line.split("|")[1].strip() for line in page.splitlines() if line.startswith("| ")}
     assert {name.split(" (")[0] for name in display.values()} <= rows
     assert {f"`{path.name}`" for path in (ROOT / "example_workflows").glob("*.json")} <= rows
+
+
+def test_the_split_loaders_load_droplet3d_parts_as_the_folder_loader(pack, models_dir, tiny3d, loaded3d):
+    """The released folder's transformer/, vae/ and text_encoder/ linked into the split loaders'
+    folders: the kind is read from the files, and each part equals the folder loader's."""
+    for folder, part, name in (("diffusion_models", "transformer", "tiny3d-transformer"), ("vae", "vae", "tiny3d-vae"),
+                               ("text_encoders", "text_encoder", "tiny3d-t5")):
+        link = models_dir / folder / name
+        if not link.is_symlink():
+            link.symlink_to(tiny3d / part)
+    model = run(pack, "DropletVideoTransformerLoader", transformer_name="tiny3d-transformer", precision="fp32")[0]
+    vae = run(pack, "DropletVideoVAELoader", vae_name="tiny3d-vae", precision="fp32")[0]
+    assert model.model.droplet_config.kind.name == DROPLET3D.name
+    # the latent scale is the Droplet3D VAE's (vae/ beside the linked transformer), not a fallback
+    assert model.model.latent_format.scale_factor == vae.scaling_factor == loaded3d[1].scaling_factor
+    for split, full in ((model.model, loaded3d[0].model), (vae.patcher.model, loaded3d[1].patcher.model)):
+        a, b = split.state_dict(), full.state_dict()
+        assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
