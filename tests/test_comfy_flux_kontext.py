@@ -45,11 +45,23 @@ def test_the_docs_merge_command_gives_one_file_with_every_shard_tensor(kontext):
     assert got.keys() == expected.keys() and all(torch.equal(got[k], expected[k]) for k in got)
 
 
-def test_core_detects_the_merged_diffusers_transformer_as_flux_kontext(kontext):
-    import comfy.model_base
+def core_flux(path):
+    """Core's Flux from the tiny file; ComfyUI 0.8.0's Flux detection fixes 24 heads whatever the
+    width (0.33 derives them from it), so a tiny random Flux cannot be built there: skipped."""
     import comfy.sd
 
-    model = comfy.sd.load_diffusion_model(str(kontext[1]))
+    try:
+        return comfy.sd.load_diffusion_model(str(path))
+    except ValueError as error:
+        if "must be divisible by num_heads" not in str(error):
+            raise
+        pytest.skip(f"this ComfyUI's Flux detection fixes the head count ({error}): no tiny Flux here")
+
+
+def test_core_detects_the_merged_diffusers_transformer_as_flux_kontext(kontext):
+    import comfy.model_base
+
+    model = core_flux(kontext[1])
     assert isinstance(model.model, comfy.model_base.Flux)
     config = model.model.model_config.unet_config
     assert (config["depth"], config["depth_single_blocks"], config["hidden_size"], config["guidance_embed"]) == (
@@ -68,9 +80,8 @@ def test_core_reads_the_release_vae_file_of_the_diffusers_folder(kontext):
 
 def test_core_lora_key_map_takes_every_key_of_a_diffusers_flux_lora(kontext, tmp_path):
     import comfy.lora
-    import comfy.sd
 
-    model = comfy.sd.load_diffusion_model(str(kontext[1]))
+    model = core_flux(kontext[1])
     tensors = write_kontext_lora(tmp_path / "pytorch_lora_weights.safetensors")
     patches = comfy.lora.load_lora(tensors, comfy.lora.model_lora_keys_unet(model.model, {}), log_missing=False)
     loaded = set().union(*(getattr(adapter, "loaded_keys", ()) for adapter in patches.values()))
